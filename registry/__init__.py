@@ -1,0 +1,27 @@
+"""Adapter registry: versioned PEFT adapters for pinned base models.
+
+    from registry import Registry
+    reg = Registry.open()                      # SQLite + files under $PEFTOPS_HOME
+    reg.register_base(snapshot_dir, digest=d)  # once per base
+    v = reg.publish("sst2", adapter_dir, base_digest=d, method="lora")
+    reg.set_alias("sst2", "production", v.version)
+    reg.fetch("sst2", alias="production", dest=out, base_digest=d)
+"""
+
+from .blobs import BLOB_STORES, BlobStore, FileBlobStore, S3BlobStore, open_blob_store
+from .errors import (BasePinMismatch, BlobIntegrityError, Conflict, CorruptBlob,
+                     InvalidAdapter, InvalidArgument, InvalidName, LintError, NotFound,
+                     RegistryError)
+from .lint import LintReport, lint_adapter
+from .shapes import module_shapes_from_state_dict, read_safetensors_header
+from .store import Registry
+from .types import AdapterVersion, BaseModel, ExportedAdapter, Page, TaskInfo
+
+__all__ = [
+    "AdapterVersion", "BLOB_STORES", "BaseModel", "BasePinMismatch", "BlobIntegrityError",
+    "BlobStore", "Conflict", "CorruptBlob", "ExportedAdapter", "FileBlobStore",
+    "InvalidAdapter", "InvalidArgument", "InvalidName", "LintError", "LintReport",
+    "NotFound", "Page", "Registry", "RegistryError", "S3BlobStore", "TaskInfo",
+    "lint_adapter", "module_shapes_from_state_dict", "open_blob_store",
+    "read_safetensors_header",
+]

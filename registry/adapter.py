@@ -1,0 +1,87 @@
+"""Reading an adapter folder: its file manifest, canonical config and content id."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import names
+from .errors import InvalidAdapter, InvalidName
+
+CONFIG_FILE = "adapter_config.json"
+WEIGHTS_FILE = "adapter_model.safetensors"
+
+# Config fields that say where or how an adapter was saved, not what it computes. They
+# differ between machines for the same weights (a local path, a hub revision, the train/
+# inference flag PEFT flips on save), so they must not change the adapter id. The base is
+# pinned by digest separately.
+VOLATILE_CONFIG_FIELDS = frozenset({"base_model_name_or_path", "revision", "inference_mode"})
+
+_CHUNK = 1 << 20
+
+
+def sha256_file(path: Path) -> tuple[str, int]:
+    """Return (hex sha256, size in bytes) of a file, streamed."""
+    h = hashlib.sha256()
+    size = 0
+    with path.open("rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+            size += len(chunk)
+    return h.hexdigest(), size
+
+
+def canonical_config(config: dict[str, Any]) -> str:
+    """JSON of the adapter config with sorted keys and volatile fields removed."""
+    kept = {k: v for k, v in config.items() if k not in VOLATILE_CONFIG_FIELDS}
+    return json.dumps(kept, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
+def adapter_id(weights_sha256: str, config: dict[str, Any]) -> str:
+    """The content id of an adapter: sha256 over its weights digest and canonical config."""
+    payload = weights_sha256 + "\n" + canonical_config(config)
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class AdapterFolder:
+    """A scanned adapter folder: what publish needs before touching any storage."""
+
+    path: Path
+    config: dict[str, Any]
+    files: dict[str, dict[str, Any]]  # file name -> {"sha256": hex, "size": int}
+    adapter_id: str
+
+
+def scan_adapter(path: Path) -> AdapterFolder:
+    """Hash every file of a PEFT-format adapter folder and compute its id."""
+    path = Path(path)
+    if not path.is_dir():
+        raise InvalidAdapter(f"adapter folder {path} does not exist or is not a directory")
+    files: dict[str, dict[str, Any]] = {}
+    for entry in sorted(path.iterdir()):
+        if entry.is_symlink() or not entry.is_file():
+            raise InvalidAdapter(
+                f"{entry} is not a regular file; an adapter folder holds plain files only "
+                "(save one adapter per folder)")
+        try:
+            names.file_name(entry.name)
+        except InvalidName as e:
+            raise InvalidAdapter(f"{path}: {e}") from e
+        digest, size = sha256_file(entry)
+        files[entry.name] = {"sha256": digest, "size": size}
+    for required in (CONFIG_FILE, WEIGHTS_FILE):
+        if required not in files:
+            raise InvalidAdapter(
+                f"{path} has no {required}; save the adapter with PEFT's save_pretrained "
+                "(safetensors serialization)")
+    try:
+        config = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise InvalidAdapter(f"{path / CONFIG_FILE} is not valid JSON: {e}") from e
+    if not isinstance(config, dict):
+        raise InvalidAdapter(f"{path / CONFIG_FILE} must hold a JSON object")
+    return AdapterFolder(path, config, files, adapter_id(files[WEIGHTS_FILE]["sha256"], config))

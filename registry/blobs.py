@@ -1,0 +1,281 @@
+"""Content-addressed blob stores, chosen by URI scheme (file:// or s3://).
+
+A blob's address is the sha256 of its bytes, laid out as sha256/<2 hex>/<64 hex>, so the
+same bytes are stored once. Writes are verified before they count: a file is written to a
+temporary name, hashed, then renamed into place; an S3 object is put with its SHA-256
+checksum (the server refuses mismatching bodies) and checked with a HEAD afterwards. Reads
+hash what they deliver and raise CorruptBlob on a mismatch.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import tempfile
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from .errors import CorruptBlob, InvalidArgument, NotFound
+
+_CHUNK = 1 << 20
+_HEX = frozenset("0123456789abcdef")
+
+
+def _check_digest(sha256: str) -> str:
+    if len(sha256) != 64 or not set(sha256) <= _HEX:
+        raise InvalidArgument(f"{sha256!r} is not a lowercase hex sha256 digest")
+    return sha256
+
+
+def blob_key(sha256: str) -> str:
+    """Relative address of a blob: sha256/ab/abcdef..."""
+    return f"sha256/{sha256[:2]}/{_check_digest(sha256)}"
+
+
+class BlobStore(ABC):
+    """Where adapter files live, addressed by their sha256."""
+
+    uri: str
+
+    @abstractmethod
+    def put(self, src: Path, sha256: str) -> bool:
+        """Store src under sha256 unless an intact copy exists; return True if written.
+
+        Raises CorruptBlob if src does not hash to sha256 (it changed since it was hashed).
+        """
+
+    @abstractmethod
+    def exists(self, sha256: str) -> bool:
+        """Whether a blob is stored under sha256 (its bytes are not checked)."""
+
+    @abstractmethod
+    def get(self, sha256: str, dest: Path) -> None:
+        """Write the blob to dest atomically, verifying its sha256; CorruptBlob if it differs."""
+
+    @abstractmethod
+    def delete(self, sha256: str) -> None:
+        """Remove a blob; missing blobs are ignored."""
+
+    @abstractmethod
+    def list(self) -> Iterator[tuple[str, float]]:
+        """Yield (sha256, last-modified epoch seconds) of every stored blob."""
+
+
+def _copy_hashing(read, out) -> tuple[str, int]:
+    h = hashlib.sha256()
+    n = 0
+    while chunk := read(_CHUNK):
+        h.update(chunk)
+        out.write(chunk)
+        n += len(chunk)
+    return h.hexdigest(), n
+
+
+def _write_verified(dest: Path, read, sha256: str, what: str, fsync: bool) -> None:
+    """Stream into a temp file beside dest, check the hash, then rename into place."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".tmp-", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            got, _ = _copy_hashing(read, out)
+            if fsync:
+                out.flush()
+                os.fsync(out.fileno())
+        if got != sha256:
+            raise CorruptBlob(f"{what}: sha256 is {got}, expected {sha256}")
+        os.replace(tmp, dest)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+class FileBlobStore(BlobStore):
+    """Blobs under a local directory (file:///abs/path)."""
+
+    def __init__(self, root: str | Path, *, fsync: bool = False):
+        # fsync=False keeps crash safety (rename is atomic, so a blob is whole or absent) but
+        # not power-loss durability; turn it on when the disk is the system of record.
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.fsync = fsync
+        self.uri = self.root.resolve().as_uri()
+
+    def path(self, sha256: str) -> Path:
+        return self.root / blob_key(sha256)
+
+    def _intact(self, p: Path, sha256: str) -> bool:
+        try:
+            with p.open("rb") as f:
+                h = hashlib.sha256()
+                while chunk := f.read(_CHUNK):
+                    h.update(chunk)
+            return h.hexdigest() == sha256
+        except FileNotFoundError:
+            return False
+
+    def put(self, src: Path, sha256: str) -> bool:
+        p = self.path(sha256)
+        if self._intact(p, sha256):
+            return False
+        # Absent, or present but damaged: (re)write it from the good source.
+        with Path(src).open("rb") as f:
+            _write_verified(p, f.read, sha256, f"source file {src}", self.fsync)
+        return True
+
+    def exists(self, sha256: str) -> bool:
+        return self.path(sha256).is_file()
+
+    def get(self, sha256: str, dest: Path) -> None:
+        p = self.path(sha256)
+        try:
+            f = p.open("rb")
+        except FileNotFoundError:
+            raise NotFound(f"blob {sha256} is missing from {self.uri}") from None
+        with f:
+            _write_verified(Path(dest), f.read, sha256,
+                            f"stored blob {p} is corrupt (run publish again to repair it)",
+                            False)
+
+    def delete(self, sha256: str) -> None:
+        try:
+            self.path(sha256).unlink()
+        except FileNotFoundError:
+            pass
+
+    def list(self) -> Iterator[tuple[str, float]]:
+        base = self.root / "sha256"
+        if not base.is_dir():
+            return
+        for sub in base.iterdir():
+            if not sub.is_dir():
+                continue
+            for f in sub.iterdir():
+                if len(f.name) == 64 and set(f.name) <= _HEX:
+                    try:
+                        yield f.name, f.stat().st_mtime
+                    except FileNotFoundError:
+                        continue
+
+
+class S3BlobStore(BlobStore):
+    """Blobs in an S3 bucket (s3://bucket/prefix) through boto3.
+
+    The endpoint comes from the argument, else PEFTOPS_S3_ENDPOINT_URL, else AWS_ENDPOINT_URL
+    (boto3 reads that one itself), so S3-compatible servers work.
+    """
+
+    def __init__(self, bucket: str, prefix: str = "", *, endpoint_url: str | None = None,
+                 client=None):
+        import boto3  # imported here: file-only users never pay for it
+
+        if len(bucket) < 3:
+            raise InvalidArgument(f"S3 bucket name {bucket!r} is too short (3+ characters)")
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        endpoint_url = endpoint_url or os.environ.get("PEFTOPS_S3_ENDPOINT_URL") or None
+        self.client = client or boto3.client("s3", endpoint_url=endpoint_url)
+        self.uri = f"s3://{bucket}/{self.prefix}".rstrip("/")
+
+    def key(self, sha256: str) -> str:
+        k = blob_key(sha256)
+        return f"{self.prefix}/{k}" if self.prefix else k
+
+    def _head(self, sha256: str) -> dict | None:
+        from botocore.exceptions import ClientError
+
+        try:
+            return self.client.head_object(Bucket=self.bucket, Key=self.key(sha256),
+                                           ChecksumMode="ENABLED")
+        except ClientError as e:
+            if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise
+
+    @staticmethod
+    def _b64(sha256: str) -> str:
+        return base64.b64encode(bytes.fromhex(sha256)).decode()
+
+    def put(self, src: Path, sha256: str) -> bool:
+        src = Path(src)
+        size = src.stat().st_size
+        head = self._head(sha256)
+        if head is not None and head.get("ContentLength") == size and \
+                head.get("ChecksumSHA256", self._b64(sha256)) == self._b64(sha256):
+            return False
+        from botocore.exceptions import ClientError
+
+        with src.open("rb") as f:
+            try:
+                # The server recomputes SHA-256 and refuses a body that does not match.
+                self.client.put_object(Bucket=self.bucket, Key=self.key(sha256), Body=f,
+                                       ChecksumSHA256=self._b64(sha256),
+                                       Metadata={"sha256": sha256})
+            except ClientError as e:
+                if "BadDigest" in str(e) or "checksum" in str(e).lower():
+                    raise CorruptBlob(f"source file {src} does not hash to {sha256}") from e
+                raise
+        head = self._head(sha256)
+        if head is None or head.get("ContentLength") != size:
+            raise CorruptBlob(f"S3 object for {sha256} did not verify after upload")
+        return True
+
+    def exists(self, sha256: str) -> bool:
+        return self._head(sha256) is not None
+
+    def get(self, sha256: str, dest: Path) -> None:
+        from botocore.exceptions import ClientError
+
+        try:
+            obj = self.client.get_object(Bucket=self.bucket, Key=self.key(sha256))
+        except ClientError as e:
+            if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey"):
+                raise NotFound(f"blob {sha256} is missing from {self.uri}") from None
+            raise
+        body = obj["Body"]
+        _write_verified(Path(dest), body.read, sha256,
+                        f"S3 object {self.key(sha256)} is corrupt", False)
+
+    def delete(self, sha256: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=self.key(sha256))
+
+    def list(self) -> Iterator[tuple[str, float]]:
+        pages = self.client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=(self.prefix + "/" if self.prefix else "") + "sha256/")
+        for page in pages:
+            for obj in page.get("Contents", []):
+                name = obj["Key"].rsplit("/", 1)[-1]
+                if len(name) == 64 and set(name) <= _HEX:
+                    yield name, obj["LastModified"].timestamp()
+
+
+def _file_store(parsed, **kw) -> BlobStore:
+    if parsed.netloc not in ("", "localhost"):
+        raise InvalidArgument(f"file URI must be local (file:///path), got host {parsed.netloc!r}")
+    return FileBlobStore(unquote(parsed.path), **kw)
+
+
+def _s3_store(parsed, **kw) -> BlobStore:
+    return S3BlobStore(parsed.netloc, unquote(parsed.path), **kw)
+
+
+# Scheme -> factory, in the manner of an artifact-repository registry: new backends plug in
+# here without touching the registry itself.
+BLOB_STORES = {"file": _file_store, "s3": _s3_store}
+
+
+def open_blob_store(uri: str, **kwargs) -> BlobStore:
+    """Open the blob store for a URI: file:///abs/dir (or a bare path) or s3://bucket/prefix."""
+    parsed = urlparse(uri)
+    if parsed.scheme in ("",) or (len(parsed.scheme) == 1 and os.name == "nt"):
+        return FileBlobStore(uri, **kwargs)
+    factory = BLOB_STORES.get(parsed.scheme)
+    if factory is None:
+        raise InvalidArgument(f"unsupported blob URI scheme {parsed.scheme!r} in {uri!r}; "
+                              f"use one of {sorted(BLOB_STORES)}")
+    return factory(parsed, **kwargs)

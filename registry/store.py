@@ -1,0 +1,581 @@
+"""The adapter registry: SQL metadata plus a content-addressed blob store.
+
+Write order is "blob first, metadata second": publish uploads and verifies every file,
+then records the version in one transaction. A crash in between leaves only unreferenced
+blobs, which gc removes; there is never a version row without its bytes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, bindparam, delete, func, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import IntegrityError as SqlIntegrityError
+
+from . import db, names
+from .adapter import CONFIG_FILE, WEIGHTS_FILE, scan_adapter
+from .blobs import BlobStore, open_blob_store
+from .config import default_blob_uri, default_db_url
+from .engine import create_registry_engine, read_tx, upgrade, write_tx
+from .errors import (BasePinMismatch, Conflict, InvalidAdapter, InvalidArgument, LintError,
+                     NotFound)
+from .lint import LintReport, lint_adapter
+from .query import (GET_BY_ALIAS, GET_BY_VERSION, GET_LATEST, build_search, decode_token,
+                    encode_token, sort_key)
+from .shapes import module_shapes_from_state_dict, read_safetensors_header
+from .types import AdapterVersion, BaseModel, ExportedAdapter, Page, TaskInfo
+
+_dumps = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode
+# The C scanner without json.loads' wrappers: the JSON columns are written by _dumps, so
+# the whitespace and trailing-data checks are not needed, and a page of 100 versions
+# decodes ~2x faster.
+_scan = json.JSONDecoder().scan_once
+
+
+def _loads(s: str) -> Any:
+    return _scan(s, 0)[0]
+
+_PUBLISH_RETRIES = 8
+
+# Publish-path statements, built once (see query.py for why).
+_TASK_FOR_UPDATE = select(db.tasks.c.id, db.tasks.c.base_digest, db.tasks.c.latest_version
+                          ).where(db.tasks.c.name == bindparam("name")).with_for_update()
+_EXISTING = select(db.versions.c.version).where(
+    db.versions.c.task_id == bindparam("tid"), db.versions.c.adapter_id == bindparam("aid"))
+_INSERT_VERSION = insert(db.versions)
+_INSERT_TAG = insert(db.tags)
+_INSERT_METRIC = insert(db.metrics)
+_BUMP_TASK = update(db.tasks).where(db.tasks.c.id == bindparam("b_tid")).values(
+    latest_version=bindparam("b_version"), n_versions=db.tasks.c.n_versions + 1,
+    updated_at=bindparam("b_now"))
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def _aware(dt: datetime) -> datetime:
+    return dt.replace(tzinfo=timezone.utc) if dt.tzinfo is None else dt
+
+
+def _row_to_version(r) -> AdapterVersion:
+    return AdapterVersion(
+        task=r.name, version=r.version, adapter_id=r.adapter_id, base_digest=r.base_digest,
+        method=r.method, status=r.status, created_at=_aware(r.created_at),
+        metrics=_loads(r.metrics), tags=_loads(r.tags), aliases=tuple(_loads(r.aliases)),
+        lineage=_loads(r.lineage), files=_loads(r.files), lint=tuple(_loads(r.lint)),
+        vllm_servable=bool(r.vllm_servable))
+
+
+class Registry:
+    """Adapter versions for pinned base models.
+
+    Open with `Registry.open(db_url, blob_uri)`; one instance is safe to share between
+    threads, and any number of processes may open the same database.
+    """
+
+    def __init__(self, engine, blobs: BlobStore):
+        self.engine = engine
+        self.blobs = blobs
+        self._bases: dict[str, BaseModel] = {}  # bases never change once registered
+
+    # ------------------------------------------------------------------ lifecycle
+    @classmethod
+    def open(cls, db_url: str | None = None, blob_uri: str | None = None, *,
+             migrate: bool = True, blob_store: BlobStore | None = None) -> "Registry":
+        """Open (creating if needed) a registry; runs the schema migrations to head.
+
+        db_url: SQLAlchemy URL, sqlite:///path (default under $PEFTOPS_HOME) or
+        postgresql://... . blob_uri: file:///dir or s3://bucket/prefix.
+        """
+        engine = create_registry_engine(db_url or default_db_url())
+        if migrate:
+            upgrade(engine)
+        blobs = blob_store or open_blob_store(blob_uri or default_blob_uri())
+        return cls(engine, blobs)
+
+    def close(self) -> None:
+        """Release database connections."""
+        self.engine.dispose()
+
+    def __enter__(self) -> "Registry":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ bases
+    def register_base(self, snapshot_dir: Path, *, digest: str,
+                      name: str = "gemma-3-270m") -> BaseModel:
+        """Register a base model from a safetensors snapshot directory (idempotent).
+
+        The digest is computed by the caller; the registry stores it with the module shape
+        map read from the *.safetensors headers and the snapshot's config.json.
+        """
+        snapshot_dir = Path(snapshot_dir)
+        shapes = module_shapes_from_state_dict(snapshot_dir)
+        cfg_path = snapshot_dir / "config.json"
+        config = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
+        return self.register_base_shapes(digest=digest, name=name, module_shapes=shapes,
+                                         config=config)
+
+    def register_base_shapes(self, *, digest: str, name: str,
+                             module_shapes: Mapping[str, Sequence[int]],
+                             config: Mapping[str, Any] | None = None) -> BaseModel:
+        """Register a base from an already computed module shape map (idempotent)."""
+        digest = names.base_digest(digest)
+        name = names.text_value(name, "base name", 200)
+        shapes = {names.text_value(k, "module name", 512): [int(x) for x in v]
+                  for k, v in module_shapes.items()}
+        if not shapes:
+            raise InvalidArgument(f"base {digest} has no 2-D weights: nothing to lint against")
+        with write_tx(self.engine) as conn:
+            row = conn.execute(select(db.bases).where(db.bases.c.digest == digest)).first()
+            if row is None:
+                conn.execute(insert(db.bases).values(
+                    digest=digest, name=name, module_shapes=_dumps(shapes),
+                    config=_dumps(dict(config or {})), created_at=_utcnow()))
+            elif _loads(row.module_shapes) != shapes:
+                raise BasePinMismatch(
+                    f"base {digest} is already registered with different module shapes; "
+                    "the digest must identify the weights, so recompute it")
+        return self.get_base(digest)
+
+    def get_base(self, digest: str) -> BaseModel:
+        """A registered base by digest."""
+        if digest in self._bases:
+            return self._bases[digest]
+        with read_tx(self.engine) as conn:
+            row = conn.execute(select(db.bases).where(db.bases.c.digest == digest)).first()
+        if row is None:
+            raise NotFound(f"base {digest} is not registered; call register_base(snapshot_dir, "
+                           "digest=...) first")
+        base = BaseModel(digest=row.digest, name=row.name, created_at=_aware(row.created_at),
+                         module_shapes=_loads(row.module_shapes), config=_loads(row.config))
+        self._bases[digest] = base
+        return base
+
+    def list_bases(self) -> list[BaseModel]:
+        """All registered bases, oldest first."""
+        with read_tx(self.engine) as conn:
+            digests = conn.execute(
+                select(db.bases.c.digest).order_by(db.bases.c.created_at)).scalars().all()
+        return [self.get_base(d) for d in digests]
+
+    # ------------------------------------------------------------------ publish
+    def lint(self, adapter_dir: Path, *, base_digest: str) -> LintReport:
+        """Run the servability lint without publishing."""
+        folder = scan_adapter(Path(adapter_dir))
+        base = self.get_base(names.base_digest(base_digest))
+        return lint_adapter(folder.config, read_safetensors_header(folder.path / WEIGHTS_FILE),
+                            base.module_shapes)
+
+    def publish(self, task: str, adapter_dir: Path, *, base_digest: str, method: str,
+                metrics: Mapping[str, float] | None = None,
+                lineage: Mapping[str, Any] | None = None,
+                tags: Mapping[str, str] | None = None, aliases: Iterable[str] = (),
+                strict_lint: bool = False) -> AdapterVersion:
+        """Publish an adapter folder as the next version of `task`.
+
+        Blobs are uploaded and verified first, then the version is recorded in one
+        transaction. Identical content (same adapter id) already in the task returns the
+        existing version unchanged. Refused with BasePinMismatch if the task or the
+        lineage names another base, and with LintError if the adapter does not fit the
+        base (or, with strict_lint, if vLLM would not serve it).
+        """
+        return self._publish(task, adapter_dir, base_digest=base_digest, method=method,
+                             metrics=metrics, lineage=lineage, tags=tags, aliases=aliases,
+                             strict_lint=strict_lint)[0]
+
+    def _publish(self, task, adapter_dir, *, base_digest, method, metrics=None, lineage=None,
+                 tags=None, aliases=(), strict_lint=False) -> tuple[AdapterVersion, bool]:
+        task = names.task_name(task)
+        base_digest = names.base_digest(base_digest)
+        method = names.method_name(method)
+        metrics = {names.key_name(k, "metric key"): names.metric_value(k, v)
+                   for k, v in (metrics or {}).items()}
+        tags = {names.key_name(k, "tag key"): names.text_value(v, "tag value", 1024)
+                for k, v in (tags or {}).items()}
+        aliases = sorted({names.alias_name(a) for a in aliases})
+        lineage = dict(lineage or {})
+        try:
+            lineage_json = _dumps(lineage)
+        except (TypeError, ValueError) as e:
+            raise InvalidArgument(f"lineage must be JSON-serialisable: {e}") from e
+        claimed = lineage.get("base_digest")
+        if claimed is not None and claimed != base_digest:
+            raise BasePinMismatch(f"lineage says the adapter was trained on base {claimed}, "
+                                  f"but it is being published against {base_digest}")
+
+        folder = scan_adapter(Path(adapter_dir))
+        base = self.get_base(base_digest)
+        report = lint_adapter(folder.config,
+                              read_safetensors_header(folder.path / WEIGHTS_FILE),
+                              base.module_shapes)
+        if report.errors:
+            raise LintError(f"adapter {folder.path} does not fit base {base_digest}",
+                            report.errors)
+        if strict_lint and report.warnings:
+            raise LintError(f"adapter {folder.path} would not be served by vLLM "
+                            "(strict lint)", report.warnings)
+
+        for fname, entry in folder.files.items():  # blobs first
+            self.blobs.put(folder.path / fname, entry["sha256"])
+
+        row = dict(adapter_id=folder.adapter_id, base_digest=base_digest, method=method,
+                   status="active", vllm_servable=report.vllm_servable, created_at=_utcnow(),
+                   files=_dumps(folder.files), lint=_dumps(report.recorded()),
+                   lineage=lineage_json, tags=_dumps(tags), metrics=_dumps(metrics),
+                   aliases=_dumps([]))
+        for attempt in range(_PUBLISH_RETRIES):
+            try:
+                with write_tx(self.engine) as conn:
+                    created = self._record(conn, task, row, folder, tags, metrics, aliases)
+                break
+            except SqlIntegrityError:
+                # A concurrent writer took the version number (PostgreSQL, first version
+                # of a new task); the unique constraint caught it, so try again.
+                if attempt == _PUBLISH_RETRIES - 1:
+                    raise
+        version, is_new = created
+        if not is_new:
+            return self.get(task, version), False
+        # Built from what was just written: saves a read on the hot path.
+        return AdapterVersion(
+            task=task, version=version, adapter_id=folder.adapter_id, base_digest=base_digest,
+            method=method, status="active", created_at=_aware(row["created_at"]),
+            metrics=metrics, tags=tags, aliases=tuple(aliases), lineage=lineage,
+            files=folder.files, lint=tuple(report.recorded()),
+            vllm_servable=report.vllm_servable), True
+
+    def _lock(self, conn: Connection, exclusive: bool) -> None:
+        # SQLite writers are already serialized by BEGIN IMMEDIATE.
+        if conn.dialect.name == "postgresql":
+            q = select(db.lock.c.id).where(db.lock.c.id == 1)
+            conn.execute(q.with_for_update(read=not exclusive))
+
+    def _record(self, conn, task, row, folder, tags, metrics, aliases) -> tuple[int, bool]:
+        """Insert one version inside an open write transaction; return (version, created)."""
+        self._lock(conn, exclusive=False)
+        now = row["created_at"]
+        t = conn.execute(_TASK_FOR_UPDATE, {"name": task}).first()
+        if t is None:
+            ins = (pg_insert if conn.dialect.name == "postgresql" else sqlite_insert)(db.tasks)
+            conn.execute(ins.values(name=task, base_digest=row["base_digest"],
+                                    latest_version=0, n_versions=0, created_at=now,
+                                    updated_at=now)
+                         .on_conflict_do_nothing(index_elements=["name"]))
+            t = conn.execute(_TASK_FOR_UPDATE, {"name": task}).one()
+        if t.base_digest != row["base_digest"]:
+            raise BasePinMismatch(
+                f"task {task!r} is pinned to base {t.base_digest}; this adapter targets "
+                f"{row['base_digest']}. Publish it under a task for that base")
+        existing = conn.execute(_EXISTING, {"tid": t.id, "aid": row["adapter_id"]}).scalar()
+        if existing is not None:
+            return existing, False
+        # gc may have removed a blob between upload and this transaction (it holds the
+        # exclusive lock while deleting); put it back now, under our shared lock.
+        for fname, entry in folder.files.items():
+            if not self.blobs.exists(entry["sha256"]):
+                self.blobs.put(folder.path / fname, entry["sha256"])
+        version = t.latest_version + 1
+        vid = conn.execute(_INSERT_VERSION, dict(row, task_id=t.id, version=version)
+                           ).inserted_primary_key[0]
+        if tags:
+            conn.execute(_INSERT_TAG, [{"version_id": vid, "key": k, "value": v}
+                                       for k, v in tags.items()])
+        if metrics:
+            conn.execute(_INSERT_METRIC, [{"version_id": vid, "key": k, "value": v}
+                                          for k, v in metrics.items()])
+        conn.execute(_BUMP_TASK, {"b_tid": t.id, "b_version": version, "b_now": now})
+        for a in aliases:
+            self._move_alias(conn, t.id, a, vid)
+        return version, True
+
+    # ------------------------------------------------------------------ reads
+    def get(self, task: str, version: int | None = None,
+            alias: str | None = None) -> AdapterVersion:
+        """One version: by number, by alias, or (neither given) the latest active one."""
+        params: dict[str, Any] = {"task": names.task_name(task)}
+        if version is not None and alias is not None:
+            raise InvalidArgument("give a version or an alias, not both")
+        if version is not None:
+            if isinstance(version, bool) or not isinstance(version, int):
+                raise InvalidArgument(f"version must be an integer, got {version!r}")
+            q, params["version"] = GET_BY_VERSION, version
+        elif alias is not None:
+            q, params["alias"] = GET_BY_ALIAS, names.alias_name(alias)
+        else:
+            q = GET_LATEST
+        with read_tx(self.engine) as conn:
+            row = conn.execute(q, params).first()
+            if row is None:
+                self._raise_missing(conn, task, version, alias)
+        return _row_to_version(row)
+
+    def _raise_missing(self, conn, task, version, alias):
+        t = conn.execute(select(db.tasks.c.latest_version).where(
+            db.tasks.c.name == task)).first()
+        if t is None:
+            raise NotFound(f"task {task!r} does not exist")
+        if version is not None:
+            raise NotFound(f"task {task!r} has no version {version} "
+                           f"(latest number issued: {t.latest_version})")
+        if alias is not None:
+            raise NotFound(f"task {task!r} has no alias {alias!r}")
+        raise NotFound(f"task {task!r} has no active version")
+
+    def versions(self, task: str, limit: int = 100,
+                 page_token: str | None = None) -> Page:
+        """Versions of one task, newest first."""
+        return self.search(task=task, limit=limit, page_token=page_token)
+
+    def search(self, task: str | None = None, base_digest: str | None = None,
+               method: str | None = None, alias: str | None = None,
+               tag: tuple[str, str] | None = None,
+               metric: tuple[str, str, float] | None = None,
+               created_after: datetime | str | float | None = None,
+               created_before: datetime | str | float | None = None,
+               status: str | None = None, limit: int = 100,
+               page_token: str | None = None) -> Page:
+        """Versions matching every given filter, one page at a time.
+
+        metric=(key, op, value) with op in >, >=, <, <= orders by that metric, best first
+        in the direction of the operator; otherwise newest first. created_* take a
+        datetime, ISO-8601 text or epoch seconds (after is inclusive, before exclusive).
+        """
+        q, params, mode, nkey = build_search(
+            task=task, base_digest=base_digest, method=method, alias=alias, tag=tag,
+            metric=metric, created_after=created_after, created_before=created_before,
+            status=status, limit=limit, page_token=page_token)
+        with read_tx(self.engine) as conn:
+            rows = conn.execute(q, params).all()
+        token = None
+        if len(rows) > limit:
+            rows = rows[:limit]
+            token = encode_token(mode, sort_key(rows[-1], nkey))
+        return Page([_row_to_version(r) for r in rows], token)
+
+    def list_tasks(self, limit: int = 100, page_token: str | None = None) -> Page:
+        """Tasks in name order, with counters and current aliases."""
+        if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= 1000:
+            raise InvalidArgument(f"limit must be an integer in 1..1000, got {limit!r}")
+        t = db.tasks
+        q = select(t).order_by(t.c.name).limit(limit + 1)
+        if page_token is not None:
+            q = q.where(t.c.name > decode_token(page_token, "tasks")[0])
+        with read_tx(self.engine) as conn:
+            rows = conn.execute(q).all()
+            token = None
+            if len(rows) > limit:
+                rows = rows[:limit]
+                token = encode_token("tasks", [rows[-1].name])
+            alias_map: dict[int, dict[str, int]] = {r.id: {} for r in rows}
+            if rows:
+                a, v = db.aliases, db.versions
+                for tid, alias, ver in conn.execute(
+                        select(a.c.task_id, a.c.alias, v.c.version)
+                        .join(v, v.c.id == a.c.version_id)
+                        .where(a.c.task_id.in_(list(alias_map)))):
+                    alias_map[tid][alias] = ver
+        return Page([TaskInfo(name=r.name, base_digest=r.base_digest, n_versions=r.n_versions,
+                              latest_version=r.latest_version, aliases=alias_map[r.id],
+                              created_at=_aware(r.created_at), updated_at=_aware(r.updated_at))
+                     for r in rows], token)
+
+    def count_versions(self) -> int:
+        """Number of versions stored (all tasks)."""
+        with read_tx(self.engine) as conn:
+            return conn.execute(select(func.count()).select_from(db.versions)).scalar_one()
+
+    # ------------------------------------------------------------------ mutations
+    def _version_row(self, conn, task: str, version: int):
+        row = conn.execute(
+            select(db.versions.c.id, db.versions.c.task_id, db.versions.c.status,
+                   db.versions.c.aliases)
+            .join(db.tasks, db.tasks.c.id == db.versions.c.task_id)
+            .where(db.tasks.c.name == names.task_name(task),
+                   db.versions.c.version == version)).first()
+        if row is None:
+            self._raise_missing(conn, task, version, None)
+        return row
+
+    def _move_alias(self, conn, task_id: int, alias: str, version_id: int | None) -> None:
+        """Point alias at version_id (None removes it), keeping the JSON copies in step."""
+        a, v = db.aliases, db.versions
+        old = conn.execute(select(a.c.version_id).where(
+            a.c.task_id == task_id, a.c.alias == alias)).scalar()
+        if old == version_id:
+            return
+        if old is not None:
+            conn.execute(delete(a).where(a.c.task_id == task_id, a.c.alias == alias))
+            self._edit_alias_json(conn, old, alias, add=False)
+        if version_id is not None:
+            conn.execute(insert(a).values(task_id=task_id, alias=alias, version_id=version_id))
+            self._edit_alias_json(conn, version_id, alias, add=True)
+
+    @staticmethod
+    def _edit_alias_json(conn, version_id: int, alias: str, add: bool) -> None:
+        v = db.versions
+        cur = set(_loads(conn.execute(select(v.c.aliases).where(v.c.id == version_id))
+                         .scalar_one()))
+        cur = cur | {alias} if add else cur - {alias}
+        conn.execute(update(v).where(v.c.id == version_id).values(aliases=_dumps(sorted(cur))))
+
+    def set_alias(self, task: str, alias: str, version: int) -> AdapterVersion:
+        """Point `alias` (e.g. production) at a version, moving it if it points elsewhere."""
+        alias = names.alias_name(alias)
+        with write_tx(self.engine) as conn:
+            row = self._version_row(conn, task, version)
+            if row.status != "active":
+                raise Conflict(f"{task} v{version} is {row.status}; reactivate it before "
+                               f"pointing {alias!r} at it")
+            self._move_alias(conn, row.task_id, alias, row.id)
+        return self.get(task, version)
+
+    promote = set_alias
+
+    def delete_alias(self, task: str, alias: str) -> None:
+        """Remove an alias from a task."""
+        alias = names.alias_name(alias)
+        with write_tx(self.engine) as conn:
+            tid = conn.execute(select(db.tasks.c.id).where(
+                db.tasks.c.name == names.task_name(task))).scalar()
+            if tid is None:
+                raise NotFound(f"task {task!r} does not exist")
+            held = conn.execute(select(db.aliases.c.version_id).where(
+                db.aliases.c.task_id == tid, db.aliases.c.alias == alias)).scalar()
+            if held is None:
+                raise NotFound(f"task {task!r} has no alias {alias!r}")
+            self._move_alias(conn, tid, alias, None)
+
+    def set_tag(self, task: str, version: int, key: str, value: str) -> None:
+        """Set (or overwrite) a tag on a version."""
+        self._edit_tag(task, version, names.key_name(key, "tag key"),
+                       names.text_value(value, "tag value", 1024))
+
+    def delete_tag(self, task: str, version: int, key: str) -> None:
+        """Remove a tag from a version (missing tags are ignored)."""
+        self._edit_tag(task, version, names.key_name(key, "tag key"), None)
+
+    def _edit_tag(self, task, version, key, value) -> None:
+        g, v = db.tags, db.versions
+        with write_tx(self.engine) as conn:
+            row = self._version_row(conn, task, version)
+            conn.execute(delete(g).where(g.c.version_id == row.id, g.c.key == key))
+            if value is not None:
+                conn.execute(insert(g).values(version_id=row.id, key=key, value=value))
+            cur = _loads(conn.execute(select(v.c.tags).where(v.c.id == row.id)).scalar_one())
+            if value is None:
+                cur.pop(key, None)
+            else:
+                cur[key] = value
+            conn.execute(update(v).where(v.c.id == row.id).values(tags=_dumps(cur)))
+
+    def deprecate(self, task: str, version: int) -> None:
+        """Mark a version deprecated: still fetchable by number, skipped as 'latest'."""
+        self._set_status(task, version, "deprecated")
+
+    def reactivate(self, task: str, version: int) -> None:
+        """Undo deprecate."""
+        self._set_status(task, version, "active")
+
+    def _set_status(self, task, version, status) -> None:
+        with write_tx(self.engine) as conn:
+            row = self._version_row(conn, task, version)
+            if status == "deprecated" and _loads(row.aliases):
+                raise Conflict(f"{task} v{version} holds alias(es) {_loads(row.aliases)}; "
+                               "move them before deprecating it")
+            conn.execute(update(db.versions).where(db.versions.c.id == row.id)
+                         .values(status=status))
+
+    def delete(self, task: str, version: int, *, force: bool = False) -> None:
+        """Delete a version's metadata; its blobs go at the next gc if nothing else uses
+        them. Refused while it holds an alias unless force=True (which drops the alias)."""
+        with write_tx(self.engine) as conn:
+            row = self._version_row(conn, task, version)
+            held = _loads(row.aliases)
+            if held and not force:
+                raise Conflict(f"{task} v{version} holds alias(es) {held}; move them first "
+                               "or delete with force=True")
+            # Children first: do not rely on ON DELETE CASCADE being enabled on every
+            # connection (SQLite only honours it per connection).
+            for child in (db.aliases, db.tags, db.metrics):
+                conn.execute(delete(child).where(child.c.version_id == row.id))
+            conn.execute(delete(db.versions).where(db.versions.c.id == row.id))
+            conn.execute(update(db.tasks).where(db.tasks.c.id == row.task_id).values(
+                n_versions=db.tasks.c.n_versions - 1, updated_at=_utcnow()))
+
+    def gc(self) -> int:
+        """Delete blobs no version references; return how many were removed.
+
+        Holds the registry's exclusive write lock meanwhile, so a concurrent publish
+        either committed before (its blobs are referenced) or re-uploads after.
+        """
+        removed = 0
+        with write_tx(self.engine) as conn:
+            self._lock(conn, exclusive=True)
+            referenced: set[str] = set()
+            for (files,) in conn.execute(select(db.versions.c.files)):
+                referenced.update(e["sha256"] for e in _loads(files).values())
+            for digest, _mtime in list(self.blobs.list()):
+                if digest not in referenced:
+                    self.blobs.delete(digest)
+                    removed += 1
+        return removed
+
+    # ------------------------------------------------------------------ fetch / export
+    def fetch(self, task: str, version: int | None = None, alias: str | None = None, *,
+              dest: Path, base_digest: str | None = None) -> Path:
+        """Write a version's PEFT folder into `dest`, verifying every file's sha256.
+
+        With base_digest, refuse (BasePinMismatch) an adapter trained on another base.
+        A corrupt blob raises CorruptBlob and leaves no partial file behind.
+        """
+        v = self.get(task, version, alias)
+        return self._fetch_version(v, Path(dest), base_digest)
+
+    def _fetch_version(self, v: AdapterVersion, dest: Path, base_digest: str | None) -> Path:
+        if base_digest is not None and v.base_digest != base_digest:
+            raise BasePinMismatch(
+                f"{v.name} was trained on base {v.base_digest}, not on {base_digest}; "
+                "loading it there would silently compute something else")
+        dest.mkdir(parents=True, exist_ok=True)
+        for fname, entry in v.files.items():
+            self.blobs.get(entry["sha256"], dest / names.file_name(fname))
+        return dest
+
+    def export(self, items: Iterable[Any], out_dir: Path, *,
+               base_digest: str | None = None) -> list[ExportedAdapter]:
+        """Write chosen versions as out_dir/<task>-v<version>/ PEFT folders.
+
+        items: (task, version) pairs, AdapterVersion objects or a search Page. Also writes
+        out_dir/lora_modules.txt with one vLLM `--lora-modules name=path` entry a line.
+        """
+        out_dir = Path(out_dir)
+        chosen: list[AdapterVersion] = []
+        for it in (items.items if isinstance(items, Page) else items):
+            if isinstance(it, AdapterVersion):
+                chosen.append(it)
+            else:
+                try:
+                    task, version = it
+                except (TypeError, ValueError):
+                    raise InvalidArgument(f"export items are (task, version) pairs or "
+                                          f"AdapterVersion objects, got {it!r}") from None
+                chosen.append(self.get(task, version))
+        exported = []
+        for v in chosen:
+            path = self._fetch_version(v, out_dir / v.name, base_digest).resolve()
+            if not (path / CONFIG_FILE).is_file():  # pragma: no cover - publish requires it
+                raise InvalidAdapter(f"{v.name} has no {CONFIG_FILE}")
+            exported.append(ExportedAdapter(v.name, path, v.task, v.version, v.vllm_servable))
+        (out_dir / "lora_modules.txt").write_text("".join(e.lora_module + "\n"
+                                                          for e in exported))
+        return exported

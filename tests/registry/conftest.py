@@ -1,0 +1,71 @@
+import os
+import secrets
+import socket
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+from regtestlib import DIGEST, make_base  # noqa: E402
+
+from registry import Registry  # noqa: E402
+
+PG_ADMIN = os.environ.get("PEFTOPS_TEST_PG_ADMIN_URL",
+                          "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+@pytest.fixture
+def base_dir(tmp_path):
+    return make_base(tmp_path / "base")
+
+
+@pytest.fixture
+def reg(tmp_path, base_dir):
+    r = Registry.open(f"sqlite:///{tmp_path / 'reg.db'}", (tmp_path / "blobs").as_uri())
+    r.register_base(base_dir, digest=DIGEST, name="tiny")
+    yield r
+    r.close()
+
+
+def _pg_up() -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", 5432), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def pg_url():
+    """A fresh PostgreSQL database for one test, dropped afterwards."""
+    if not _pg_up():
+        pytest.skip("PostgreSQL is not listening on 127.0.0.1:5432")
+    import psycopg
+
+    name = f"peftops_registry_test_{secrets.token_hex(4)}"
+    admin = PG_ADMIN
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield admin.rsplit("/", 1)[0] + "/" + name
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """moto's S3 server over HTTP on 127.0.0.1 (a real socket, real boto3 calls)."""
+    from moto.server import ThreadedMotoServer
+
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
