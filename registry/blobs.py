@@ -205,23 +205,32 @@ class S3BlobStore(BlobStore):
         src = Path(src)
         size = src.stat().st_size
         head = self._head(sha256)
+        # An object of the right size and checksum (where the server keeps one) is taken as
+        # intact; fetch verifies every byte anyway.
         if head is not None and head.get("ContentLength") == size and \
                 head.get("ChecksumSHA256", self._b64(sha256)) == self._b64(sha256):
             return False
         from botocore.exceptions import ClientError
 
-        with src.open("rb") as f:
+        # Hash the exact bytes that are sent: copy through a spool (memory up to 64 MB),
+        # so a source that changes after it was hashed cannot slip through.
+        with src.open("rb") as f, tempfile.SpooledTemporaryFile(64 << 20) as spool:
+            got, size = _copy_hashing(f.read, spool)
+            if got != sha256:
+                raise CorruptBlob(f"source file {src}: sha256 is {got}, expected {sha256}")
+            spool.seek(0)
             try:
-                # The server recomputes SHA-256 and refuses a body that does not match.
-                self.client.put_object(Bucket=self.bucket, Key=self.key(sha256), Body=f,
+                # Servers that check SHA-256 checksums also refuse a body damaged in transit.
+                self.client.put_object(Bucket=self.bucket, Key=self.key(sha256), Body=spool,
                                        ChecksumSHA256=self._b64(sha256),
                                        Metadata={"sha256": sha256})
             except ClientError as e:
                 if "BadDigest" in str(e) or "checksum" in str(e).lower():
-                    raise CorruptBlob(f"source file {src} does not hash to {sha256}") from e
+                    raise CorruptBlob(f"upload of {src} did not verify: {e}") from e
                 raise
         head = self._head(sha256)
-        if head is None or head.get("ContentLength") != size:
+        if head is None or head.get("ContentLength") != size or \
+                head.get("ChecksumSHA256", self._b64(sha256)) != self._b64(sha256):
             raise CorruptBlob(f"S3 object for {sha256} did not verify after upload")
         return True
 

@@ -16,6 +16,7 @@ strictly after it, so pages never skip or repeat rows when versions are added me
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 from datetime import datetime, timezone
 from typing import Any
@@ -43,17 +44,25 @@ def versions_select() -> Select:
 
 
 def encode_token(mode: str, key: list[Any]) -> str:
+    """An opaque token: the sort mode (with a fingerprint of the filters) and the last key."""
     raw = json.dumps({"m": mode, "k": key}, separators=(",", ":")).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
+def filter_fingerprint(params: dict[str, Any]) -> str:
+    """Short hash of the filter values, so a token is refused by a different query."""
+    items = sorted((k, str(v)) for k, v in params.items() if k != "limit")
+    return hashlib.sha1(repr(items).encode()).hexdigest()[:10]
+
+
 def decode_token(token: str, mode: str) -> list[Any]:
+    """The key of the last row of the previous page; InvalidArgument if it does not fit."""
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         data = json.loads(raw)
         key = data["k"]
         ok = data["m"] == mode and isinstance(key, list)
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, AttributeError):
         ok = False
     if not ok:
         raise InvalidArgument("page_token is invalid or belongs to a query with other "
@@ -202,6 +211,7 @@ def build_search(*, task=None, base_digest=None, method=None, alias=None, tag=No
     if built is None:
         built = _SEARCH_CACHE[shape] = _search_statement(shape)
     q, mode, nkey = built
+    mode = f"{mode}:{filter_fingerprint(p)}"
     if page_token is not None:
         key = decode_token(page_token, mode)
         if len(key) != nkey:
