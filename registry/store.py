@@ -189,12 +189,15 @@ class Registry:
         lineage names another base, and with LintError if the adapter does not fit the
         base (or, with strict_lint, if vLLM would not serve it).
         """
-        return self._publish(task, adapter_dir, base_digest=base_digest, method=method,
-                             metrics=metrics, lineage=lineage, tags=tags, aliases=aliases,
-                             strict_lint=strict_lint)[0]
+        return self.publish_or_get(task, adapter_dir, base_digest=base_digest, method=method,
+                                   metrics=metrics, lineage=lineage, tags=tags,
+                                   aliases=aliases, strict_lint=strict_lint)[0]
 
-    def _publish(self, task, adapter_dir, *, base_digest, method, metrics=None, lineage=None,
-                 tags=None, aliases=(), strict_lint=False) -> tuple[AdapterVersion, bool]:
+    def publish_or_get(self, task, adapter_dir, *, base_digest, method, metrics=None,
+                       lineage=None, tags=None, aliases=(),
+                       strict_lint=False) -> tuple[AdapterVersion, bool]:
+        """Like publish; also says whether a new version was created (False: the same
+        content was already published and that version is returned)."""
         task = names.task_name(task)
         base_digest = names.base_digest(base_digest)
         method = names.method_name(method)
