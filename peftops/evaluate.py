@@ -1,0 +1,98 @@
+"""Evaluation: classify by comparing the verbalizers' log-probabilities after the prompt.
+
+The model is never asked to generate: for each example the summed log-probability of each
+label's continuation is computed and the largest wins. When every verbalizer is one token
+(the GLUE defaults are), one forward pass scores all labels from the last position's logits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from peftops.batching import IGNORE, build_batch, forward_logits
+from peftops.data import PreparedSplit
+from peftops.metrics import compute
+
+
+@dataclass
+class EvalResult:
+    """Scores of one model on one split."""
+
+    metric: str
+    score: float
+    metrics: dict[str, float]
+    n: int
+    predictions: list[int] = field(repr=False, default_factory=list)
+    eval_time_s: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"metric": self.metric, "score": self.score, "metrics": self.metrics, "n": self.n,
+                "eval_time_s": self.eval_time_s}
+
+
+@torch.no_grad()
+def label_scores(model: torch.nn.Module, prompts: list[list[int]], label_ids: list[list[int]], pad_id: int,
+                 device: torch.device) -> torch.Tensor:
+    """(B, n_labels) summed log-probabilities of each label continuation after each prompt."""
+    if all(len(ids) == 1 for ids in label_ids):
+        batch = build_batch(prompts, [[0]] * len(prompts), pad_id).to(device)
+        logp = torch.log_softmax(forward_logits(model, batch)[:, -1, :].float(), dim=-1)
+        return logp[:, [ids[0] for ids in label_ids]]
+    cols = []
+    for ids in label_ids:
+        batch = build_batch(prompts, [ids] * len(prompts), pad_id).to(device)
+        logp = torch.log_softmax(forward_logits(model, batch).float(), dim=-1)
+        tgt = batch.targets.clamp(min=0)
+        picked = logp.gather(-1, tgt.unsqueeze(-1)).squeeze(-1)
+        cols.append(picked.masked_fill(batch.targets == IGNORE, 0.0).sum(-1))
+    return torch.stack(cols, dim=1)
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, split: PreparedSplit, *, pad_id: int, batch_size: int = 16,
+             device: str | torch.device = "cpu") -> EvalResult:
+    """Predict every example of ``split`` and compute the task's metrics."""
+    device = torch.device(device)
+    model.eval()
+    order = sorted(range(len(split)), key=lambda i: len(split.input_ids[i]))  # less padding
+    preds = [0] * len(split)
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
+                else contextlib.nullcontext())
+    t0 = time.perf_counter()
+    with autocast:
+        for start in range(0, len(order), batch_size):
+            rows = order[start:start + batch_size]
+            scores = label_scores(model, [split.input_ids[i] for i in rows], split.label_token_ids, pad_id, device)
+            for i, p in zip(rows, scores.argmax(-1).tolist()):
+                preds[i] = p
+    names = [split.metric, *[m for m in split.metrics if m != split.metric]]
+    metrics = compute(names, preds, split.labels)
+    return EvalResult(metric=split.metric, score=metrics[split.metric], metrics=metrics, n=len(split),
+                      predictions=preds, eval_time_s=time.perf_counter() - t0)
+
+
+@torch.no_grad()
+def latency_per_example(model: torch.nn.Module, split: PreparedSplit, *, pad_id: int, batch_size: int,
+                        device: str | torch.device = "cpu", n_batches: int = 5, warmup: int = 1) -> float:
+    """Median seconds per example of scoring ``batch_size`` prompts at a time."""
+    device = torch.device(device)
+    model.eval()
+    times = []
+    for b in range(warmup + n_batches):
+        start = (b * batch_size) % max(1, len(split) - batch_size + 1)
+        prompts = split.input_ids[start:start + batch_size]
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        label_scores(model, prompts, split.label_token_ids, pad_id, device)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if b >= warmup:
+            times.append((time.perf_counter() - t0) / len(prompts))
+    times.sort()
+    return times[len(times) // 2]

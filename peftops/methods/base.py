@@ -1,0 +1,75 @@
+"""What every PEFT method provides, and the shared part of every method's config."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+
+import torch
+
+from peftops.errors import ConfigError
+
+METHOD_FILE = "peftops_method.json"
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """Fields every method has. ``lr`` lives here: the best rate differs by method."""
+
+    lr: float = 1e-4
+
+    def __post_init__(self) -> None:
+        check(self, "lr", self.lr > 0 and self.lr < 1, "must be in (0, 1)")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def check(cfg: Any, fieldname: str, ok: bool, message: str) -> None:
+    """Raise a ``ConfigError`` naming ``<method>.<field>`` unless ``ok``."""
+    if not ok:
+        method = getattr(cfg, "method_name", type(cfg).__name__)
+        raise ConfigError(f"methods.{method}.{fieldname}", f"{message} (got {getattr(cfg, fieldname)!r})")
+
+
+class Method(Protocol):
+    """A PEFT method: how to make a model trainable, save, load and (maybe) merge it."""
+
+    name: ClassVar[str]
+    config_cls: ClassVar[type]
+    mergeable: ClassVar[bool]
+
+    def apply(self, model: torch.nn.Module, cfg: Any) -> torch.nn.Module:
+        """Return the model to train: only the method's parameters require grad."""
+
+    def save(self, model: torch.nn.Module, cfg: Any, out_dir: Path) -> None:
+        """Write the trained parameters to ``out_dir`` (an empty directory)."""
+
+    def load(self, model: torch.nn.Module, adapter_dir: Path) -> torch.nn.Module:
+        """Apply saved parameters from ``adapter_dir`` to a freshly loaded base ``model``."""
+
+    def merge(self, model: torch.nn.Module) -> torch.nn.Module:
+        """Fold the method into plain base weights (only when ``mergeable``)."""
+
+
+def write_method_file(out_dir: Path, name: str, cfg: Any) -> None:
+    """Record which method (and config) produced an adapter directory."""
+    payload = {"method": name, "config": cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)}
+    (Path(out_dir) / METHOD_FILE).write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+
+
+def read_method_file(adapter_dir: Path) -> dict[str, Any]:
+    """Read the method record of an adapter directory."""
+    path = Path(adapter_dir) / METHOD_FILE
+    if not path.exists():
+        raise ConfigError("adapter", f"{path} not found: not a peftops adapter directory")
+    return json.loads(path.read_text())
+
+
+def freeze_all(model: torch.nn.Module) -> None:
+    """Set ``requires_grad=False`` on every parameter."""
+    for p in model.parameters():
+        p.requires_grad_(False)

@@ -1,0 +1,50 @@
+"""Full fine-tuning: all weights train; the 'adapter' is the whole model as safetensors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from peftops.methods import register
+from peftops.methods.base import write_method_file
+from peftops.methods.full.config import FullConfig
+
+WEIGHTS = "model.safetensors"
+
+
+def state_without_tied(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict with the tied LM head left out (it is the input embedding)."""
+    tied = bool(getattr(model.config, "tie_word_embeddings", False))
+    return {k: v.detach().contiguous() for k, v in model.state_dict().items() if not (tied and k == "lm_head.weight")}
+
+
+@register
+class FullMethod:
+    """Every parameter trains. Stored as a complete copy: what PEFT exists to avoid."""
+
+    name = "full"
+    config_cls = FullConfig
+    mergeable = False
+
+    def apply(self, model: torch.nn.Module, cfg: FullConfig) -> torch.nn.Module:
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model
+
+    def save(self, model: torch.nn.Module, cfg: FullConfig, out_dir: Path) -> None:
+        save_file(state_without_tied(model), str(Path(out_dir) / WEIGHTS), metadata={"format": "pt"})
+        write_method_file(out_dir, self.name, cfg)
+
+    def load(self, model: torch.nn.Module, adapter_dir: Path) -> torch.nn.Module:
+        state = load_file(str(Path(adapter_dir) / WEIGHTS))
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        # Only the tied head may be absent from the file.
+        assert not unexpected and set(missing) <= {"lm_head.weight"}, (missing, unexpected)
+        if getattr(model.config, "tie_word_embeddings", False):
+            model.tie_weights()
+        return model
+
+    def merge(self, model: torch.nn.Module) -> torch.nn.Module:
+        return model

@@ -1,0 +1,42 @@
+"""Apply, save, load and merge LoRA via peft (PEFT format, loadable by peft and vLLM)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from peftops.methods import register
+from peftops.methods.base import write_method_file
+from peftops.methods.lora.config import LoraMethodConfig
+
+
+@register
+class LoraMethod:
+    """Low-rank updates in parallel to frozen linear layers; mergeable into the base."""
+
+    name = "lora"
+    config_cls = LoraMethodConfig
+    mergeable = True
+
+    def apply(self, model: torch.nn.Module, cfg: LoraMethodConfig) -> torch.nn.Module:
+        from peft import LoraConfig, get_peft_model
+
+        peft_cfg = LoraConfig(
+            r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=cfg.peft_targets(),
+            use_dora=cfg.use_dora, use_rslora=cfg.use_rslora, bias="none", task_type="CAUSAL_LM",
+        )
+        return get_peft_model(model, peft_cfg)
+
+    def save(self, model: torch.nn.Module, cfg: LoraMethodConfig, out_dir: Path) -> None:
+        # peft writes adapter_config.json + adapter_model.safetensors (never pickle).
+        model.save_pretrained(str(out_dir), safe_serialization=True)
+        write_method_file(out_dir, self.name, cfg)
+
+    def load(self, model: torch.nn.Module, adapter_dir: Path) -> torch.nn.Module:
+        from peft import PeftModel
+
+        return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
+
+    def merge(self, model: torch.nn.Module) -> torch.nn.Module:
+        return model.merge_and_unload()

@@ -1,0 +1,207 @@
+"""The pipeline's stages as typed functions: a config in, paths or metrics out.
+
+The CLI, DVC (``dvc.yaml``) and Prefect (``tasks/``) are thin front ends over these. Every
+stage reads its inputs from and writes its outputs to the state directory, so stages can run
+in separate processes and be cached by their inputs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from peftops.base import BaseSnapshot, import_base, load_model, load_tokenizer, open_snapshot, snapshot_dir
+from peftops.config import PipelineParams, state_home, to_dict
+from peftops.data import PreparedData, load_prepared, prepare
+from peftops.errors import PeftopsError
+from peftops.evaluate import EvalResult, evaluate
+from peftops.fsutil import write_json_atomic
+from peftops.merge import ParityCertificate, merge_adapter
+from peftops.methods import get_method, make_config
+from peftops.train import TrainResult, count_params, train
+
+
+def pick_device() -> torch.device:
+    """$PEFTOPS_DEVICE, else CUDA when present, else CPU."""
+    env = os.environ.get("PEFTOPS_DEVICE")
+    if env:
+        return torch.device(env)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where each stage keeps its outputs under the state directory."""
+
+    home: Path
+
+    @classmethod
+    def of(cls, home: str | Path | None = None) -> "Layout":
+        return cls(state_home(home))
+
+    def data(self, task: str) -> Path:
+        return self.home / "data" / task
+
+    def run(self, task: str, method: str) -> Path:
+        return self.home / "runs" / task / method
+
+    def base(self, name: str) -> Path:
+        return snapshot_dir(name, self.home)
+
+
+def stage_base(params: PipelineParams, home: str | Path | None = None, force: bool = False) -> BaseSnapshot:
+    """Pin the base model: build its snapshot once, then verify it by digest."""
+    return import_base(params.base, home, force=force)
+
+
+def _snapshot(params: PipelineParams, home: str | Path | None) -> BaseSnapshot:
+    path = Layout.of(home).base(params.base.name)
+    return open_snapshot(path, params.base.expected_digest)
+
+
+def stage_prepare(params: PipelineParams, home: str | Path | None = None) -> PreparedData:
+    """Parse, subsample and tokenize the task's train and dev splits."""
+    snap = _snapshot(params, home)
+    out = prepare(params.data, load_tokenizer(snap), Layout.of(home).data(params.data.task))
+    write_json_atomic(out.train_path.parent / "prepared.json",
+                      {"digest": out.digest, "base_digest": snap.digest, "train": out.train_size, "dev": out.dev_size})
+    return out
+
+
+def prepared_digest(params: PipelineParams, home: str | Path | None = None) -> str:
+    """The data digest recorded by the prepare stage."""
+    path = Layout.of(home).data(params.data.task) / "prepared.json"
+    if not path.exists():
+        raise PeftopsError(f"{path} not found; run `peftops prepare` first")
+    return json.loads(path.read_text())["digest"]
+
+
+def stage_train(params: PipelineParams, method_name: str, home: str | Path | None = None, *,
+                progress: bool = True, resume: bool = True, max_steps_this_call: int | None = None) -> TrainResult:
+    """Train one method on the prepared train split; writes the adapter and ``train.json``."""
+    layout = Layout.of(home)
+    snap = _snapshot(params, home)
+    method = get_method(method_name)
+    mcfg = make_config(method_name, params.methods.get(method_name))
+    split = load_prepared(layout.data(params.data.task) / "train.json")
+    tokenizer = load_tokenizer(snap)
+    device = pick_device()
+    base = load_model(snap, device)
+    base_params = count_params(base)
+    model = method.apply(base, mcfg)
+    result = train(model, method, mcfg, split, params.train, layout.run(params.data.task, method_name),
+                   pad_id=tokenizer.pad_token_id, base_params=base_params, device=device, resume=resume,
+                   progress=progress, max_steps_this_call=max_steps_this_call)
+    if result.steps >= params.train.steps:
+        summary = result.to_dict()
+        summary.pop("trained_names")
+        summary.update({"method_config": mcfg.to_dict(), "base_digest": snap.digest,
+                        "data_digest": split.digest, "trained_parameter_names": result.trained_names})
+        write_json_atomic(result.adapter_dir.parent / "train.json", summary)
+    return result
+
+
+def load_adapted(snap: BaseSnapshot, method_name: str | None, adapter_dir: Path | None,
+                 device: torch.device) -> torch.nn.Module:
+    """The base model, with ``adapter_dir`` applied when a method is given."""
+    model = load_model(snap, device)
+    if method_name is None:
+        return model
+    if adapter_dir is None or not Path(adapter_dir).exists():
+        raise PeftopsError(f"{adapter_dir}: no trained adapter; run `peftops train --method {method_name}` first")
+    return get_method(method_name).load(model, Path(adapter_dir)).to(device)
+
+
+def stage_evaluate(params: PipelineParams, method_name: str | None, home: str | Path | None = None,
+                   adapter_dir: Path | None = None) -> EvalResult:
+    """Score the base model (``method_name=None``) or a trained adapter on the dev split."""
+    layout = Layout.of(home)
+    snap = _snapshot(params, home)
+    tokenizer = load_tokenizer(snap)
+    split = load_prepared(layout.data(params.data.task) / "dev.json")
+    device = pick_device()
+    name = method_name or "base"
+    if method_name and adapter_dir is None:
+        adapter_dir = layout.run(params.data.task, method_name) / "adapter"
+    model = load_adapted(snap, method_name, adapter_dir, device)
+    result = evaluate(model, split, pad_id=tokenizer.pad_token_id, batch_size=params.train.eval_batch_size,
+                      device=device)
+    write_json_atomic(layout.run(params.data.task, name) / "eval.json",
+                      {**result.to_dict(), "dev_digest": split.digest, "base_digest": snap.digest})
+    return result
+
+
+def stage_merge(params: PipelineParams, home: str | Path | None = None, method_name: str = "lora",
+                export_dir: Path | None = None) -> ParityCertificate:
+    """Merge the trained adapter and certify parity on the dev prompts; writes ``merge.json``."""
+    layout = Layout.of(home)
+    snap = _snapshot(params, home)
+    probe = load_prepared(layout.data(params.data.task) / "dev.json")
+    run = layout.run(params.data.task, method_name)
+    cert = merge_adapter(snap, run / "adapter", probe, params.merge, export_dir)
+    write_json_atomic(run / "merge.json", cert.to_dict())
+    return cert
+
+
+def git_commit() -> str | None:
+    """The current commit of the working directory's repository, if any."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that shape an adapter's numbers."""
+    import peft
+    import transformers
+
+    import peftops
+
+    return {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__,
+            "peftops": peftops.__version__}
+
+
+def stage_publish(params: PipelineParams, home: str | Path | None = None, method_name: str = "lora", *,
+                  metrics: dict[str, float] | None = None, lineage: dict[str, Any] | None = None,
+                  tags: dict[str, str] | None = None, aliases: list[str] | tuple[str, ...] = ()) -> Any:
+    """Publish the trained adapter to the registry against the pinned base."""
+    from registry import Registry
+
+    layout = Layout.of(home)
+    snap = _snapshot(params, home)
+    run = layout.run(params.data.task, method_name)
+    adapter = run / "adapter"
+    if not adapter.exists():
+        raise PeftopsError(f"{adapter}: no trained adapter to publish; run `peftops train` first")
+    train_info = json.loads((run / "train.json").read_text())
+    lin: dict[str, Any] = {
+        "data_digest": prepared_digest(params, home), "git_commit": git_commit(), "method": method_name,
+        "hyperparameters": {"method": train_info["method_config"], "train": to_dict(params.train)},
+        "libraries": library_versions(),
+    }
+    merge_file = run / "merge.json"
+    if merge_file.exists():
+        lin["merge_parity"] = json.loads(merge_file.read_text())
+    lin.update(lineage or {})
+    reg = Registry.open(**registry_locations(home))
+    reg.register_base(snap.path, digest=snap.digest, name=snap.name)
+    return reg.publish(params.data.task, adapter, base_digest=snap.digest, method=method_name,
+                       metrics=metrics or {}, lineage=lin, tags=tags or {}, aliases=list(aliases))
+
+
+def registry_locations(home: str | Path | None = None) -> dict[str, str]:
+    """The registry's database URL and blob URI: env overrides, else under the state dir."""
+    root = state_home(home) / "registry"
+    root.mkdir(parents=True, exist_ok=True)
+    return {
+        "db_url": os.environ.get("PEFTOPS_REGISTRY_DB") or f"sqlite:///{root / 'registry.db'}",
+        "blob_uri": os.environ.get("PEFTOPS_REGISTRY_BLOBS") or (root / "blobs").as_uri(),
+    }

@@ -1,0 +1,38 @@
+"""The pinned snapshot: digest, verification, corruption."""
+
+import pytest
+
+from peftops.base import PINNED_FILES, open_snapshot
+from peftops.errors import SnapshotError
+from tiny import make_snapshot
+
+
+def test_snapshot_digest_is_stable_and_verified(tmp_path):
+    a = make_snapshot(tmp_path / "a", seed=0)
+    b = make_snapshot(tmp_path / "b", seed=0)
+    c = make_snapshot(tmp_path / "c", seed=1)
+    assert a.digest == b.digest != c.digest
+    assert set(a.files) == set(PINNED_FILES)
+    assert open_snapshot(a.path, expected_digest=a.digest).digest == a.digest
+
+
+def test_corrupted_weights_are_refused_naming_the_file(tmp_path):
+    snap = make_snapshot(tmp_path)
+    weights = snap.path / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-3] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(SnapshotError) as err:
+        open_snapshot(snap.path)
+    assert "model.safetensors" in str(err.value) and "corrupted" in str(err.value)
+
+
+def test_pinned_digest_mismatch_is_refused(tmp_path):
+    snap = make_snapshot(tmp_path)
+    with pytest.raises(SnapshotError, match="differs from the pinned"):
+        open_snapshot(snap.path, expected_digest="0" * 64)
+
+
+def test_missing_snapshot_says_what_to_run(tmp_path):
+    with pytest.raises(SnapshotError, match="peftops base import"):
+        open_snapshot(tmp_path / "nothing")
