@@ -120,6 +120,21 @@ class MergeConfig:
 
 
 @dataclass(frozen=True)
+class GateConfig:
+    """Quality gate: an adapter gets ``alias`` only if its score is >= ``min_pct_of_full`` % of FFT's."""
+
+    min_pct_of_full: float = 95.0
+    alias: str = "production"
+    baseline: str = "full"
+
+    def __post_init__(self) -> None:
+        if not 0 < self.min_pct_of_full <= 1000:
+            raise ConfigError("gate.min_pct_of_full", "must be in (0, 1000]")
+        if not self.alias:
+            raise ConfigError("gate.alias", "must be a non-empty alias name")
+
+
+@dataclass(frozen=True)
 class PipelineParams:
     """Everything the main job needs; every field has an embedded default."""
 
@@ -127,6 +142,7 @@ class PipelineParams:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     merge: MergeConfig = field(default_factory=MergeConfig)
+    gate: GateConfig = field(default_factory=GateConfig)
     # Per-method settings (lr plus the method's own hyperparameters), validated by the method.
     methods: dict[str, dict[str, Any]] = field(
         default_factory=lambda: {
@@ -203,7 +219,7 @@ def load_params(path: str | os.PathLike | None = None) -> PipelineParams:
         raise ConfigError("params", f"not valid YAML ({line.strip() or 'unknown line'}): {err}", str(p)) from None
     if not isinstance(raw, dict):
         raise ConfigError("params", "top level must be a mapping", str(p))
-    known = {"base", "data", "train", "merge", "methods"}
+    known = {"base", "data", "train", "merge", "gate", "methods"}
     extra = sorted(set(raw) - known)
     if extra:
         raise ConfigError(extra[0], f"unknown section; valid sections are {', '.join(sorted(known))}", str(p))
@@ -218,6 +234,7 @@ def load_params(path: str | os.PathLike | None = None) -> PipelineParams:
         data=build_dataclass(DataConfig, raw.get("data"), "data", str(p)),
         train=build_dataclass(TrainConfig, raw.get("train"), "train", str(p)),
         merge=build_dataclass(MergeConfig, raw.get("merge"), "merge", str(p)),
+        gate=build_dataclass(GateConfig, raw.get("gate"), "gate", str(p)),
         methods=methods,
     )
 

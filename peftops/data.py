@@ -73,6 +73,9 @@ def parse_task(name: str, entry: dict[str, Any], source: str) -> TaskSpec:
     for req in ("train", "dev", "template", "labels", "label_field", "fields"):
         if req not in entry:
             raise _entry_error(source, name, req, "required field is missing")
+    for key in ("train", "dev"):
+        if not isinstance(entry[key], str) or not entry[key].strip():
+            raise _entry_error(source, name, key, "must be a file path (relative to the data root, or absolute)")
     fmt = entry.get("format", "tsv")
     if fmt not in FORMATS:
         raise _entry_error(source, name, "format", f"{fmt!r} is not one of {', '.join(FORMATS)}")
@@ -82,6 +85,10 @@ def parse_task(name: str, entry: dict[str, Any], source: str) -> TaskSpec:
     labels = entry["labels"]
     if not isinstance(labels, dict) or len(labels) < 2:
         raise _entry_error(source, name, "labels", "must map at least two label values to verbalizers")
+    for k in labels:
+        if isinstance(k, bool):  # YAML 1.1 reads bare yes/no/true/false as booleans
+            raise _entry_error(source, name, "labels", f"label value {k!r} was read as a boolean; quote it "
+                               "(e.g. \"yes\": \" yes\") so it matches the text in the file")
     labels = {str(k): v for k, v in labels.items()}
     for k, v in labels.items():
         if not isinstance(v, str) or not v.strip():
@@ -101,17 +108,29 @@ def parse_task(name: str, entry: dict[str, Any], source: str) -> TaskSpec:
     missing = placeholders - set(fields_)
     if missing:
         raise _entry_error(source, name, "template", f"placeholder {{{sorted(missing)[0]}}} has no entry in 'fields'")
-    cols = list(fields_.values()) + [entry["label_field"]]
-    for col in cols:
+    cols = [(f"fields.{k}", v) for k, v in fields_.items()] + [("label_field", entry["label_field"])]
+    for where, col in cols:
+        if isinstance(col, bool) or not isinstance(col, (str, int)) or (isinstance(col, int) and col < 0):
+            raise _entry_error(source, name, where, f"{col!r} must be a column name or a 0-based column index")
+        if fmt == "jsonl" and not isinstance(col, str):
+            raise _entry_error(source, name, where, f"column {col!r} must be a key name: JSON lines are objects")
         if not header and fmt != "jsonl" and not isinstance(col, int):
-            raise _entry_error(source, name, "fields", f"column {col!r} must be a 0-based index when header is false")
+            raise _entry_error(source, name, where, f"column {col!r} must be a 0-based index when header is false")
     metric = entry.get("metric", "accuracy")
-    extra = tuple(entry.get("metrics", ()) or ())
-    for m in (metric, *extra):
+    if metric not in METRICS:
+        raise _entry_error(source, name, "metric", f"{metric!r} is not one of {', '.join(METRICS)}")
+    extra = entry.get("metrics", ()) or ()
+    if isinstance(extra, str) or not isinstance(extra, (list, tuple)):
+        raise _entry_error(source, name, "metrics", "must be a list of metric names")
+    extra = tuple(extra)
+    for m in extra:
         if m not in METRICS:
-            raise _entry_error(source, name, "metric", f"{m!r} is not one of {', '.join(METRICS)}")
+            raise _entry_error(source, name, "metrics", f"{m!r} is not one of {', '.join(METRICS)}")
+    if len(labels) != 2 and "f1" in (metric, *extra):
+        raise _entry_error(source, name, "metric" if metric == "f1" else "metrics",
+                           f"'f1' (of the second label) needs exactly two labels; this task has {len(labels)}")
     max_length = entry.get("max_length")
-    if max_length is not None and (not isinstance(max_length, int) or max_length < 8):
+    if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 8):
         raise _entry_error(source, name, "max_length", "must be an integer >= 8")
     return TaskSpec(
         name=name, train=str(entry["train"]), dev=str(entry["dev"]), template=template, labels=labels,

@@ -1,0 +1,169 @@
+"""Forgetting: the model's language-modelling loss on general held-out text, before vs after.
+
+PEFT can forget too. To measure it, a fixed set of general texts is built from the
+Self-Instruct seed tasks (instruction, input and output as plain text; a seeded sample of
+those that fit ``max_tokens``, never truncated), and the mean next-token negative
+log-likelihood over every token of every text is computed for the base and for each adapted
+model. The delta (after - before, in nats per token) sits beside the task score: above zero,
+the adaptation made the model worse at general text.
+
+The loss runs through the same left-padded batches as training (``peftops.batching``), so a
+method that prepends virtual tokens (prompt or prefix tuning) is measured on the real tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from peftops.batching import IGNORE, build_batch, forward_logits
+from peftops.config import default_data_root
+from peftops.digest import canonical_json, text_sha256
+from peftops.errors import ConfigError, DataError
+
+SEED_TASKS = "instruct/self_instruct_seed_tasks.jsonl"
+
+
+@dataclass(frozen=True)
+class ForgettingConfig:
+    """Which general texts, how many, and how they are batched."""
+
+    source: str = SEED_TASKS  # relative to the data root, or absolute
+    size: int = 48  # texts in the held-out set
+    max_tokens: int = 128  # texts longer than this (with BOS) are skipped, never cut
+    seed: int = 0
+    batch_size: int = 4
+
+    def __post_init__(self) -> None:
+        if self.size < 1:
+            raise ConfigError("forgetting.size", "must be >= 1")
+        if self.max_tokens < 8:
+            raise ConfigError("forgetting.max_tokens", "must be >= 8")
+        if self.batch_size < 1:
+            raise ConfigError("forgetting.batch_size", "must be >= 1")
+
+
+@dataclass
+class GeneralTextSet:
+    """Tokenized held-out texts (each starts with BOS) and the set's content digest."""
+
+    input_ids: list[list[int]]
+    ids: list[str]
+    source: str
+    digest: str
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    @property
+    def n_tokens(self) -> int:
+        """Tokens that are predicted (every token after the first)."""
+        return sum(len(x) - 1 for x in self.input_ids)
+
+
+def seed_task_text(row: dict[str, Any]) -> str:
+    """One seed task as plain text: instruction, then input (if any), then output."""
+    parts = [str(row.get("instruction", "")).strip()]
+    for inst in row.get("instances", [])[:1]:
+        if str(inst.get("input", "")).strip():
+            parts.append(str(inst["input"]).strip())
+        parts.append(str(inst.get("output", "")).strip())
+    return "\n\n".join(p for p in parts if p)
+
+
+def build_general_set(tokenizer, cfg: ForgettingConfig = ForgettingConfig(),
+                      data_root: str | Path | None = None) -> GeneralTextSet:
+    """The fixed held-out set: a seeded sample of seed tasks that fit ``cfg.max_tokens``."""
+    path = Path(cfg.source)
+    if not path.is_absolute():
+        path = Path(data_root or default_data_root()) / cfg.source
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise DataError(path, "general text file not found (needed for the forgetting measure)") from None
+    rows = []
+    for i, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(path, f"invalid JSON: {err.msg}", line=i) from None
+        if not isinstance(row, dict) or "instruction" not in row:
+            raise DataError(path, "expected an object with an 'instruction'", line=i, field="instruction")
+        rows.append((str(row.get("id", i)), seed_task_text(row)))
+    encoded = tokenizer([t for _, t in rows], add_special_tokens=True)["input_ids"]
+    fitting = [(rid, list(map(int, ids))) for (rid, _), ids in zip(rows, encoded) if 2 <= len(ids) <= cfg.max_tokens]
+    if len(fitting) < cfg.size:
+        raise DataError(path, f"only {len(fitting)} texts fit max_tokens={cfg.max_tokens}; "
+                        f"forgetting.size is {cfg.size}")
+    chosen = sorted(random.Random(cfg.seed).sample(range(len(fitting)), cfg.size))
+    ids = [fitting[i][0] for i in chosen]
+    input_ids = [fitting[i][1] for i in chosen]
+    digest = text_sha256(canonical_json({"ids": ids, "input_ids": input_ids}))
+    return GeneralTextSet(input_ids=input_ids, ids=ids, source=str(path), digest=digest)
+
+
+@torch.no_grad()
+def general_nll(model: torch.nn.Module, texts: GeneralTextSet, *, pad_id: int, batch_size: int = 4,
+                device: str | torch.device | None = None) -> float:
+    """Mean next-token negative log-likelihood (nats/token) over every token of ``texts``.
+
+    Logits are taken at the text positions only, a few texts at a time (a 262k vocabulary
+    makes full-sequence logits large).
+    """
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    model.eval()
+    order = sorted(range(len(texts)), key=lambda i: len(texts.input_ids[i]))
+    total, count = 0.0, 0
+    for start in range(0, len(order), batch_size):
+        rows = [texts.input_ids[i] for i in order[start:start + batch_size]]
+        batch = build_batch([r[:1] for r in rows], [r[1:] for r in rows], pad_id).to(device)
+        logits = forward_logits(model, batch).float()
+        loss = F.cross_entropy(logits.flatten(0, 1), batch.targets.flatten(), ignore_index=IGNORE,
+                               reduction="sum")
+        total += float(loss)
+        count += int((batch.targets != IGNORE).sum())
+        del logits
+    return total / count
+
+
+@dataclass
+class ForgettingResult:
+    """General-text loss of the base and of the adapted model, and their difference."""
+
+    nll_before: float
+    nll_after: float
+    n_texts: int
+    n_tokens: int
+    set_digest: str
+    time_s: float = 0.0
+
+    @property
+    def delta(self) -> float:
+        return self.nll_after - self.nll_before
+
+    @property
+    def ppl_ratio(self) -> float:
+        """Perplexity after / before (exp of the delta)."""
+        return math.exp(self.delta)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "delta": self.delta, "ppl_ratio": self.ppl_ratio}
+
+
+def measure(model: torch.nn.Module, texts: GeneralTextSet, nll_before: float, *, pad_id: int,
+            batch_size: int = 4) -> ForgettingResult:
+    """The adapted ``model``'s general-text loss against the base's ``nll_before``."""
+    t0 = time.perf_counter()
+    after = general_nll(model, texts, pad_id=pad_id, batch_size=batch_size)
+    return ForgettingResult(nll_before=nll_before, nll_after=after, n_texts=len(texts), n_tokens=texts.n_tokens,
+                            set_digest=texts.digest, time_s=time.perf_counter() - t0)
