@@ -88,6 +88,26 @@ def _row_to_version(r) -> AdapterVersion:
         files=_loads(files), lint=tuple(_loads(lint)), vllm_servable=bool(servable))
 
 
+# Lineage keys the rest of peftops records; others are kept as given.
+LINEAGE_KEYS = {
+    "mlflow_run_id": str, "data_digest": str, "git_commit": str, "base_digest": str,
+    "method": str, "hyperparameters": dict, "library_versions": dict,
+    "merge_parity": dict,  # the merge-parity certificate
+}
+
+
+def _check_lineage(lineage: Mapping[str, Any]) -> dict[str, Any]:
+    if not isinstance(lineage, Mapping):
+        raise InvalidArgument("lineage must be a mapping")
+    for key, kind in LINEAGE_KEYS.items():
+        if key in lineage and not isinstance(lineage[key], kind):
+            raise InvalidArgument(f"lineage[{key!r}] must be a {kind.__name__}, "
+                                  f"got {type(lineage[key]).__name__}")
+    for key in lineage:
+        names.key_name(key, "lineage key")
+    return dict(lineage)
+
+
 class Registry:
     """Adapter versions for pinned base models.
 
@@ -198,6 +218,10 @@ class Registry:
                 strict_lint: bool = False) -> AdapterVersion:
         """Publish an adapter folder as the next version of `task`.
 
+        lineage records where the adapter came from; the keys peftops uses are
+        mlflow_run_id, data_digest, git_commit, method, hyperparameters, library_versions
+        and merge_parity (the merge-parity certificate), see LINEAGE_KEYS.
+
         Blobs are uploaded and verified first, then the version is recorded in one
         transaction. Identical content (same adapter id) already in the task returns the
         existing version unchanged. Refused with BasePinMismatch if the task or the
@@ -221,7 +245,7 @@ class Registry:
         tags = {names.key_name(k, "tag key"): names.text_value(v, "tag value", 1024)
                 for k, v in (tags or {}).items()}
         aliases = sorted({names.alias_name(a) for a in aliases})
-        lineage = dict(lineage or {})
+        lineage = _check_lineage(lineage or {})
         try:
             lineage_json = _dumps(lineage)
         except (TypeError, ValueError) as e:

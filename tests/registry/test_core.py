@@ -425,3 +425,26 @@ def test_blob_store_by_scheme(tmp_path):
     with pytest.raises(InvalidArgument, match="unsupported"):
         open_blob_store("gs://bucket/x")
     assert os.path.isdir(tmp_path / "b")
+
+
+def test_lineage_is_recorded_and_checked(reg, tmp_path):
+    lineage = {"mlflow_run_id": "0123abcd", "data_digest": "sha256:" + "1" * 64,
+               "git_commit": "f" * 40, "method": "lora",
+               "hyperparameters": {"r": 4, "lr": 2e-4},
+               "library_versions": {"peft": "0.21.2", "transformers": "5.24.0"},
+               "merge_parity": {"max_abs_diff": 1e-6, "passed": True}}
+    v = reg.publish("t", make_adapter(tmp_path / "a", seed=1), base_digest=DIGEST,
+                    method="lora", lineage=lineage)
+    assert reg.get("t", v.version).lineage == lineage
+    with pytest.raises(InvalidArgument, match="hyperparameters"):
+        reg.publish("t", make_adapter(tmp_path / "b", seed=2), base_digest=DIGEST,
+                    method="lora", lineage={"hyperparameters": "r=4"})
+    with pytest.raises(InvalidArgument, match="JSON"):
+        reg.publish("t", make_adapter(tmp_path / "b", seed=2), base_digest=DIGEST,
+                    method="lora", lineage={"when": object()})
+
+
+def test_lint_without_publishing_and_optimize(reg, tmp_path):
+    report = reg.lint(make_adapter(tmp_path / "a", seed=1), base_digest=DIGEST)
+    assert report.errors == [] and report.vllm_servable
+    reg.optimize()
