@@ -136,20 +136,73 @@ def merge(method: str = typer.Option("lora", "--method", "-m"), params: Optional
 @user_errors
 def publish(method: str = typer.Option("lora", "--method", "-m"), params: Optional[Path] = ParamsOpt,
             home: Optional[Path] = HomeOpt, alias: list[str] = typer.Option([], help="alias to set, repeatable"),
+            promote: bool = typer.Option(False, help="set the gate's alias (production) if the score is >= "
+                                                     "gate.min_pct_of_full % of FFT's; else record why not"),
+            min_pct: Optional[float] = typer.Option(None, help="override gate.min_pct_of_full"),
             as_json: bool = typer.Option(False, "--json")) -> None:
     """Publish the trained adapter (PEFT format) to the registry against the pinned base."""
     import dataclasses
 
+    from peftops.errors import ConfigError
     from peftops.pipeline import Layout, stage_publish
 
     p = _params(params)
+    if p.gate.alias in alias:
+        raise ConfigError("alias", f"{p.gate.alias!r} is set by the quality gate only; use --promote")
     run = Layout.of(home).run(p.data.task, method)
     ev = run / "eval.json"
     metrics = {}
     if ev.exists():
         metrics = {f"dev_{k}": v for k, v in json.loads(ev.read_text())["metrics"].items()}
-    v = stage_publish(p, home, method, metrics=metrics, aliases=alias)
+    if promote:
+        from peftops.gate import publish_gated
+
+        v, decision = publish_gated(p, home, method, min_pct=min_pct)
+        (err_console if as_json else console).print(f"gate: {decision.reason}", highlight=False)
+        if alias:
+            from registry import Registry
+
+            from peftops.pipeline import registry_locations
+
+            with Registry.open(**registry_locations(home)) as reg:
+                for a in alias:
+                    v = reg.set_alias(v.task, a, v.version)
+    else:
+        v = stage_publish(p, home, method, metrics=metrics, aliases=alias)
     _emit(dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v, as_json)
+
+
+@app.command()
+@user_errors
+def compare(task: str = typer.Option(..., "--task", "-t", help="a task of the manifest; several: comma-separated"),
+            methods: str = typer.Option("lora,adapter,bitfit,prompt,prefix,full", "--methods",
+                                        help="comma-separated, or 'all'; FFT ('full') is the baseline"),
+            params: Optional[Path] = ParamsOpt, home: Optional[Path] = HomeOpt,
+            out: Path = typer.Option(Path("reports"), "--out", help="tables and charts go to OUT/<task>/"),
+            reuse: bool = typer.Option(False, help="skip methods whose inputs are unchanged since the last run"),
+            as_json: bool = typer.Option(False, "--json")) -> None:
+    """Train every method at the same budget, evaluate against FFT, measure cost, latency, forgetting."""
+    from peftops.compare import CompareConfig, parse_methods, run_compare
+    from peftops.report import compare_rich_table
+
+    p = _params(params)
+    command = "peftops " + " ".join(sys.argv[1:])
+    results = []
+    for t in [x.strip() for x in task.split(",") if x.strip()]:
+        cfg = CompareConfig(task=t, methods=parse_methods(methods), out_dir=str(out), reuse=reuse, command=command)
+        r = run_compare(p, cfg, home, progress=not as_json)
+        results.append(r)
+        if not as_json:
+            console.print(compare_rich_table(r.rows, title=f"{t} ({r.seconds:.0f} s)"))
+            console.print(f"written: {', '.join(str(f) for f in r.files.values())}")
+    from peftops.compare import write_summary
+
+    summary = write_summary(out)
+    if as_json:
+        _emit([{"task": r.task, "rows": [x.to_dict() for x in r.rows], "files": {k: str(v) for k, v in r.files.items()},
+                "mlflow_parent_run_id": r.parent_run_id} for r in results], True)
+    elif summary:
+        console.print(f"summary across tasks: {summary}")
 
 
 @app.command()
