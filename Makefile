@@ -1,4 +1,4 @@
-# make demo | make test | make bench-train | make bench-registry
+# make demo | make test | make bench-train | make bench-registry | make bench-latency
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -14,7 +14,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DVC_NO_ANALYTICS := 1
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: install demo test test-fast bench-train bench-registry clean
+.PHONY: install demo test test-fast bench-train bench-registry bench-latency clean
 
 # torch first and alone: the CPU wheel on local disk; a plain `torch` would pull a CUDA build.
 $(STAMP): pyproject.toml
@@ -39,6 +39,9 @@ bench-train: $(STAMP)
 
 bench-registry: $(STAMP)
 	$(PY) bench/registry_bench.py
+
+bench-latency: $(STAMP)
+	$(PY) bench/latency_bench.py
 
 clean:
 	rm -rf .peftops

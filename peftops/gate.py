@@ -104,11 +104,18 @@ def publish_gated(params: PipelineParams, home: str | Path | None = None, method
                             lineage={**(lineage or {}), "gate": gate_record},
                             tags={**(tags or {}), "gate": "promoted" if decision.promote else "refused",
                                   "gate_reason": decision.reason[:1024]})
-    if decision.promote:
-        from registry import Registry
+    from registry import Registry
 
-        with Registry.open(**registry_locations(home)) as reg:
+    with Registry.open(**registry_locations(home)) as reg:
+        # Identical content publishes as the existing version: its tags carry the latest decision.
+        gate_tags = {"gate": "promoted" if decision.promote else "refused", "gate_reason": decision.reason[:1024]}
+        if any(version.tags.get(k) != v for k, v in gate_tags.items()):
+            for k, v in gate_tags.items():
+                reg.set_tag(version.task, version.version, k, v)
+        if decision.promote:
             version = reg.set_alias(version.task, alias, version.version)
+        else:
+            version = reg.get(version.task, version.version)
     if tracker is not None and run_id is not None:
         tracker.set_tags(run_id, {"gate.promoted": str(decision.promote).lower(), "gate.reason": decision.reason})
         if decision.pct is not None:
