@@ -17,7 +17,8 @@ from peftops.fsutil import write_json_atomic
 from peftops.pipeline import Layout
 from peftops.report import build_rows, markdown
 from peftops.tracking import Tracker
-from tasks import base_task, evaluate_task, merge_task, prepare_task, publish_task, train_task
+from flows.stagecalls import StageCalls
+from tasks import publish_task
 
 
 class _Timer:
@@ -41,33 +42,49 @@ class _Timer:
 def demo_flow(params_file: str | None = None, home: str | None = None, progress: bool = True,
               methods: tuple[str, ...] = ("lora", "full"), params: PipelineParams | None = None) -> dict[str, Any]:
     """Run the whole pipeline on one task and return the summary (also written as JSON)."""
-    params = params or load_params(params_file)
+    summary = run_and_track(params or load_params(params_file), home, methods, progress, source="demo")
+    out = state_home(home) / "demo-summary.json"
+    write_json_atomic(out, summary)
+    summary["summary_path"] = str(out)
+    return summary
+
+
+def run_and_track(params: PipelineParams, home: str | None, methods, progress: bool = True, *,
+                  source: str = "demo", cache: bool = False) -> dict[str, Any]:
+    """One task's pipeline inside the calling flow, tracked in MLflow (experiment ``peftops-<task>``:
+    a parent run, a child run per method) and published; shared by the demo and the fleet.
+
+    ``cache=True`` makes every stage but publish a cache hit when its inputs are unchanged
+    (``flows.stagecalls``); ``summary["cached"]`` says which stages hit.
+    """
     task = params.data.task
     timer = _Timer()
+    stages = StageCalls(params, home, cache=cache)
     with timer("pin base"):
-        snap = base_task(params, home)
+        snap = stages.base()
     with timer("prepare"):
-        prep = prepare_task(params, home)
+        prep = stages.prepare()
     tracker = Tracker(experiment=f"peftops-{task}", home=home)
     layout = Layout.of(home)
     evals, trains, child_ids = {}, {}, {}
     cert = None
-    with tracker.run(f"demo-{task}", params=to_dict(params),
+    with tracker.run(f"{source}-{task}", params=to_dict(params),
                      tags={"prefect.flow_run_id": str(flow_run.id or ""), "base_digest": snap.digest,
                            "data_digest": prep.digest, "task": task}) as parent:
         with timer("evaluate"):
-            evals["base"] = evaluate_task(params, None, home, label="base")
+            evals["base"] = stages.evaluate(None)
         for name in methods:
             with tracker.run(name, parent_id=parent, params={"method": name, **params.methods.get(name, {}),
                                                               "train": to_dict(params.train)},
                              tags={"task": task, "method": name}) as child:
                 child_ids[name] = child
                 with timer(f"train"):
-                    tr = train_task(params, name, home, progress)
+                    tr = stages.train(name, progress)
                 trains[name] = tr
+                tracker.set_tags(child, {"peftops.train_cached": str(stages.hits[f"train.{name}"]).lower()})
                 tracker.log_history(child, tr.history)
                 with timer("evaluate"):
-                    ev = evaluate_task(params, name, home, label=name)
+                    ev = stages.evaluate(name)
                 evals[name] = ev
                 tracker.log_metrics(child, {
                     f"dev_{k}": v for k, v in ev.metrics.items()} | {
@@ -77,7 +94,7 @@ def demo_flow(params_file: str | None = None, home: str | None = None, progress:
                 tracker.log_artifact(child, layout.run(task, name) / "train.json")
                 if name == "lora":
                     with timer("merge"):
-                        cert = merge_task(params, home, "lora")
+                        cert = stages.merge("lora")
                     tracker.log_metrics(child, {"merge_max_abs_dlogit": cert.max_abs_dlogit,
                                                 "merge_mean_kl": cert.mean_kl})
                     tracker.log_json(child, cert.to_dict(), "merge-parity.json")
@@ -96,7 +113,7 @@ def demo_flow(params_file: str | None = None, home: str | None = None, progress:
                 published = publish_task(params, home, "lora", metrics=metrics,
                                          lineage={"mlflow_run_id": child_ids["lora"],
                                                   "prefect_flow_run_id": str(flow_run.id or "")},
-                                         tags={"source": "demo"})
+                                         tags={"source": source})
             tracker.set_tags(child_ids["lora"], {"registry.task": published.task,
                                                  "registry.version": str(published.version),
                                                  "registry.adapter_id": published.adapter_id})
@@ -105,18 +122,15 @@ def demo_flow(params_file: str | None = None, home: str | None = None, progress:
             "task": task, "base_digest": snap.digest, "data_digest": prep.digest,
             "train_examples": prep.train_size, "dev_examples": prep.dev_size,
             "rows": [r.to_dict() for r in rows], "stage_seconds": timer.stages,
-            "merge_parity": cert.to_dict() if cert else None,
+            "merge_parity": cert.to_dict() if cert else None, "cached": stages.hits,
             "registry": None if published is None else {
                 "task": published.task, "version": published.version, "adapter_id": published.adapter_id},
             "mlflow": {"tracking_uri": tracker.tracking_uri, "experiment": tracker.experiment,
                        "parent_run_id": parent, "ui": tracker.ui_command()},
         }
         tracker.log_text(parent, table_md, "comparison.md")
-        tracker.log_json(parent, summary, "demo-summary.json")
+        tracker.log_json(parent, summary, f"{source}-summary.json")
         tracker.log_metrics(parent, {f"stage_seconds.{k.replace(' ', '_')}": v for k, v in timer.stages.items()})
-    out = state_home(home) / "demo-summary.json"
-    write_json_atomic(out, summary)
-    summary["summary_path"] = str(out)
     return summary
 
 

@@ -28,6 +28,7 @@ err_console = Console(stderr=True)
 
 ParamsOpt = typer.Option(None, "--params", "-p", help="params.yaml (default: embedded defaults)")
 HomeOpt = typer.Option(None, "--home", help="state directory (default: $PEFTOPS_HOME or ./.peftops)")
+TaskOpt = typer.Option(None, "--task", "-t", help="a task of the manifest (default: params' data.task)")
 
 
 def user_errors(fn):
@@ -49,10 +50,13 @@ def user_errors(fn):
     return wrapper
 
 
-def _params(path: Optional[Path]):
+def _params(path: Optional[Path], task: Optional[str] = None):
+    import dataclasses
+
     from peftops.config import load_params
 
-    return load_params(path)
+    p = load_params(path)
+    return dataclasses.replace(p, data=dataclasses.replace(p.data, task=task)) if task else p
 
 
 def _emit(obj, as_json: bool) -> None:
@@ -87,23 +91,24 @@ def base_verify(params: Optional[Path] = ParamsOpt, home: Optional[Path] = HomeO
 
 @app.command()
 @user_errors
-def prepare(params: Optional[Path] = ParamsOpt, home: Optional[Path] = HomeOpt) -> None:
+def prepare(params: Optional[Path] = ParamsOpt, home: Optional[Path] = HomeOpt, task: Optional[str] = TaskOpt) -> None:
     """Parse, subsample and tokenize the task's train and dev splits."""
     from peftops.pipeline import stage_prepare
 
-    out = stage_prepare(_params(params), home)
+    out = stage_prepare(_params(params, task), home)
     console.print(f"prepared {out.task}: train {out.train_size}, dev {out.dev_size}, digest {out.digest[:16]}…")
 
 
 @app.command()
 @user_errors
 def train(method: str = typer.Option("lora", "--method", "-m"), params: Optional[Path] = ParamsOpt,
-          home: Optional[Path] = HomeOpt, resume: bool = typer.Option(True, help="resume from the last checkpoint"),
+          home: Optional[Path] = HomeOpt, task: Optional[str] = TaskOpt,
+          resume: bool = typer.Option(True, help="resume from the last checkpoint"),
           as_json: bool = typer.Option(False, "--json")) -> None:
     """Train one method on the prepared train split."""
     from peftops.pipeline import stage_train
 
-    r = stage_train(_params(params), method, home, resume=resume, progress=not as_json)
+    r = stage_train(_params(params, task), method, home, resume=resume, progress=not as_json)
     out = r.to_dict()
     out.pop("history")
     out.pop("trained_names")
@@ -113,29 +118,31 @@ def train(method: str = typer.Option("lora", "--method", "-m"), params: Optional
 @app.command()
 @user_errors
 def evaluate(method: Optional[str] = typer.Option(None, "--method", "-m", help="omit for the base model"),
-             params: Optional[Path] = ParamsOpt, home: Optional[Path] = HomeOpt,
+             params: Optional[Path] = ParamsOpt, home: Optional[Path] = HomeOpt, task: Optional[str] = TaskOpt,
              as_json: bool = typer.Option(False, "--json")) -> None:
     """Score the base model or a trained adapter on the dev split."""
     from peftops.pipeline import stage_evaluate
 
-    _emit(stage_evaluate(_params(params), method, home).to_dict(), as_json)
+    _emit(stage_evaluate(_params(params, task), method, home).to_dict(), as_json)
 
 
 @app.command()
 @user_errors
 def merge(method: str = typer.Option("lora", "--method", "-m"), params: Optional[Path] = ParamsOpt,
-          home: Optional[Path] = HomeOpt, export: Optional[Path] = typer.Option(None, help="write the merged model here"),
+          home: Optional[Path] = HomeOpt, task: Optional[str] = TaskOpt,
+          export: Optional[Path] = typer.Option(None, help="write the merged model here"),
           as_json: bool = typer.Option(False, "--json")) -> None:
     """Merge the adapter into the base weights, refusing above the parity tolerance."""
     from peftops.pipeline import stage_merge
 
-    _emit(stage_merge(_params(params), home, method, export).to_dict(), as_json)
+    _emit(stage_merge(_params(params, task), home, method, export).to_dict(), as_json)
 
 
 @app.command()
 @user_errors
 def publish(method: str = typer.Option("lora", "--method", "-m"), params: Optional[Path] = ParamsOpt,
-            home: Optional[Path] = HomeOpt, alias: list[str] = typer.Option([], help="alias to set, repeatable"),
+            home: Optional[Path] = HomeOpt, task: Optional[str] = TaskOpt,
+            alias: list[str] = typer.Option([], help="alias to set, repeatable"),
             promote: bool = typer.Option(False, help="set the gate's alias (production) if the score is >= "
                                                      "gate.min_pct_of_full % of FFT's; else record why not"),
             min_pct: Optional[float] = typer.Option(None, help="override gate.min_pct_of_full"),
@@ -146,7 +153,7 @@ def publish(method: str = typer.Option("lora", "--method", "-m"), params: Option
     from peftops.errors import ConfigError
     from peftops.pipeline import Layout, stage_publish
 
-    p = _params(params)
+    p = _params(params, task)
     if p.gate.alias in alias:
         raise ConfigError("alias", f"{p.gate.alias!r} is set by the quality gate only; use --promote")
     run = Layout.of(home).run(p.data.task, method)
@@ -228,6 +235,10 @@ def demo(params: Optional[Path] = ParamsOpt, home: Optional[Path] = HomeOpt) -> 
     console.print(f"runs: {summary['mlflow']['ui']}")
     console.print(f"summary: {summary['summary_path']}")
 
+
+from peftops.cli_ops import register as _register_ops  # noqa: E402  fleet, retrain, serve, export-*
+
+_register_ops(app, user_errors)
 
 try:  # the registry's own commands, when the registry package is installed
     from registry.cli import registry_app

@@ -19,6 +19,7 @@ import torch
 from peftops.base import BaseSnapshot, import_base, load_model, load_tokenizer, open_snapshot, snapshot_dir
 from peftops.config import PipelineParams, state_home, to_dict
 from peftops.data import PreparedData, load_prepared, prepare
+from peftops.dvcmeta import dvc_lineage
 from peftops.errors import PeftopsError
 from peftops.evaluate import EvalResult, evaluate
 from peftops.fsutil import write_json_atomic
@@ -94,6 +95,7 @@ def stage_train(params: PipelineParams, method_name: str, home: str | Path | Non
     device = pick_device()
     base = load_model(snap, device)
     base_params = count_params(base)
+    torch.manual_seed(params.train.seed)  # reproducible initialisation (LoRA A, adapters, soft prompts)
     model = method.apply(base, mcfg)
     result = train(model, method, mcfg, split, params.train, layout.run(params.data.task, method_name),
                    pad_id=tokenizer.pad_token_id, base_params=base_params, device=device, resume=resume,
@@ -190,6 +192,7 @@ def stage_publish(params: PipelineParams, home: str | Path | None = None, method
     merge_file = run / "merge.json"
     if merge_file.exists():
         lin["merge_parity"] = json.loads(merge_file.read_text())
+    lin.update(dvc_lineage(layout.data(params.data.task)))  # DVC's md5 of the data files, when DVC tracks them
     lin.update(lineage or {})
     reg = Registry.open(**registry_locations(home))
     reg.register_base(snap.path, digest=snap.digest, name=snap.name)

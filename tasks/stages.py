@@ -1,11 +1,28 @@
 """One Prefect task per stage. The logic lives in ``peftops.pipeline``; these add retries
-for I/O and names for the Prefect UI, nothing else."""
+for I/O, names for the Prefect UI and input-keyed caching, nothing else.
+
+Caching: a caller that passes ``cache_key`` (computed by ``peftops.caching.stage_key``) makes
+that key the Prefect cache key, so an unchanged stage is a cache hit across flow runs and
+processes when results are persisted (``flows.stagecalls`` sets that up); after running, the
+stage records its key beside its outputs. Without ``cache_key`` nothing is cached.
+"""
 
 from __future__ import annotations
 
 from prefect import task
 
-from peftops import pipeline
+from peftops import caching, pipeline
+
+
+def _input_key(ctx, inputs) -> str | None:
+    """The explicit input key, or None (no caching) when the caller gave none."""
+    return inputs.get("cache_key")
+
+
+def _record(params, home, stage: str, method: str | None, cache_key: str | None) -> None:
+    if cache_key:
+        d = caching.stage_dir(pipeline.Layout.of(home).home, stage, params.data.task, method)
+        caching.record_key(d, stage, cache_key)
 
 
 @task(name="pin-base")
@@ -14,28 +31,36 @@ def base_task(params, home=None):
     return pipeline.stage_base(params, home)
 
 
-@task(name="prepare-data")
-def prepare_task(params, home=None):
+@task(name="prepare-data", cache_key_fn=_input_key)
+def prepare_task(params, home=None, cache_key: str | None = None):
     """Parse, subsample and tokenize the task's splits."""
-    return pipeline.stage_prepare(params, home)
+    out = pipeline.stage_prepare(params, home)
+    _record(params, home, "prepare", None, cache_key)
+    return out
 
 
-@task(name="train", task_run_name="train-{method_name}")
-def train_task(params, method_name: str, home=None, progress: bool = True):
+@task(name="train", task_run_name="train-{method_name}", cache_key_fn=_input_key)
+def train_task(params, method_name: str, home=None, progress: bool = True, cache_key: str | None = None):
     """Train one method (no retries: a failed training run is not an I/O hiccup)."""
-    return pipeline.stage_train(params, method_name, home, progress=progress)
+    out = pipeline.stage_train(params, method_name, home, progress=progress)
+    _record(params, home, "train", method_name, cache_key)
+    return out
 
 
-@task(name="evaluate", task_run_name="evaluate-{label}")
-def evaluate_task(params, method_name, home=None, label: str = "base"):
+@task(name="evaluate", task_run_name="evaluate-{label}", cache_key_fn=_input_key)
+def evaluate_task(params, method_name, home=None, label: str = "base", cache_key: str | None = None):
     """Score the base model or a trained adapter on the dev split."""
-    return pipeline.stage_evaluate(params, method_name, home)
+    out = pipeline.stage_evaluate(params, method_name, home)
+    _record(params, home, "evaluate", method_name, cache_key)
+    return out
 
 
-@task(name="merge", task_run_name="merge-{method_name}")
-def merge_task(params, home=None, method_name: str = "lora", export_dir=None):
+@task(name="merge", task_run_name="merge-{method_name}", cache_key_fn=_input_key)
+def merge_task(params, home=None, method_name: str = "lora", export_dir=None, cache_key: str | None = None):
     """Merge an adapter into the base and certify parity."""
-    return pipeline.stage_merge(params, home, method_name, export_dir)
+    out = pipeline.stage_merge(params, home, method_name, export_dir)
+    _record(params, home, "merge", method_name, cache_key)
+    return out
 
 
 @task(name="publish", retries=2, retry_delay_seconds=2)

@@ -1,0 +1,150 @@
+# peftops fleet [--task T ...] [--method M ...] [--max-concurrency N]   (or: python -m flows.fleet)
+"""Fleet orchestration: one task's pipeline, many tasks with bounded concurrency, and the
+incremental retrain of only what changed.
+
+* ``adapter_pipeline`` -- one task, one or more methods; every stage but publish is cached by
+  its input key (``peftops.caching``), so an unchanged task costs seconds.
+* ``fleet`` -- many tasks of the manifest, each an ``adapter_pipeline`` subflow in a bounded
+  thread pool. One task's failure does not stop the others; the report
+  (``<home>/fleet-report.json``) lists every task, and the flow ends Failed naming the failed
+  tasks once all have finished (so schedules, CI and the exit code see it).
+* ``retrain`` -- the tasks affected by the changes since a git revision (``peftops.changes``),
+  run as a fleet.
+
+Concurrency: training on CPU is compute-bound and torch already uses every core inside one
+training, so two trainings in threads of one process share the same cores (and the GIL between
+ops). ``max_concurrency`` defaults to 1; raise it where the work is I/O-bound (cache hits,
+publishing to S3) or the device has room. Scale-out is a work pool: the ``fleet-task``
+deployment in ``prefect.yaml`` runs one task per worker process or pod.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import dataclasses
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from prefect import flow
+from prefect.runtime import flow_run
+
+from flows.demo import run_and_track
+from peftops.config import PipelineParams, load_params, state_home
+from peftops.fsutil import write_json_atomic
+from tasks import base_task
+
+DEFAULT_METHODS = ("lora",)
+REPORT = "fleet-report.json"
+
+
+class FleetFailed(RuntimeError):
+    """Some tasks of a fleet failed; the others completed. ``report`` has every task's outcome."""
+
+    def __init__(self, report: dict[str, Any]):
+        self.report = report
+        failed = report["failed"]
+        detail = "; ".join(f"{t}: {report['tasks'][t]['error']}" for t in failed)
+        super().__init__(f"{len(failed)} of {len(report['tasks'])} tasks failed ({detail})")
+
+
+def for_task(params: PipelineParams, task: str | None) -> PipelineParams:
+    """``params`` with ``data.task`` set to ``task`` (unchanged when None)."""
+    return params if not task else dataclasses.replace(params, data=dataclasses.replace(params.data, task=task))
+
+
+@flow(name="adapter-pipeline", flow_run_name="pipeline-{task}")
+def adapter_pipeline(task: str | None = None, methods: list[str] | tuple[str, ...] = DEFAULT_METHODS,
+                     params_file: str | None = None, home: str | None = None, progress: bool = False,
+                     cache: bool = True, params: PipelineParams | None = None) -> dict[str, Any]:
+    """One task (default: ``params.data.task``), one or more methods: prepare, train, evaluate,
+    merge (LoRA), publish, tracked in MLflow; unchanged stages are cache hits."""
+    p = for_task(params or load_params(params_file), task)
+    return run_and_track(p, home, tuple(methods), progress, source="pipeline", cache=cache)
+
+
+def _outcome(task: str, state, seconds: float) -> dict[str, Any]:
+    if state.is_completed():
+        s = state.result()
+        return {"status": "completed", "seconds": round(seconds, 2), "cached": s["cached"],
+                "trained": sorted(k.split(".", 1)[1] for k, hit in s["cached"].items()
+                                  if k.startswith("train.") and not hit),
+                "registry": s["registry"], "rows": s["rows"], "mlflow_parent_run_id": s["mlflow"]["parent_run_id"]}
+    try:
+        state.result()
+        error = state.message or state.name
+    except BaseException as err:  # the task's own error, one line
+        error = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+    return {"status": "failed", "seconds": round(seconds, 2), "error": error, "state": state.name}
+
+
+@flow(name="fleet")
+def fleet(tasks: list[str] | None = None, methods: list[str] | tuple[str, ...] = DEFAULT_METHODS,
+          params_file: str | None = None, home: str | None = None, max_concurrency: int = 1,
+          progress: bool = False, params: PipelineParams | None = None,
+          note: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run ``adapter_pipeline`` for each task (default: every task in the manifest), at most
+    ``max_concurrency`` at a time; report every outcome and fail at the end if any task failed.
+    ``note`` is copied into the report (the retrain flow puts its reasons there)."""
+    from peftops.data import load_manifest
+
+    params = params or load_params(params_file)
+    names = list(tasks) if tasks else sorted(load_manifest(params.data.manifest))
+    base_task(params, home)  # pin once, before the tasks share it
+    t0 = time.perf_counter()
+
+    def one(name: str):
+        t = time.perf_counter()
+        state = adapter_pipeline(task=name, methods=tuple(methods), home=home, progress=progress,
+                                 params=params, return_state=True)
+        return name, state, time.perf_counter() - t
+
+    with ThreadPoolExecutor(max_workers=max(1, max_concurrency), thread_name_prefix="fleet") as pool:
+        # each subflow runs in a copy of this flow's context, so it is recorded as its child
+        futures = [pool.submit(contextvars.copy_context().run, one, name) for name in names]
+        results = [f.result() for f in futures]
+    outcomes = {name: _outcome(name, state, secs) for name, state, secs in results}
+    return _report(home, outcomes, methods, max_concurrency, time.perf_counter() - t0, note)
+
+
+def _report(home, outcomes: dict[str, Any], methods, max_concurrency: int, seconds: float,
+            note: dict[str, Any] | None) -> dict[str, Any]:
+    """Write ``<home>/fleet-report.json``; raise ``FleetFailed`` when a task failed."""
+    report = {
+        **(note or {}), "flow_run_id": str(flow_run.id or ""), "methods": list(methods),
+        "max_concurrency": max_concurrency, "seconds": round(seconds, 2), "tasks": outcomes,
+        "trained": {t: o["trained"] for t, o in outcomes.items() if o["status"] == "completed" and o["trained"]},
+        "failed": [t for t, o in outcomes.items() if o["status"] != "completed"],
+    }
+    write_json_atomic(state_home(home) / REPORT, report)
+    if report["failed"]:
+        raise FleetFailed(report)
+    return report
+
+
+@flow(name="retrain")
+def retrain(since: str, repo: str = ".", methods: list[str] | tuple[str, ...] = DEFAULT_METHODS,
+            params_file: str | None = None, home: str | None = None, max_concurrency: int = 1,
+            data_dir: str | None = None, dry_run: bool = False) -> dict[str, Any]:
+    """Retrain exactly the tasks whose data, manifest entry, parameters or code changed since the
+    git revision ``since`` (committed and uncommitted changes), as one fleet. ``data_dir``
+    overrides the data root both for finding changes and for training. The report
+    (``<home>/fleet-report.json``) carries ``since`` and each affected task's reasons."""
+    from peftops.changes import affected_since
+
+    params = load_params(params_file)
+    if data_dir:
+        params = dataclasses.replace(params, data=dataclasses.replace(params.data, data_root=data_dir))
+    affected = affected_since(since, repo, params_file=params_file, manifest=params.data.manifest,
+                              data_dir=params.data.data_root)
+    note = {"since": since, "affected": affected, "dry_run": dry_run}
+    if not affected or dry_run:
+        return _report(home, {}, methods, max_concurrency, 0.0, note)
+    return fleet(tasks=sorted(affected), methods=methods, home=home, max_concurrency=max_concurrency,
+                 params=params, note=note)
+
+
+if __name__ == "__main__":
+    import json
+
+    print(json.dumps(fleet(), indent=2, default=str))

@@ -1,0 +1,95 @@
+# peftops serve [--file prefect.yaml] [--name nightly-fleet ...]   (needs PREFECT_API_URL)
+"""Serve the deployments declared in ``prefect.yaml`` from this process, on their schedules.
+
+``prefect.yaml`` is the one declaration of the deployments: ``prefect deploy --all`` registers
+them against their work pools (a worker then runs them), and ``peftops serve`` runs the same
+entrypoints, parameters and schedules in-process without a worker. Either way a Prefect server
+must be running: Prefect's ephemeral mode cannot schedule.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from peftops.errors import ConfigError
+
+
+class NoServer(RuntimeError):
+    """No Prefect server is configured (PREFECT_API_URL is unset)."""
+
+
+def api_url() -> str | None:
+    """The configured Prefect API URL, if any."""
+    from prefect.settings import PREFECT_API_URL
+
+    return PREFECT_API_URL.value() or None
+
+
+def load_deployments(path: str | Path = "prefect.yaml", names: list[str] | None = None) -> list[dict[str, Any]]:
+    """The ``deployments`` entries of a prefect.yaml (only ``names`` when given)."""
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError("prefect.yaml", f"file not found: {p}")
+    raw = yaml.safe_load(p.read_text()) or {}
+    deps = raw.get("deployments") or []
+    known = [d.get("name") for d in deps]
+    if names:
+        missing = sorted(set(names) - set(known))
+        if missing:
+            raise ConfigError("deployments", f"no deployment named {missing[0]!r}; {p} has {', '.join(known)}", str(p))
+        deps = [d for d in deps if d.get("name") in names]
+    return deps
+
+
+def schedule_of(spec: dict[str, Any]):
+    """One prefect.yaml schedule entry (cron, interval in seconds, or rrule) as a Prefect Schedule."""
+    from prefect.schedules import Cron, Interval, RRule
+
+    tz = spec.get("timezone")
+    common = {"active": spec.get("active", True), "parameters": spec.get("parameters") or {}}
+    if "cron" in spec:
+        return Cron(spec["cron"], timezone=tz, **common)
+    if "interval" in spec:
+        return Interval(dt.timedelta(seconds=float(spec["interval"])), timezone=tz, **common)
+    if "rrule" in spec:
+        return RRule(spec["rrule"], timezone=tz, **common)
+    raise ConfigError("schedules", f"a schedule needs cron, interval or rrule: {spec}")
+
+
+def load_flow(entrypoint: str):
+    """``path/to/module.py:flow_name`` (or ``package.module:flow_name``) -> the flow object."""
+    target, _, name = entrypoint.partition(":")
+    module = target[:-3].replace("/", ".") if target.endswith(".py") else target
+    return getattr(importlib.import_module(module), name)
+
+
+def to_deployments(specs: list[dict[str, Any]]) -> list:
+    """RunnerDeployments for ``flow.serve`` from prefect.yaml entries (work pools are ignored)."""
+    out = []
+    for d in specs:
+        fl = load_flow(d["entrypoint"])
+        out.append(fl.to_deployment(
+            name=d["name"], description=d.get("description"), tags=d.get("tags") or [],
+            parameters=d.get("parameters") or {}, version=d.get("version"),
+            concurrency_limit=d.get("concurrency_limit"),
+            schedules=[schedule_of(s) for s in d.get("schedules") or []]))
+    return out
+
+
+def serve(path: str | Path = "prefect.yaml", names: list[str] | None = None) -> None:
+    """Serve the deployments until stopped (SIGTERM). Refuses without a Prefect server."""
+    if not api_url():
+        raise NoServer("no Prefect server configured: start one (`prefect server start --host 127.0.0.1`) and "
+                       "set PREFECT_API_URL=http://127.0.0.1:4200/api; Prefect's ephemeral mode cannot schedule")
+    from prefect import serve as prefect_serve
+
+    prefect_serve(*to_deployments(load_deployments(path, names)))
+
+
+if __name__ == "__main__":
+    serve()

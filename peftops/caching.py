@@ -1,0 +1,156 @@
+"""Cache keys for the pipeline's stages: pure functions of what a stage's output depends on.
+
+A stage's key is a sha256 over
+
+* the **code version**: the source of the ``peftops`` modules that shape outputs (front ends such
+  as the CLI, tracking and reports are left out) plus the torch/transformers/peft versions;
+* the **base digest** of the pinned snapshot;
+* the **data digest**: sha256 of the task's raw train/dev files, its manifest entry and the
+  ``data`` config (computed before ``prepare``, so changing one byte of a file changes the key);
+* the stage's own configuration (``train`` + the method's settings for training, ``merge``
+  for the parity check, the eval batch size for evaluation).
+
+Nothing volatile (run ids, time, paths) enters a key, so a key hits across flow runs and
+processes. A hit is only trusted when the outputs it describes are still on disk and were
+written under the same key: each stage records its key beside its outputs
+(``stage-keys.json``) and :func:`outputs_current` checks both.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from peftops.config import PipelineParams, default_data_root, to_dict
+from peftops.digest import canonical_json, combine, file_sha256, text_sha256
+from peftops.errors import DataError
+from peftops.fsutil import write_json_atomic
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+# Modules that never change a stage's output: front ends, tracking, reporting, orchestration helpers.
+FRONT_END_MODULES = frozenset({"cli.py", "cli_ops.py", "env.py", "tracking.py", "report.py", "caching.py",
+                               "changes.py", "dvcmeta.py"})
+LIBRARIES = ("torch", "transformers", "peft", "safetensors")
+STAGES = ("prepare", "train", "evaluate", "merge")
+# What each stage leaves in its directory (data/<task>/ for prepare, runs/<task>/<method>/ otherwise).
+STAGE_OUTPUTS = {
+    "prepare": ("train.json", "dev.json", "prepared.json"),
+    "train": ("adapter", "train.json"),
+    "evaluate": ("eval.json",),
+    "merge": ("merge.json",),
+}
+KEYS_FILE = "stage-keys.json"
+
+
+def affects_outputs(relpath: str) -> bool:
+    """Whether a file of the ``peftops`` package (path relative to the package) shapes outputs."""
+    p = Path(relpath)
+    return p.suffix == ".py" and p.name not in FRONT_END_MODULES and "__pycache__" not in p.parts
+
+
+def code_files(package_dir: Path = PACKAGE_DIR) -> list[Path]:
+    """The package's source files that enter the code version, sorted."""
+    return sorted(p for p in package_dir.rglob("*.py") if affects_outputs(str(p.relative_to(package_dir))))
+
+
+@functools.lru_cache(maxsize=4)
+def code_version(package_dir: Path = PACKAGE_DIR) -> str:
+    """sha256 over the output-shaping source files and the numeric libraries' versions."""
+    named = {str(p.relative_to(package_dir)): file_sha256(p) for p in code_files(package_dir)}
+    for lib in LIBRARIES:
+        try:
+            named[f"lib:{lib}"] = metadata.version(lib)
+        except metadata.PackageNotFoundError:
+            named[f"lib:{lib}"] = "absent"
+    return combine(named)
+
+
+def split_source(rel: str, data_root: str | Path | None) -> Path:
+    """Where a manifest path points: absolute as is, else under the data root."""
+    path = Path(rel)
+    return path if path.is_absolute() else Path(data_root or default_data_root()) / rel
+
+
+def task_sources(params: PipelineParams, task: str) -> dict[str, Path]:
+    """The raw train and dev files of ``task`` under ``params``' manifest and data root."""
+    from peftops.data import get_task
+
+    spec = get_task(task, params.data.manifest)
+    return {"train": split_source(spec.train, params.data.data_root),
+            "dev": split_source(spec.dev, params.data.data_root)}
+
+
+def data_digest(params: PipelineParams, task: str) -> str:
+    """sha256 of the task's raw files, its manifest entry and the data config (not the paths)."""
+    from peftops.data import get_task
+
+    spec = get_task(task, params.data.manifest)
+    entry = {k: v for k, v in dataclasses.asdict(spec).items() if k not in ("source", "description")}
+    named = {"entry": text_sha256(canonical_json(entry))}
+    for split, path in task_sources(params, task).items():
+        try:
+            named[split] = file_sha256(path)
+        except FileNotFoundError:
+            raise DataError(path, "data file not found") from None
+    data_cfg = {k: v for k, v in to_dict(params.data).items() if k not in ("task", "manifest", "data_root")}
+    named["data"] = text_sha256(canonical_json(data_cfg))
+    return combine(named)
+
+
+def stage_key(stage: str, params: PipelineParams, task: str, method: str | None, data_digest: str,
+              base_digest: str, code: str | None = None) -> str:
+    """The cache key of one stage of one (task, method); ``method`` None is the base model.
+
+    prepare <- code, base, data; train <- prepare + train config + the method's settings;
+    evaluate <- train (or prepare for the base model) + eval batch size; merge <- train + merge config.
+    """
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
+    parts: dict[str, Any] = {"stage": stage, "task": task, "code": code or code_version(),
+                             "base": base_digest, "data": data_digest}
+    if stage in ("train", "merge") or (stage == "evaluate" and method is not None):
+        if method is None:
+            raise ValueError(f"stage {stage!r} needs a method")
+        parts["method"] = method
+        parts["method_config"] = params.methods.get(method, {})
+        parts["train"] = to_dict(params.train)
+    if stage == "evaluate":
+        parts["eval_batch_size"] = params.train.eval_batch_size
+    if stage == "merge":
+        parts["merge"] = to_dict(params.merge)
+    return text_sha256(canonical_json(parts))
+
+
+def stage_dir(home: Path, stage: str, task: str, method: str | None) -> Path:
+    """The directory a stage writes into: ``data/<task>`` or ``runs/<task>/<method or base>``."""
+    if stage == "prepare":
+        return Path(home) / "data" / task
+    return Path(home) / "runs" / task / (method or "base")
+
+
+def record_key(out_dir: Path, stage: str, key: str) -> None:
+    """Note beside a stage's outputs which key produced them."""
+    path = Path(out_dir) / KEYS_FILE
+    keys = _read_keys(path)
+    keys[stage] = key
+    write_json_atomic(path, keys)
+
+
+def outputs_current(out_dir: Path, stage: str, key: str) -> bool:
+    """True when the stage's outputs exist and were written under ``key``."""
+    out_dir = Path(out_dir)
+    if _read_keys(out_dir / KEYS_FILE).get(stage) != key:
+        return False
+    return all((out_dir / name).exists() for name in STAGE_OUTPUTS[stage])
+
+
+def _read_keys(path: Path) -> dict[str, str]:
+    try:
+        keys = json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+    return keys if isinstance(keys, dict) else {}

@@ -1,0 +1,128 @@
+"""Orchestration commands of the CLI: ``fleet``, ``retrain``, ``serve`` and the DVC exports.
+
+They run the Prefect flows of ``flows/`` (imported lazily: nothing here imports Prefect at
+start-up) and print one table; a failed task makes the exit code 1 after every task has run.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+ParamsOpt = typer.Option(None, "--params", "-p", help="params.yaml (default: embedded defaults)")
+HomeOpt = typer.Option(None, "--home", help="state directory (default: $PEFTOPS_HOME or ./.peftops)")
+MethodsOpt = typer.Option(["lora"], "--method", "-m", help="method to train, repeatable")
+ConcurrencyOpt = typer.Option(1, "--max-concurrency", "-j", min=1, help="tasks run at the same time")
+JsonOpt = typer.Option(False, "--json", help="print the report as JSON")
+
+
+def _report_table(report: dict) -> Table:
+    t = Table(title=f"fleet: {len(report['tasks'])} tasks in {report['seconds']:.1f}s")
+    for col in ("task", "status", "trained", "cache hits", "registry", "score", "seconds", "error"):
+        t.add_column(col)
+    for name, o in report["tasks"].items():
+        ok = o["status"] == "completed"
+        hits = sum(o.get("cached", {}).values()) if ok else 0
+        rows = {r["method"]: r for r in o.get("rows", [])}
+        score = " ".join(f"{m}={r['score']:.3f}" for m, r in rows.items() if m != "base") if ok else ""
+        reg = o.get("registry") or {}
+        t.add_row(name, o["status"], ",".join(o.get("trained", [])) or "-", f"{hits}/{len(o.get('cached', {}))}",
+                  f"v{reg['version']}" if reg else "-", score, f"{o['seconds']:.1f}", o.get("error", ""))
+    return t
+
+
+def _run_fleet(call, home: Optional[Path], as_json: bool) -> None:
+    """Run a fleet-shaped flow (``return_state=True``), print its report, exit 1 when it failed."""
+    from flows.fleet import REPORT
+    from peftops.cli import console, err_console
+    from peftops.config import state_home
+
+    state = call()
+    path = state_home(home) / REPORT
+    report = json.loads(path.read_text()) if path.exists() else None
+    if report is not None and report.get("flow_run_id") != str(state.state_details.flow_run_id):
+        report = None  # an earlier run's report: this run stopped before writing one
+    if as_json and report is not None:
+        sys.stdout.write(json.dumps(report, indent=2, default=str) + "\n")
+    elif report is not None:
+        if "affected" in report:
+            if not report["affected"]:
+                console.print(f"nothing to retrain: no task is affected by the changes since {report['since']}")
+            for t, why in report["affected"].items():
+                console.print(f"[bold]{t}[/]: " + "; ".join(why), highlight=False)
+        if report["tasks"]:
+            console.print(_report_table(report))
+    if not state.is_completed():
+        err_console.print(f"[bold red]error:[/] {state.message}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
+
+
+def fleet(task: list[str] = typer.Option([], "--task", "-t", help="task to run, repeatable (default: all)"),
+          method: list[str] = MethodsOpt, params: Optional[Path] = ParamsOpt, home: Optional[Path] = HomeOpt,
+          max_concurrency: int = ConcurrencyOpt, as_json: bool = JsonOpt) -> None:
+    """Run the pipeline for many tasks of the manifest; unchanged tasks are cache hits."""
+    from flows.fleet import fleet as fleet_flow
+
+    _run_fleet(lambda: fleet_flow(tasks=task or None, methods=method, params_file=str(params) if params else None,
+                                  home=str(home) if home else None, max_concurrency=max_concurrency,
+                                  return_state=True), home, as_json)
+
+
+def retrain(since: str = typer.Option(..., "--since", help="git revision to compare the working tree with"),
+            repo: Path = typer.Option(Path("."), "--repo", help="the git repository"),
+            method: list[str] = MethodsOpt, params: Optional[Path] = ParamsOpt, home: Optional[Path] = HomeOpt,
+            data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="data root (default: params' "
+                                                    "data.data_root, $PEFTOPS_DATA_ROOT or ../shared/data)"),
+            max_concurrency: int = ConcurrencyOpt, dry_run: bool = typer.Option(False, "--dry-run",
+                                                                               help="only list affected tasks"),
+            as_json: bool = JsonOpt) -> None:
+    """Retrain exactly the tasks whose data, manifest entry, parameters or code changed since SINCE."""
+    from flows.fleet import retrain as retrain_flow
+
+    _run_fleet(lambda: retrain_flow(since=since, repo=str(repo), methods=method,
+                                    params_file=str(params) if params else None, home=str(home) if home else None,
+                                    max_concurrency=max_concurrency, data_dir=str(data_dir) if data_dir else None,
+                                    dry_run=dry_run, return_state=True), home, as_json)
+
+
+def serve(file: Path = typer.Option(Path("prefect.yaml"), "--file", "-f", help="the deployments file"),
+          name: list[str] = typer.Option([], "--name", "-n", help="deployment to serve, repeatable (default: all)")
+          ) -> None:
+    """Serve prefect.yaml's deployments on their schedules (needs a Prefect server: PREFECT_API_URL)."""
+    from flows.serve import NoServer, serve as serve_deployments
+    from peftops.errors import PeftopsError
+
+    try:
+        serve_deployments(file, name or None)
+    except NoServer as err:
+        raise PeftopsError(str(err)) from None
+
+
+def export_loss(task: str = typer.Option(..., "--task", "-t"), method: str = typer.Option("lora", "--method", "-m"),
+                home: Optional[Path] = HomeOpt, out: Path = typer.Option(..., "--out", help="CSV file to write")) -> None:
+    """Write a run's per-step loss as CSV (for `dvc plots`)."""
+    from peftops.dvcmeta import write_loss_plot
+    from peftops.pipeline import Layout
+
+    write_loss_plot(Layout.of(home).run(task, method), out)
+
+
+def export_metrics(task: str = typer.Option(..., "--task", "-t"), method: str = typer.Option("lora", "--method", "-m"),
+                   home: Optional[Path] = HomeOpt, out: Path = typer.Option(..., "--out", help="JSON file to write")
+                   ) -> None:
+    """Write a run's dev metrics, cost and merge parity as JSON (for `dvc metrics show`)."""
+    from peftops.dvcmeta import write_metrics
+    from peftops.pipeline import Layout
+
+    write_metrics(Layout.of(home).run(task, method), out)
+
+
+def register(app: typer.Typer, user_errors) -> None:
+    """Add the orchestration commands to the main CLI app, each wrapped in its ``user_errors``."""
+    for fn in (fleet, retrain, serve, export_loss, export_metrics):
+        app.command(name=fn.__name__.replace("_", "-"))(user_errors(fn))

@@ -1,0 +1,123 @@
+"""Fleet orchestration on tiny models: cache hits across flow runs, retraining only what changed,
+one task's failure isolated, MLflow runs linked to Prefect flow runs and registry versions."""
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from tiny import make_snapshot, write_sst2_like
+
+SST2_ENTRY = {
+    "format": "tsv", "header": True, "fields": {"sentence": "sentence"}, "label_field": "label",
+    "template": "Review: {sentence}\nSentiment:", "labels": {"0": " negative", "1": " positive"},
+    "metric": "accuracy",
+}
+
+
+def write_manifest(path: Path, tasks: dict[str, str]) -> Path:
+    """A manifest of SST-2-shaped tasks: name -> folder (under the data root) holding train/dev.tsv."""
+    entries = {name: {**SST2_ENTRY, "train": f"{d}/train.tsv", "dev": f"{d}/dev.tsv"} for name, d in tasks.items()}
+    path.write_text(yaml.safe_dump({"tasks": entries}, sort_keys=False))
+    return path
+
+
+def tiny_fleet_params(manifest: Path, root: Path):
+    from peftops.config import DataConfig, PipelineParams, TrainConfig
+
+    return PipelineParams(
+        data=DataConfig(task="alpha", data_root=str(root), manifest=str(manifest), train_size=0, dev_size=0),
+        train=TrainConfig(steps=4, batch_size=8, warmup_steps=1),
+        methods={"lora": {"lr": 2e-2, "r": 4, "alpha": 8, "dropout": 0.0}},
+    )
+
+
+@pytest.fixture(scope="module")
+def fleet_env(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("fleet")
+    home = tmp / "home"
+    make_snapshot(home)
+    root = tmp / "data"
+    for i, name in enumerate(("alpha", "beta")):
+        write_sst2_like(root / name, n_train=32, n_dev=16, seed=i)
+    manifest = write_manifest(tmp / "tasks.yaml", {"alpha": "alpha/glue/SST-2", "beta": "beta/glue/SST-2"})
+    return home, root, tiny_fleet_params(manifest, root)
+
+
+def _train_mtime(home: Path, task: str) -> int:
+    return (home / "runs" / task / "lora" / "train.json").stat().st_mtime_ns
+
+
+def test_fleet_caches_unchanged_tasks_and_retrains_only_changed_data(prefect_harness, fleet_env):
+    from flows.fleet import fleet
+
+    home, root, params = fleet_env
+    first = fleet(methods=["lora"], home=str(home), params=params)
+    assert first["trained"] == {"alpha": ["lora"], "beta": ["lora"]} and first["failed"] == []
+    mtimes = {t: _train_mtime(home, t) for t in ("alpha", "beta")}
+
+    # nothing changed: every cacheable stage of every task is a hit, nothing trains
+    t0 = time.perf_counter()
+    second = fleet(methods=["lora"], home=str(home), params=params)
+    second_s = time.perf_counter() - t0
+    assert second["trained"] == {}
+    for t in ("alpha", "beta"):
+        assert all(second["tasks"][t]["cached"].values()), second["tasks"][t]["cached"]
+        assert _train_mtime(home, t) == mtimes[t]
+        assert second["tasks"][t]["registry"] == first["tasks"][t]["registry"]  # same adapter, same version
+    assert second_s < 30, f"an unchanged fleet took {second_s:.1f}s"
+    print(f"\nunchanged fleet of 2 tasks: {second_s:.1f}s (first run {first['seconds']:.1f}s)")
+
+    # one task's data changes: that task alone retrains (and publishes a new version)
+    train_file = root / "alpha" / "glue" / "SST-2" / "train.tsv"
+    train_file.write_text(train_file.read_text() + "a very good film \t1\n")
+    third = fleet(methods=["lora"], home=str(home), params=params)
+    assert third["trained"] == {"alpha": ["lora"]}
+    assert not any(third["tasks"]["alpha"]["cached"].values())
+    assert all(third["tasks"]["beta"]["cached"].values())
+    assert _train_mtime(home, "beta") == mtimes["beta"]
+    assert third["tasks"]["alpha"]["registry"]["version"] == first["tasks"]["alpha"]["registry"]["version"] + 1
+
+    # a cache hit whose outputs were deleted is not trusted: the stage reruns
+    shutil.rmtree(home / "runs" / "beta" / "lora" / "adapter")
+    fourth = fleet(methods=["lora"], home=str(home), params=params)
+    assert fourth["trained"] == {"beta": ["lora"]}
+    assert (home / "runs" / "beta" / "lora" / "adapter").is_dir()
+    assert json.loads((home / "fleet-report.json").read_text())["trained"] == {"beta": ["lora"]}
+
+    # MLflow: one experiment per task, parent run per pipeline run, child per method, linked
+    from peftops.tracking import default_tracking_uri
+
+    client = MlflowClient(tracking_uri=default_tracking_uri(home))
+    exp = client.get_experiment_by_name("peftops-alpha")
+    parent_id = third["tasks"]["alpha"]["mlflow_parent_run_id"]
+    parent = client.get_run(parent_id)
+    assert parent.data.tags["prefect.flow_run_id"] and parent.info.experiment_id == exp.experiment_id
+    (child,) = client.search_runs([exp.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'")
+    assert child.info.run_name == "lora"
+    assert child.data.tags["registry.version"] == str(third["tasks"]["alpha"]["registry"]["version"])
+    assert child.data.tags["peftops.train_cached"] == "false"
+
+
+def test_fleet_one_failing_task_does_not_stop_the_others(prefect_harness, fleet_env, tmp_path):
+    from flows.fleet import FleetFailed, fleet
+
+    home, root, params = fleet_env
+    import dataclasses
+
+    manifest = write_manifest(tmp_path / "tasks.yaml", {"alpha": "alpha/glue/SST-2", "broken": "missing/SST-2",
+                                                        "beta": "beta/glue/SST-2"})
+    p = dataclasses.replace(params, data=dataclasses.replace(params.data, manifest=str(manifest)))
+    state = fleet(methods=["lora"], home=str(home), params=p, max_concurrency=2, return_state=True)
+    assert state.is_failed()
+    with pytest.raises(FleetFailed, match="1 of 3 tasks failed .*broken"):
+        state.result()
+    report = json.loads((home / "fleet-report.json").read_text())
+    assert report["failed"] == ["broken"]
+    assert report["tasks"]["alpha"]["status"] == report["tasks"]["beta"]["status"] == "completed"
+    assert "data file not found" in report["tasks"]["broken"]["error"]
+    assert (home / "runs" / "beta" / "lora" / "adapter").is_dir()
