@@ -77,15 +77,14 @@ _UTC = timezone.utc
 
 
 def _row_to_version(r) -> AdapterVersion:
-    # Positional unpacking (the order of query.VERSION_COLUMNS) is several times faster
-    # than attribute access on SQLAlchemy rows, and this runs 100 times per page.
+    # Positional (the order of query.VERSION_COLUMNS): several times faster than attribute
+    # access on SQLAlchemy rows, and this runs 100 times per page. JSON stays undecoded
+    # until a field is read.
     (_id, task, version, aid, base, method, status, created, metrics, tags, aliases,
      lineage, files, lint, servable) = r[:15]
-    return AdapterVersion(
-        task=task, version=version, adapter_id=aid, base_digest=base, method=method,
-        status=status, created_at=created.replace(tzinfo=_UTC), metrics=_loads(metrics),
-        tags=_loads(tags), aliases=tuple(_loads(aliases)), lineage=_loads(lineage),
-        files=_loads(files), lint=tuple(_loads(lint)), vllm_servable=bool(servable))
+    return AdapterVersion(task, version, aid, base, method, status,
+                          created.replace(tzinfo=_UTC), bool(servable),
+                          (metrics, tags, aliases, lineage, files, lint))
 
 
 # Lineage keys the rest of peftops records; others are kept as given.
@@ -290,11 +289,10 @@ class Registry:
             return self.get(task, version), False
         # Built from what was just written: saves a read on the hot path.
         return AdapterVersion(
-            task=task, version=version, adapter_id=folder.adapter_id, base_digest=base_digest,
-            method=method, status="active", created_at=_aware(row["created_at"]),
-            metrics=metrics, tags=tags, aliases=tuple(aliases), lineage=lineage,
-            files=folder.files, lint=tuple(report.recorded()),
-            vllm_servable=report.vllm_servable), True
+            task, version, folder.adapter_id, base_digest, method, "active",
+            _aware(row["created_at"]), report.vllm_servable,
+            (row["metrics"], row["tags"], _dumps(aliases), row["lineage"], row["files"],
+             row["lint"])), True
 
     def _lock(self, conn: Connection, exclusive: bool) -> None:
         # SQLite writers are already serialized by BEGIN IMMEDIATE.

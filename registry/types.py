@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -39,9 +42,23 @@ class BaseModel:
         return d
 
 
+_scan = json.JSONDecoder().scan_once
+_dumps = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode
+
+
+def _loads(s: str) -> Any:
+    return _scan(s, 0)[0]
+
+
 @dataclass(frozen=True)
 class AdapterVersion:
-    """One published adapter version of a task."""
+    """One published adapter version of a task.
+
+    metrics, tags, aliases, lineage, files and lint are decoded from their stored JSON on
+    first access: a page of 100 versions is mostly read for a few columns, and decoding
+    every document up front would be most of the cost of a query. Build one from values
+    with `AdapterVersion.build(...)`.
+    """
 
     task: str
     version: int
@@ -50,21 +67,66 @@ class AdapterVersion:
     method: str
     status: str  # 'active' | 'deprecated'
     created_at: datetime
-    metrics: dict[str, float]
-    tags: dict[str, str]
-    aliases: tuple[str, ...]
-    lineage: dict[str, Any]
-    files: dict[str, dict[str, Any]]  # file name -> {"sha256": hex, "size": bytes}
-    lint: tuple[str, ...]  # warnings recorded at publish
     vllm_servable: bool
+    # Canonical JSON of (metrics, tags, aliases, lineage, files, lint): equality and
+    # hashing compare these, so two reads of the same version are equal.
+    docs: tuple[str, str, str, str, str, str] = field(repr=False)
+
+    @classmethod
+    def build(cls, *, task: str, version: int, adapter_id: str, base_digest: str,
+              method: str, status: str, created_at: datetime, vllm_servable: bool,
+              metrics: dict[str, float], tags: dict[str, str], aliases: Iterable[str],
+              lineage: dict[str, Any], files: dict[str, dict[str, Any]],
+              lint: Iterable[str]) -> "AdapterVersion":
+        return cls(task, version, adapter_id, base_digest, method, status, created_at,
+                   vllm_servable, (_dumps(metrics), _dumps(tags), _dumps(sorted(aliases)),
+                                   _dumps(lineage), _dumps(files), _dumps(list(lint))))
+
+    @cached_property
+    def metrics(self) -> dict[str, float]:
+        return _loads(self.docs[0])
+
+    @cached_property
+    def tags(self) -> dict[str, str]:
+        return _loads(self.docs[1])
+
+    @cached_property
+    def aliases(self) -> tuple[str, ...]:
+        return tuple(_loads(self.docs[2]))
+
+    @cached_property
+    def lineage(self) -> dict[str, Any]:
+        return _loads(self.docs[3])
+
+    @cached_property
+    def files(self) -> dict[str, dict[str, Any]]:
+        """file name -> {"sha256": hex, "size": bytes}"""
+        return _loads(self.docs[4])
+
+    @cached_property
+    def lint(self) -> tuple[str, ...]:
+        """Warnings recorded at publish (vLLM incompatibilities, serving notes)."""
+        return tuple(_loads(self.docs[5]))
 
     @property
     def name(self) -> str:
         """Directory / vLLM LoRA name used on export: '<task>-v<version>'."""
         return f"{self.task}-v{self.version}"
 
+    def __repr__(self) -> str:
+        return (f"AdapterVersion(task={self.task!r}, version={self.version}, "
+                f"status={self.status!r}, method={self.method!r}, "
+                f"adapter_id={self.adapter_id[:12]!r}, aliases={self.aliases}, "
+                f"metrics={self.metrics}, tags={self.tags}, "
+                f"vllm_servable={self.vllm_servable})")
+
     def to_dict(self) -> dict[str, Any]:
-        return _jsonable(asdict(self))
+        return {"task": self.task, "version": self.version, "adapter_id": self.adapter_id,
+                "base_digest": self.base_digest, "method": self.method,
+                "status": self.status, "created_at": self.created_at.isoformat(),
+                "metrics": self.metrics, "tags": self.tags, "aliases": list(self.aliases),
+                "lineage": self.lineage, "files": self.files, "lint": list(self.lint),
+                "vllm_servable": self.vllm_servable}
 
 
 @dataclass(frozen=True)
