@@ -37,8 +37,8 @@ class ForgettingConfig:
     """Which general texts, how many, and how they are batched."""
 
     source: str = SEED_TASKS  # relative to the data root, or absolute
-    size: int = 48  # texts in the held-out set
-    max_tokens: int = 128  # texts longer than this (with BOS) are skipped, never cut
+    size: int = 32  # texts in the held-out set
+    max_tokens: int = 96  # texts longer than this (with BOS) are skipped, never cut
     seed: int = 0
     batch_size: int = 4
 

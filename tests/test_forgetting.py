@@ -87,5 +87,5 @@ def test_default_set_from_self_instruct_seed_tasks():
     from peftops.base import load_tokenizer, open_snapshot
 
     texts = build_general_set(load_tokenizer(open_snapshot(REAL_BASE)), ForgettingConfig(), SHARED_DATA)
-    assert len(texts) == 48 and all(len(x) <= 128 for x in texts.input_ids)
-    assert all(i.startswith("seed_task_") for i in texts.ids) and 1000 < texts.n_tokens < 48 * 128
+    assert len(texts) == 32 and all(len(x) <= 96 for x in texts.input_ids)
+    assert all(i.startswith("seed_task_") for i in texts.ids) and 800 < texts.n_tokens < 32 * 96
