@@ -357,12 +357,14 @@ def prepare(cfg: DataConfig, tokenizer, out_dir: Path) -> PreparedData:
     from peftops.digest import combine
 
     spec = get_task(cfg.task, cfg.manifest)
-    out = {}
+    # Both splits are parsed and tokenized before either is written: a bad dev file must not
+    # leave a new train split beside an old dev split.
+    ready = {}
     for split, size in (("train", cfg.train_size), ("dev", cfg.dev_size)):
         source, examples = read_split(spec, split, cfg.data_root)
         chosen = subsample(examples, size, cfg.seed)
-        prepared = tokenize_split(spec, split, chosen, tokenizer, source, cfg.max_length)
-        out[split] = save_prepared(prepared, Path(out_dir) / f"{split}.json")
+        ready[split] = tokenize_split(spec, split, chosen, tokenizer, source, cfg.max_length)
+    out = {split: save_prepared(prepared, Path(out_dir) / f"{split}.json") for split, prepared in ready.items()}
     return PreparedData(
         task=cfg.task, train_path=out["train"].path, dev_path=out["dev"].path,
         digest=combine({"train": out["train"].digest, "dev": out["dev"].digest}),
