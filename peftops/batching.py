@@ -53,9 +53,17 @@ def build_batch(prompts: list[list[int]], continuations: list[list[int]], pad_id
 
 
 def forward_logits(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
-    """Logits (B, K, V) at the last ``K`` positions only."""
+    """Logits (B, K, V) at the last ``K`` positions only.
+
+    The positions go to ``logits_to_keep`` as an index tensor, not an int: indexing gathers a
+    contiguous (B, K, H) block, so the LM head is one matrix product whose backward needs no
+    copy of the (V, H) weight, where the strided slice an int gives is a batched product
+    (measured on Gemma 3 270M, CPU: ~2.3x less time for the head's forward + backward). Negative
+    indices count from the end, so prompt methods that lengthen the sequence are unaffected.
+    """
+    keep = torch.arange(-batch.keep, 0, device=batch.input_ids.device)
     out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                position_ids=batch.position_ids, logits_to_keep=batch.keep, use_cache=False)
+                position_ids=batch.position_ids, logits_to_keep=keep, use_cache=False)
     return out.logits[:, -batch.keep:, :]
 
 

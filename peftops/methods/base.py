@@ -10,7 +10,7 @@ from typing import Any, ClassVar, Protocol
 
 import torch
 
-from peftops.errors import ConfigError
+from peftops.errors import ConfigError, PeftopsError
 
 METHOD_FILE = "peftops_method.json"
 
@@ -69,7 +69,43 @@ def read_method_file(adapter_dir: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
+class AdapterError(PeftopsError):
+    """A saved adapter directory is incomplete or does not fit the model it is loaded into."""
+
+
 def freeze_all(model: torch.nn.Module) -> None:
     """Set ``requires_grad=False`` on every parameter."""
     for p in model.parameters():
         p.requires_grad_(False)
+
+
+def is_norm(module: torch.nn.Module) -> bool:
+    """RMSNorm (Gemma) or LayerNorm: the normalisation layers whose weights Houlsby and BitFit train."""
+    return isinstance(module, torch.nn.LayerNorm) or type(module).__name__.endswith("RMSNorm")
+
+
+def norm_parameters(model: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
+    """(name, parameter) of every normalisation layer's weight (and bias, if any), in model order."""
+    out = []
+    for mod_name, module in model.named_modules():
+        if is_norm(module):
+            for p_name, p in module.named_parameters(recurse=False):
+                out.append((f"{mod_name}.{p_name}" if mod_name else p_name, p))
+    return out
+
+
+def load_named(model: torch.nn.Module, tensors: dict[str, torch.Tensor], where: Path) -> None:
+    """Copy ``tensors`` into the parameters of ``model`` with the same names.
+
+    Every tensor must name an existing parameter of the same shape; anything else is an
+    ``AdapterError`` naming the file and the tensor (never a silent partial load).
+    """
+    params = dict(model.named_parameters(remove_duplicate=False))
+    with torch.no_grad():
+        for name, value in tensors.items():
+            if name not in params:
+                raise AdapterError(f"{where}: tensor {name!r} matches no parameter of the model")
+            if params[name].shape != value.shape:
+                raise AdapterError(f"{where}: tensor {name!r} has shape {tuple(value.shape)}, "
+                                   f"the model expects {tuple(params[name].shape)}")
+            params[name].copy_(value.to(params[name].dtype))

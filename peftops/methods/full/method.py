@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from peftops.methods import register
-from peftops.methods.base import write_method_file
+from peftops.methods.base import AdapterError, write_method_file
 from peftops.methods.full.config import FullConfig
 
 WEIGHTS = "model.safetensors"
@@ -38,10 +38,18 @@ class FullMethod:
         write_method_file(out_dir, self.name, cfg)
 
     def load(self, model: torch.nn.Module, adapter_dir: Path) -> torch.nn.Module:
-        state = load_file(str(Path(adapter_dir) / WEIGHTS))
-        missing, unexpected = model.load_state_dict(state, strict=False)
+        path = Path(adapter_dir) / WEIGHTS
+        if not path.exists():
+            raise AdapterError(f"{path}: missing from the adapter directory")
+        state = load_file(str(path))
+        try:
+            missing, unexpected = model.load_state_dict(state, strict=False)
+        except RuntimeError as err:  # shape mismatch
+            raise AdapterError(f"{path}: does not fit the model ({str(err).splitlines()[-1].strip()})") from None
         # Only the tied head may be absent from the file.
-        assert not unexpected and set(missing) <= {"lm_head.weight"}, (missing, unexpected)
+        if unexpected or not set(missing) <= {"lm_head.weight"}:
+            raise AdapterError(f"{path}: not a full copy of this model (unexpected {sorted(unexpected)[:3]}, "
+                               f"missing {sorted(set(missing) - {'lm_head.weight'})[:3]})")
         if getattr(model.config, "tie_word_embeddings", False):
             model.tie_weights()
         return model
