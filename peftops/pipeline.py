@@ -96,7 +96,6 @@ def stage_train(params: PipelineParams, method_name: str, home: str | Path | Non
     base = load_model(snap, device)
     base_params = count_params(base)
     torch.manual_seed(params.train.seed)  # reproducible initialisation (LoRA A, adapters, soft prompts)
-    torch.manual_seed(params.train.seed)  # reproducible initialisation (LoRA A, adapters, soft prompts)
     model = method.apply(base, mcfg)
     result = train(model, method, mcfg, split, params.train, layout.run(params.data.task, method_name),
                    pad_id=tokenizer.pad_token_id, base_params=base_params, device=device, resume=resume,
