@@ -3,10 +3,16 @@
 A parity certificate compares the adapter-applied model with the merged one on a fixed probe
 set: the largest absolute difference of any logit at the last prompt position and the mean
 KL divergence between their next-token distributions. Above tolerance, merging is refused.
+
+With an export directory the check is made twice: on the merged model in memory, and on the
+exported files reloaded with ``transformers.AutoModelForCausalLM.from_pretrained`` as a plain
+Gemma 3, which is what a deployment loads. Anything the export cannot hold (for example a
+bias that the architecture has no slot for) shows up there, and the export is removed.
 """
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,6 +25,7 @@ from peftops.batching import build_batch, forward_logits
 from peftops.config import MergeConfig
 from peftops.data import PreparedSplit
 from peftops.errors import ParityError, PeftopsError
+from peftops.fsutil import write_json_atomic
 from peftops.methods import get_method, read_method_file
 
 
@@ -35,6 +42,9 @@ class ParityCertificate:
     method: str
     merge_time_s: float = 0.0
     export_dir: str | None = None
+    export_max_abs_dlogit: float | None = None  # the reloaded export vs the adapter-applied model
+    export_mean_kl: float | None = None
+    base_digest: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -81,12 +91,34 @@ def merge_adapter(snapshot: BaseSnapshot, adapter_dir: Path, probe: PreparedSpli
     cert = ParityCertificate(
         max_abs_dlogit=max_abs, mean_kl=kl, n_probes=len(prompts), tolerance=cfg.tolerance,
         passed=max_abs <= cfg.tolerance, probe_digest=probe.digest, method=method.name,
-        merge_time_s=time.perf_counter() - t0,
+        merge_time_s=time.perf_counter() - t0, base_digest=snapshot.digest,
     )
     if not cert.passed:
         raise ParityError(f"{adapter_dir}: merged model differs from the adapter by max |Δlogit| = "
                           f"{max_abs:.3g} > tolerance {cfg.tolerance:g} on {len(prompts)} probes; not merging")
     if export_dir is not None:
-        write_snapshot(merged, tokenizer, Path(export_dir), f"{snapshot.name}+{Path(adapter_dir).name}")
+        export_dir = Path(export_dir)
+        write_snapshot(merged, tokenizer, export_dir, f"{snapshot.name}+{Path(adapter_dir).name}")
+        del merged, adapted
+        exp_abs, exp_kl = compare_logits(before, last_logits(load_plain(export_dir), prompts, tokenizer.pad_token_id))
+        cert.export_max_abs_dlogit, cert.export_mean_kl = exp_abs, exp_kl
+        cert.merge_time_s = time.perf_counter() - t0
+        if exp_abs > cfg.tolerance:
+            shutil.rmtree(export_dir, ignore_errors=True)
+            cert.passed = False
+            raise ParityError(f"{adapter_dir}: the exported model, reloaded as a plain {snapshot.name}, differs "
+                              f"from the adapter by max |Δlogit| = {exp_abs:.3g} > tolerance {cfg.tolerance:g} "
+                              f"on {len(prompts)} probes (the architecture cannot hold part of the "
+                              f"{method.name} update); export removed")
         cert.export_dir = str(export_dir)
+        write_json_atomic(export_dir / "parity.json", cert.to_dict())
     return cert
+
+
+def load_plain(path: Path) -> torch.nn.Module:
+    """An exported model loaded the way a deployment would: ``AutoModelForCausalLM``, fp32, no peftops code."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+    model.eval()
+    return model
