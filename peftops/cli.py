@@ -212,6 +212,26 @@ def compare(task: str = typer.Option(..., "--task", "-t", help="a task of the ma
         console.print(f"summary across tasks: {summary}")
 
 
+@app.command("params")
+@user_errors
+def params_table(home: Optional[Path] = HomeOpt, as_json: bool = typer.Option(False, "--json"),
+                 config: Optional[Path] = typer.Option(None, help="a model config.json (default: the pinned "
+                                                       "snapshot's, else the embedded Gemma 3 270M one)")) -> None:
+    """Each method's trainable parameters on Gemma 3 270M: Model | Params | Rank | Trainable | % Original."""
+    from peftops.params_table import format_table, load_config, parameter_table, to_json
+    from peftops.pipeline import Layout
+
+    if config is None and (Layout.of(home).base("gemma-3-270m") / "config.json").exists():
+        config = Layout.of(home).base("gemma-3-270m") / "config.json"
+    rows = parameter_table(load_config(config))
+    source = str(config) if config else "embedded Gemma 3 270M reference config"
+    if as_json:
+        sys.stdout.write(to_json(rows, source) + "\n")
+    else:
+        sys.stdout.write(format_table(rows) + f"\n(architecture from {source}; counts measured by applying each "
+                         "method; tied embedding counted once)\n")
+
+
 @app.command()
 @user_errors
 def demo(params: Optional[Path] = ParamsOpt, home: Optional[Path] = HomeOpt) -> None:
