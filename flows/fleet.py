@@ -32,6 +32,7 @@ from prefect.runtime import flow_run
 from flows.demo import run_and_track
 from peftops.config import PipelineParams, load_params, state_home
 from peftops.fsutil import write_json_atomic
+from peftops.tracking import Tracker
 from tasks import base_task
 
 DEFAULT_METHODS = ("lora",)
@@ -91,6 +92,8 @@ def fleet(tasks: list[str] | None = None, methods: list[str] | tuple[str, ...] =
     params = params or load_params(params_file)
     names = list(tasks) if tasks else sorted(load_manifest(params.data.manifest))
     base_task(params, home)  # pin once, before the tasks share it
+    for name in names:  # create the MLflow store and experiments here, not racing in the threads
+        Tracker(experiment=f"peftops-{name}", home=home)
     t0 = time.perf_counter()
 
     def one(name: str):

@@ -81,14 +81,15 @@ def to_deployments(specs: list[dict[str, Any]]) -> list:
     return out
 
 
-def serve(path: str | Path = "prefect.yaml", names: list[str] | None = None) -> None:
-    """Serve the deployments until stopped (SIGTERM). Refuses without a Prefect server."""
+def serve(path: str | Path = "prefect.yaml", names: list[str] | None = None, limit: int | None = 1) -> None:
+    """Serve the deployments until stopped (SIGTERM), at most ``limit`` flow runs at a time (one
+    by default: a training run already uses every core). Refuses without a Prefect server."""
     if not api_url():
         raise NoServer("no Prefect server configured: start one (`prefect server start --host 127.0.0.1`) and "
                        "set PREFECT_API_URL=http://127.0.0.1:4200/api; Prefect's ephemeral mode cannot schedule")
     from prefect import serve as prefect_serve
 
-    prefect_serve(*to_deployments(load_deployments(path, names)))
+    prefect_serve(*to_deployments(load_deployments(path, names)), limit=limit)
 
 
 if __name__ == "__main__":

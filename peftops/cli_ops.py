@@ -91,14 +91,14 @@ def retrain(since: str = typer.Option(..., "--since", help="git revision to comp
 
 
 def serve(file: Path = typer.Option(Path("prefect.yaml"), "--file", "-f", help="the deployments file"),
-          name: list[str] = typer.Option([], "--name", "-n", help="deployment to serve, repeatable (default: all)")
-          ) -> None:
+          name: list[str] = typer.Option([], "--name", "-n", help="deployment to serve, repeatable (default: all)"),
+          limit: int = typer.Option(1, "--limit", min=1, help="flow runs at the same time")) -> None:
     """Serve prefect.yaml's deployments on their schedules (needs a Prefect server: PREFECT_API_URL)."""
     from flows.serve import NoServer, serve as serve_deployments
     from peftops.errors import PeftopsError
 
     try:
-        serve_deployments(file, name or None)
+        serve_deployments(file, name or None, limit)
     except NoServer as err:
         raise PeftopsError(str(err)) from None
 
