@@ -54,7 +54,7 @@ class CompareConfig:
     baseline: str = "full"
     include_base: bool = True  # a zero-shot row for the untouched base model
     latency_batch_sizes: tuple[int, ...] = (1, 16)
-    latency_batches: int = 5  # timed batches per batch size (the median is reported)
+    latency_batches: int = 3  # timed batches per batch size, after one warm-up (the median is reported)
     forgetting: ForgettingConfig = field(default_factory=ForgettingConfig)
     reuse: bool = False
     experiment: str = "peftops-compare"

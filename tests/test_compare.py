@@ -108,3 +108,36 @@ def test_compare_cli_rejects_an_unknown_method_in_one_line(tmp_path):
 
     r = CliRunner().invoke(app, ["compare", "--task", "sst2", "--methods", "lora,nope", "--home", str(tmp_path)])
     assert r.exit_code == 1 and "unknown method 'nope'" in r.output and "Traceback" not in r.output
+
+
+def test_compare_runs_every_registered_method(tiny_params, compare_cfg, tmp_path):
+    import dataclasses
+
+    import torch
+    from transformers import Gemma3ForCausalLM
+
+    from peftops.base import snapshot_dir, write_snapshot
+    from peftops.methods import available_methods
+    from tiny import tiny_config, tiny_tokenizer
+
+    # prefix tuning needs virtual + real tokens within the sliding window: widen the tiny model's 16
+    home = tmp_path / "home-wide"
+    tok = tiny_tokenizer()
+    config = tiny_config(vocab_size=len(tok))
+    config.sliding_window = 256
+    torch.manual_seed(0)
+    write_snapshot(Gemma3ForCausalLM(config).eval(), tok, snapshot_dir("gemma-3-270m", home), "gemma-3-270m")
+    methods = parse_methods("all")
+    assert set(methods) == set(available_methods()) and methods[-1] == "full"
+    params = dataclasses.replace(tiny_params, train=dataclasses.replace(tiny_params.train, steps=3),
+                                 methods={**tiny_params.methods, "prompt": {"num_virtual_tokens": 4},
+                                          "prefix": {"num_virtual_tokens": 4}})
+    cfg = dataclasses.replace(compare_cfg, methods=methods, latency_batch_sizes=(1,), latency_batches=1)
+    result = run_compare(params, cfg, home, progress=False)
+    rows = {r.method: r for r in result.rows}
+    assert set(rows) == {"base", *methods}
+    for name in methods:
+        r = rows[name]
+        assert r.trainable_params > 0 and r.adapter_bytes > 0 and r.latency_ms["1"] > 0
+        assert r.general_nll_after > 0 and r.pct_of_full is not None
+    assert rows["prompt"].trainable_params < rows["lora"].trainable_params < rows["full"].trainable_params
