@@ -5,7 +5,6 @@ import multiprocessing as mp
 import time
 from collections import defaultdict
 
-import pytest
 from regtestlib import DIGEST, make_base, publish_many
 
 from registry import Registry
