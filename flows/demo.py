@@ -14,11 +14,11 @@ from prefect.runtime import flow_run
 
 from peftops.config import PipelineParams, load_params, state_home, to_dict
 from peftops.fsutil import write_json_atomic
+from peftops.gate import publish_gated
 from peftops.pipeline import Layout
 from peftops.report import build_rows, markdown
 from peftops.tracking import Tracker
 from flows.stagecalls import StageCalls
-from tasks import publish_task
 
 
 class _Timer:
@@ -109,11 +109,13 @@ def run_and_track(params: PipelineParams, home: str | None, methods, progress: b
             metrics = {f"dev_{k}": v for k, v in evals["lora"].metrics.items()}
             if lora_row.pct_of_full is not None:
                 metrics["pct_of_full"] = lora_row.pct_of_full
-            with timer("publish"):
-                published = publish_task(params, home, "lora", metrics=metrics,
-                                         lineage={"mlflow_run_id": child_ids["lora"],
-                                                  "prefect_flow_run_id": str(flow_run.id or "")},
-                                         tags={"source": source})
+            with timer("publish"):  # production only if the quality gate passes against the FFT score
+                published, gate = publish_gated(params, home, "lora", score=evals["lora"].score,
+                                                full_score=evals["full"].score if "full" in evals else None,
+                                                metric=evals["lora"].metric, metrics=metrics,
+                                                lineage={"mlflow_run_id": child_ids["lora"],
+                                                         "prefect_flow_run_id": str(flow_run.id or "")},
+                                                tags={"source": source}, tracker=tracker, run_id=child_ids["lora"])
             tracker.set_tags(child_ids["lora"], {"registry.task": published.task,
                                                  "registry.version": str(published.version),
                                                  "registry.adapter_id": published.adapter_id})
@@ -124,7 +126,9 @@ def run_and_track(params: PipelineParams, home: str | None, methods, progress: b
             "rows": [r.to_dict() for r in rows], "stage_seconds": timer.stages,
             "merge_parity": cert.to_dict() if cert else None, "cached": stages.hits,
             "registry": None if published is None else {
-                "task": published.task, "version": published.version, "adapter_id": published.adapter_id},
+                "task": published.task, "version": published.version, "adapter_id": published.adapter_id,
+                "aliases": list(published.aliases)},
+            "gate": None if published is None else gate.to_dict(),
             "mlflow": {"tracking_uri": tracker.tracking_uri, "experiment": tracker.experiment,
                        "parent_run_id": parent, "ui": tracker.ui_command()},
         }

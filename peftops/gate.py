@@ -70,7 +70,7 @@ def read_eval(run_dir: Path) -> dict[str, Any]:
 
 def publish_gated(params: PipelineParams, home: str | Path | None = None, method_name: str = "lora", *,
                   score: float | None = None, full_score: float | None = None,
-                  min_pct: float | None = None, alias: str | None = None,
+                  min_pct: float | None = None, alias: str | None = None, metric: str | None = None,
                   metrics: dict[str, float] | None = None, lineage: dict[str, Any] | None = None,
                   tags: dict[str, str] | None = None, tracker: Any = None,
                   run_id: str | None = None) -> tuple[Any, GateDecision]:
@@ -87,7 +87,7 @@ def publish_gated(params: PipelineParams, home: str | Path | None = None, method
     alias = alias or gate.alias
     layout = Layout.of(home)
     task = params.data.task
-    metric = "score"
+    metric = metric or "score"
     if score is None:
         ev = read_eval(layout.run(task, method_name))
         score, metric = ev["score"], ev["metric"]

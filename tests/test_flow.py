@@ -32,6 +32,13 @@ def test_demo_flow_end_to_end(prefect_harness, tiny_home, tiny_params):
     assert v.lineage["merge_parity"]["passed"] is True
     assert v.metrics["dev_accuracy"] == rows["lora"]["score"]
 
+    # quality gate: production only at >= 95% of the FFT score; the decision is recorded either way
+    gate = summary["gate"]
+    assert gate["pct"] == rows["lora"]["pct_of_full"] and gate["min_pct"] == 95.0
+    assert gate["promote"] == (rows["lora"]["pct_of_full"] >= 95.0)
+    assert ("production" in v.aliases) == gate["promote"] == ("production" in summary["registry"]["aliases"])
+    assert v.tags["gate"] == ("promoted" if gate["promote"] else "refused") and v.lineage["gate"]["reason"]
+
     # MLflow: a parent run and a child run per method with per-step loss
     client = MlflowClient(tracking_uri=summary["mlflow"]["tracking_uri"])
     parent = client.get_run(summary["mlflow"]["parent_run_id"])
@@ -47,5 +54,6 @@ def test_demo_flow_end_to_end(prefect_harness, tiny_home, tiny_params):
     history = client.get_metric_history(lora.info.run_id, "loss")
     assert [m.step for m in history] == list(range(1, tiny_params.train.steps + 1))
     assert lora.data.metrics["merge_max_abs_dlogit"] < 1e-3
+    assert lora.data.tags["gate.promoted"] == str(gate["promote"]).lower()
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"comparison.md", "demo-summary.json"} <= artifacts
