@@ -14,7 +14,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DVC_NO_ANALYTICS := 1
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: install demo test test-fast bench-train bench-registry bench-latency clean
+.PHONY: install demo test test-fast bench-train bench-registry bench-latency clean data
 
 # torch first and alone: the CPU wheel on local disk; a plain `torch` would pull a CUDA build.
 $(STAMP): pyproject.toml
@@ -33,6 +33,15 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
+
+# DVC-tracked copies of the GLUE tasks in data/glue/<TASK> (their .dvc files are in git); then
+# `dvc repro` runs dvc.yaml and `dvc push` sends the data to the default remote.
+GLUE := SST-2 CoLA MRPC RTE
+SHARED_DATA ?= ../shared/data
+data: $(STAMP)
+	for t in $(GLUE); do mkdir -p data/glue/$$t && cp $(SHARED_DATA)/glue/$$t/*.tsv data/glue/$$t/ && \
+	  chmod u+w data/glue/$$t/*.tsv; done
+	$(VENV)/bin/dvc add -q $(addprefix data/glue/,$(GLUE))
 
 bench-train: $(STAMP)
 	$(PY) bench/train_bench.py

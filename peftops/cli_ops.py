@@ -115,7 +115,7 @@ def export_loss(task: str = typer.Option(..., "--task", "-t"), method: str = typ
 def export_metrics(task: str = typer.Option(..., "--task", "-t"), method: str = typer.Option("lora", "--method", "-m"),
                    home: Optional[Path] = HomeOpt, out: Path = typer.Option(..., "--out", help="JSON file to write")
                    ) -> None:
-    """Write a run's dev metrics, cost and merge parity as JSON (for `dvc metrics show`)."""
+    """Write a run's dev metrics and training cost as JSON (for `dvc metrics show`)."""
     from peftops.dvcmeta import write_metrics
     from peftops.pipeline import Layout
 

@@ -1,7 +1,7 @@
 """DVC-facing files and DVC's record of the data, without importing DVC.
 
-* :func:`write_loss_plot` / :func:`write_metrics` turn a run's ``train.json`` / ``eval.json`` /
-  ``merge.json`` into the small files ``dvc plots`` and ``dvc metrics show`` read.
+* :func:`write_loss_plot` / :func:`write_metrics` turn a run's ``train.json`` / ``eval.json``
+  into the small files ``dvc plots`` and ``dvc metrics show`` read.
 * :func:`dvc_lineage` finds the ``dvc.lock`` of the DVC project holding a task's data files
   and returns the md5 DVC recorded for each, for the registry's lineage. An md5 is reported only
   when it matches the bytes the prepared splits were built from, so a stale lock says nothing.
@@ -32,7 +32,7 @@ def write_loss_plot(run_dir: Path, out: Path) -> Path:
 
 
 def write_metrics(run_dir: Path, out: Path) -> Path:
-    """Dev metrics plus the run's cost (and merge parity for LoRA) as one flat-ish JSON file."""
+    """Dev metrics plus the run's training cost as one small JSON file."""
     run_dir = Path(run_dir)
     ev = json.loads((run_dir / "eval.json").read_text())
     doc: dict[str, Any] = {"dev": ev["metrics"], "n_dev": ev["n"]}
@@ -42,10 +42,6 @@ def write_metrics(run_dir: Path, out: Path) -> Path:
         doc["train"] = {k: t[k] for k in ("train_time_s", "examples_per_s", "peak_memory_mb", "trainable_params",
                                            "adapter_bytes", "steps") if k in t}
         doc["train"]["final_loss"] = t["losses"][-1] if t.get("losses") else None
-    merge = run_dir / "merge.json"
-    if merge.exists():
-        m = json.loads(merge.read_text())
-        doc["merge"] = {k: m[k] for k in ("max_abs_dlogit", "mean_kl", "passed") if k in m}
     write_json_atomic(Path(out), doc)
     return Path(out)
 

@@ -189,6 +189,8 @@ def stage_publish(params: PipelineParams, home: str | Path | None = None, method
         "hyperparameters": {"method": train_info["method_config"], "train": to_dict(params.train)},
         "libraries": library_versions(),
     }
+    if lin["git_commit"] is None:  # not in a git checkout (or no commit yet): say nothing rather than null
+        del lin["git_commit"]
     merge_file = run / "merge.json"
     if merge_file.exists():
         lin["merge_parity"] = json.loads(merge_file.read_text())
