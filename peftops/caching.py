@@ -11,9 +11,11 @@ A stage's key is a sha256 over
   for the parity check, the eval batch size for evaluation).
 
 Nothing volatile (run ids, time, paths) enters a key, so a key hits across flow runs and
-processes. A hit is only trusted when the outputs it describes are still on disk and were
-written under the same key: each stage records its key beside its outputs
-(``stage-keys.json``) and :func:`outputs_current` checks both.
+processes. A hit is only trusted when the outputs it describes are still on disk, untouched since
+they were written under the same key: each stage records its key and a fingerprint of its
+outputs (name, size, mtime of every file) beside them (``stage-keys.json``), and
+:func:`outputs_current` checks both, so outputs rewritten by anything else (the CLI, the demo,
+DVC) or deleted make the stage run again.
 """
 
 from __future__ import annotations
@@ -132,23 +134,39 @@ def stage_dir(home: Path, stage: str, task: str, method: str | None) -> Path:
     return Path(home) / "runs" / task / (method or "base")
 
 
+def outputs_fingerprint(out_dir: Path, stage: str) -> str | None:
+    """sha256 over (path, size, mtime) of every file of the stage's outputs; None if one is missing."""
+    out_dir = Path(out_dir)
+    named: dict[str, str] = {}
+    for name in STAGE_OUTPUTS[stage]:
+        top = out_dir / name
+        if not top.exists():
+            return None
+        for f in sorted(top.rglob("*")) if top.is_dir() else [top]:
+            if f.is_file():
+                st = f.stat()
+                named[str(f.relative_to(out_dir))] = f"{st.st_size}:{st.st_mtime_ns}"
+    return combine(named)
+
+
 def record_key(out_dir: Path, stage: str, key: str) -> None:
-    """Note beside a stage's outputs which key produced them."""
+    """Note beside a stage's outputs which key produced them, with their fingerprint."""
     path = Path(out_dir) / KEYS_FILE
     keys = _read_keys(path)
-    keys[stage] = key
+    keys[stage] = {"key": key, "outputs": outputs_fingerprint(out_dir, stage)}
     write_json_atomic(path, keys)
 
 
 def outputs_current(out_dir: Path, stage: str, key: str) -> bool:
-    """True when the stage's outputs exist and were written under ``key``."""
-    out_dir = Path(out_dir)
-    if _read_keys(out_dir / KEYS_FILE).get(stage) != key:
+    """True when the stage's outputs exist, were written under ``key`` and are unchanged since."""
+    rec = _read_keys(Path(out_dir) / KEYS_FILE).get(stage)
+    if not isinstance(rec, dict) or rec.get("key") != key:
         return False
-    return all((out_dir / name).exists() for name in STAGE_OUTPUTS[stage])
+    fp = outputs_fingerprint(out_dir, stage)
+    return fp is not None and fp == rec.get("outputs")
 
 
-def _read_keys(path: Path) -> dict[str, str]:
+def _read_keys(path: Path) -> dict[str, Any]:
     try:
         keys = json.loads(path.read_text())
     except (FileNotFoundError, json.JSONDecodeError):

@@ -48,6 +48,51 @@ def fleet_env(tmp_path_factory):
     return home, root, tiny_fleet_params(manifest, root)
 
 
+def test_stage_keys_follow_exactly_their_inputs(fleet_env, tmp_path):
+    import dataclasses
+
+    from peftops import caching
+
+    home, root, params = fleet_env
+    data = caching.data_digest(params, "alpha")
+    assert data != caching.data_digest(params, "beta")
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(root, moved)  # the same bytes elsewhere: the same digest
+    assert caching.data_digest(dataclasses.replace(params, data=dataclasses.replace(
+        params.data, data_root=str(moved))), "alpha") == data
+
+    def key(stage, p=params, code="c1"):
+        return caching.stage_key(stage, p, "alpha", "lora", data, "sha256:base", code=code)
+
+    more_steps = dataclasses.replace(params, train=dataclasses.replace(params.train, steps=5))
+    other_r = dataclasses.replace(params, methods={"lora": {**params.methods["lora"], "r": 8}})
+    looser = dataclasses.replace(params, merge=dataclasses.replace(params.merge, tolerance=1e-2))
+    assert key("train") != key("train", more_steps) != key("train", other_r)
+    assert key("train") != key("train", code="c2")
+    assert key("train") == key("train", looser) and key("merge") != key("merge", looser)
+    assert caching.stage_key("prepare", more_steps, "alpha", None, data, "sha256:base", code="c1") == \
+        caching.stage_key("prepare", params, "alpha", None, data, "sha256:base", code="c1")
+
+
+def test_a_cache_record_is_trusted_only_while_its_outputs_are_untouched(tmp_path):
+    import os
+
+    from peftops import caching
+
+    (tmp_path / "adapter").mkdir()
+    (tmp_path / "adapter" / "w.safetensors").write_bytes(b"w")
+    (tmp_path / "train.json").write_text("{}")
+    assert not caching.outputs_current(tmp_path, "train", "k")
+    caching.record_key(tmp_path, "train", "k")
+    assert caching.outputs_current(tmp_path, "train", "k") and not caching.outputs_current(tmp_path, "train", "k2")
+    st = (tmp_path / "train.json").stat()
+    os.utime(tmp_path / "train.json", ns=(st.st_atime_ns, st.st_mtime_ns + 1))  # rewritten by something else
+    assert not caching.outputs_current(tmp_path, "train", "k")
+    caching.record_key(tmp_path, "train", "k")
+    (tmp_path / "adapter" / "w.safetensors").unlink()
+    assert not caching.outputs_current(tmp_path, "train", "k")
+
+
 def _train_mtime(home: Path, task: str) -> int:
     return (home / "runs" / task / "lora" / "train.json").stat().st_mtime_ns
 
