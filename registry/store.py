@@ -55,9 +55,12 @@ _TASK_COLS = (_T.c.id, _T.c.name, _T.c.base_digest, _T.c.latest_version, _T.c.n_
 _TASKS_FIRST = select(*_TASK_COLS).order_by(_T.c.name).limit(bindparam("lim"))
 _TASKS_AFTER = select(*_TASK_COLS).where(_T.c.name > bindparam("after")).order_by(
     _T.c.name).limit(bindparam("lim"))
+# Aliases of the tasks on one page, selected by the page's name range: a fixed statement,
+# where an IN list of ids would be re-rendered for every page.
 _TASK_ALIASES = select(db.aliases.c.task_id, db.aliases.c.alias, db.versions.c.version).join(
-    db.versions, db.versions.c.id == db.aliases.c.version_id).where(
-    db.aliases.c.task_id.in_(bindparam("ids", expanding=True)))
+    db.versions, db.versions.c.id == db.aliases.c.version_id).join(
+    _T, _T.c.id == db.aliases.c.task_id).where(
+    _T.c.name >= bindparam("lo"), _T.c.name <= bindparam("hi"))
 _INSERT_TAG = insert(db.tags)
 _INSERT_METRIC = insert(db.metrics)
 _BUMP_TASK = update(db.tasks).where(db.tasks.c.id == bindparam("b_tid")).values(
@@ -418,8 +421,8 @@ class Registry:
                 token = encode_token("tasks", [rows[-1][1]])
             alias_map: dict[int, dict[str, int]] = {r[0]: {} for r in rows}
             if rows:
-                for tid, alias, ver in conn.execute(_TASK_ALIASES,
-                                                    {"ids": list(alias_map)}).all():
+                for tid, alias, ver in conn.execute(
+                        _TASK_ALIASES, {"lo": rows[0][1], "hi": rows[-1][1]}).all():
                     alias_map[tid][alias] = ver
         return Page([TaskInfo(name=name, base_digest=base, n_versions=n, latest_version=latest,
                               aliases=alias_map[tid], created_at=created.replace(tzinfo=_UTC),
