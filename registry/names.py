@@ -8,6 +8,7 @@ characters, which would corrupt terminals and logs.
 from __future__ import annotations
 
 import math
+import numbers
 import re
 import unicodedata
 
@@ -91,7 +92,8 @@ def text_value(value: object, kind: str = "value", max_len: int = 4096) -> str:
 
 def metric_value(key: str, value: object) -> float:
     """Validate a metric value: a finite number."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    # numbers.Real admits numpy scalars (float32 included), which training code produces.
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise InvalidArgument(f"metric {key!r} must be a number, got {value!r}")
     v = float(value)
     if not math.isfinite(v):

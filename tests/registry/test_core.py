@@ -448,3 +448,10 @@ def test_lint_without_publishing_and_optimize(reg, tmp_path):
     report = reg.lint(make_adapter(tmp_path / "a", seed=1), base_digest=DIGEST)
     assert report.errors == [] and report.vllm_servable
     reg.optimize()
+
+
+def test_numpy_metric_values_are_accepted(reg, tmp_path):
+    v = reg.publish("t", make_adapter(tmp_path / "a", seed=1), base_digest=DIGEST,
+                    method="lora", metrics={"acc": np.float32(0.5), "n": np.int64(3)})
+    assert reg.get("t", v.version).metrics == {"acc": 0.5, "n": 3.0}
+    assert v == reg.get("t", v.version) and hash(v) == hash(reg.get("t", v.version))
