@@ -85,3 +85,25 @@ def length_bucketed_batches(lengths: list[int], batch_size: int, seed: int, epoc
         batches.extend(bucket[j:j + batch_size] for j in range(0, len(bucket), batch_size))
     rng.shuffle(batches)
     return batches
+
+
+def split_by_tokens(widths: list[int], budget: int) -> list[list[int]]:
+    """Split a batch's rows (given their widths, in order) into consecutive groups whose padded
+    size (rows x widest row) stays within ``budget`` tokens; a row wider than the budget goes alone.
+    ``budget=0`` keeps the batch whole.
+
+    A batch of 8 long rows then runs as a few smaller forwards whose gradients are summed: the same
+    update, with activation memory bounded by the budget instead of by the longest batch.
+    """
+    if budget <= 0 or not widths:
+        return [list(range(len(widths)))]
+    groups: list[list[int]] = [[]]
+    widest = 0
+    for i, w in enumerate(widths):
+        if groups[-1] and (len(groups[-1]) + 1) * max(widest, w) > budget:
+            groups.append([])
+            widest = 0
+        groups[-1].append(i)
+        widest = max(widest, w)
+    return groups
+

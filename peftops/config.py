@@ -83,6 +83,9 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 0  # 0 = no intermediate checkpoints
     eval_batch_size: int = 16
+    # Split a batch into forwards of at most this many (padded) tokens; the gradient is summed over
+    # the pieces, so the update is the batch's. Bounds activation memory. 0 = one forward per batch.
+    max_batch_tokens: int = 256
 
     def __post_init__(self) -> None:
         if self.steps < 1:
@@ -103,6 +106,8 @@ class TrainConfig:
             raise ConfigError("train.checkpoint_every", "must be >= 0")
         if self.eval_batch_size < 1:
             raise ConfigError("train.eval_batch_size", "must be >= 1")
+        if self.max_batch_tokens < 0:
+            raise ConfigError("train.max_batch_tokens", "must be >= 0 (0 = no limit)")
 
 
 @dataclass(frozen=True)

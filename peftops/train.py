@@ -1,7 +1,7 @@
 """The training loop: one explicit loop, read top to bottom.
 
     for each optimizer step:
-        take grad_accum length-bucketed micro-batches
+        take grad_accum length-bucketed micro-batches (each split into forwards of <= max_batch_tokens)
         logits at the supervised (label) positions only -> summed cross-entropy / label tokens
         backward; stop on NaN/Inf; clip; AdamW step; warmup + linear/cosine decay
         every checkpoint_every steps: trainable weights, optimizer, scheduler, RNG, data position
@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from peftops.batching import IGNORE, build_batch, forward_logits, length_bucketed_batches
+from peftops.batching import IGNORE, build_batch, forward_logits, length_bucketed_batches, split_by_tokens
 from peftops.config import TrainConfig
 from peftops.data import PreparedSplit
 from peftops.errors import TrainingError
@@ -215,8 +215,10 @@ def train(model: torch.nn.Module, method: Any, method_cfg: Any, split: PreparedS
             epoch_cache.clear()
             epoch_cache[epoch] = length_bucketed_batches(lengths, cfg.batch_size, cfg.seed, epoch)
         rows = epoch_cache[epoch][pos]
-        return build_batch([split.input_ids[i] for i in rows], [label_ids[split.labels[i]] for i in rows],
-                           pad_id).to(device)
+        widths = [lengths[i] - 1 for i in rows]  # the last label token is never fed
+        return [build_batch([split.input_ids[rows[j]] for j in group],
+                            [label_ids[split.labels[rows[j]]] for j in group], pad_id).to(device)
+                for group in split_by_tokens(widths, cfg.max_batch_tokens)]
 
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else None
     examples = tokens = 0
@@ -228,7 +230,7 @@ def train(model: torch.nn.Module, method: Any, method_cfg: Any, split: PreparedS
         t0 = time.perf_counter()
         while step < stop_at:
             opt.zero_grad(set_to_none=True)
-            batches = [micro_batch(micro + k) for k in range(cfg.grad_accum)]
+            batches = [piece for k in range(cfg.grad_accum) for piece in micro_batch(micro + k)]
             micro += cfg.grad_accum
             n_targets = sum(int((b.targets != IGNORE).sum()) for b in batches)
             step_loss = 0.0
