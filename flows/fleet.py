@@ -11,11 +11,12 @@ incremental retrain of only what changed.
 * ``retrain`` -- the tasks affected by the changes since a git revision (``peftops.changes``),
   run as a fleet.
 
-Concurrency: training on CPU is compute-bound and torch already uses every core inside one
-training, so two trainings in threads of one process share the same cores (and the GIL between
-ops). ``max_concurrency`` defaults to 1; raise it where the work is I/O-bound (cache hits,
-publishing to S3) or the device has room. Scale-out is a work pool: the ``fleet-task``
-deployment in ``prefect.yaml`` runs one task per worker process or pod.
+Concurrency: the tasks run in threads of this process, and the stages that load a model
+(train, evaluate, merge) take turns (``tasks.stages``: model construction is not thread-safe,
+and on CPU one training already uses every core). ``max_concurrency`` > 1 overlaps one task's
+training with the others' data preparation, publishing and tracking (4 tiny tasks: 55-61 s at 1,
+17-25 s at 2; ``python -m flows.bench_fleet``); it defaults to 2. Parallel training is
+scale-out: the ``fleet-task`` deployment in ``prefect.yaml`` runs one task per worker process or pod.
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ def _outcome(task: str, state, seconds: float) -> dict[str, Any]:
 
 @flow(name="fleet")
 def fleet(tasks: list[str] | None = None, methods: list[str] | tuple[str, ...] = DEFAULT_METHODS,
-          params_file: str | None = None, home: str | None = None, max_concurrency: int = 1,
+          params_file: str | None = None, home: str | None = None, max_concurrency: int = 2,
           progress: bool = False, params: PipelineParams | None = None,
           note: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run ``adapter_pipeline`` for each task (default: every task in the manifest), at most
@@ -127,7 +128,7 @@ def _report(home, outcomes: dict[str, Any], methods, max_concurrency: int, secon
 
 @flow(name="retrain")
 def retrain(since: str, repo: str = ".", methods: list[str] | tuple[str, ...] = DEFAULT_METHODS,
-            params_file: str | None = None, home: str | None = None, max_concurrency: int = 1,
+            params_file: str | None = None, home: str | None = None, max_concurrency: int = 2,
             data_dir: str | None = None, dry_run: bool = False) -> dict[str, Any]:
     """Retrain exactly the tasks whose data, manifest entry, parameters or code changed since the
     git revision ``since`` (committed and uncommitted changes), as one fleet. ``data_dir``

@@ -17,7 +17,7 @@ from rich.table import Table
 ParamsOpt = typer.Option(None, "--params", "-p", help="params.yaml (default: embedded defaults)")
 HomeOpt = typer.Option(None, "--home", help="state directory (default: $PEFTOPS_HOME or ./.peftops)")
 MethodsOpt = typer.Option(["lora"], "--method", "-m", help="method to train, repeatable")
-ConcurrencyOpt = typer.Option(1, "--max-concurrency", "-j", min=1, help="tasks run at the same time")
+ConcurrencyOpt = typer.Option(2, "--max-concurrency", "-j", min=1, help="tasks run at the same time")
 JsonOpt = typer.Option(False, "--json", help="print the report as JSON")
 
 

@@ -5,13 +5,23 @@ Caching: a caller that passes ``cache_key`` (computed by ``peftops.caching.stage
 that key the Prefect cache key, so an unchanged stage is a cache hit across flow runs and
 processes when results are persisted (``flows.stagecalls`` sets that up); after running, the
 stage records its key beside its outputs. Without ``cache_key`` nothing is cached.
+
+Stages that load a model (train, evaluate, merge) run one at a time within a process: building
+a transformers model is not thread-safe (two concurrent loads fail with "Cannot copy out of meta
+tensor"), and on CPU one training already uses every core. Concurrent fleet tasks still overlap
+everything else (prepare, publish, tracking); parallel training means more worker processes.
 """
 
 from __future__ import annotations
 
+import threading
+
 from prefect import task
 
 from peftops import caching, pipeline
+
+
+_MODEL_STAGE = threading.Lock()
 
 
 def _input_key(ctx, inputs) -> str | None:
@@ -42,7 +52,8 @@ def prepare_task(params, home=None, cache_key: str | None = None):
 @task(name="train", task_run_name="train-{method_name}", cache_key_fn=_input_key)
 def train_task(params, method_name: str, home=None, progress: bool = True, cache_key: str | None = None):
     """Train one method (no retries: a failed training run is not an I/O hiccup)."""
-    out = pipeline.stage_train(params, method_name, home, progress=progress)
+    with _MODEL_STAGE:
+        out = pipeline.stage_train(params, method_name, home, progress=progress)
     _record(params, home, "train", method_name, cache_key)
     return out
 
@@ -50,7 +61,8 @@ def train_task(params, method_name: str, home=None, progress: bool = True, cache
 @task(name="evaluate", task_run_name="evaluate-{label}", cache_key_fn=_input_key)
 def evaluate_task(params, method_name, home=None, label: str = "base", cache_key: str | None = None):
     """Score the base model or a trained adapter on the dev split."""
-    out = pipeline.stage_evaluate(params, method_name, home)
+    with _MODEL_STAGE:
+        out = pipeline.stage_evaluate(params, method_name, home)
     _record(params, home, "evaluate", method_name, cache_key)
     return out
 
@@ -58,7 +70,8 @@ def evaluate_task(params, method_name, home=None, label: str = "base", cache_key
 @task(name="merge", task_run_name="merge-{method_name}", cache_key_fn=_input_key)
 def merge_task(params, home=None, method_name: str = "lora", export_dir=None, cache_key: str | None = None):
     """Merge an adapter into the base and certify parity."""
-    out = pipeline.stage_merge(params, home, method_name, export_dir)
+    with _MODEL_STAGE:
+        out = pipeline.stage_merge(params, home, method_name, export_dir)
     _record(params, home, "merge", method_name, cache_key)
     return out
 

@@ -154,7 +154,7 @@ def test_fleet_one_failing_task_does_not_stop_the_others(prefect_harness, fleet_
     home, root, params = fleet_env
     import dataclasses
 
-    manifest = write_manifest(tmp_path / "tasks.yaml", {"alpha": "alpha/glue/SST-2", "broken": "missing/SST-2",
+    manifest = write_manifest(tmp_path / "tasks.yaml", {"alpha": "alpha/glue/SST-2", "broken": "late/glue/SST-2",
                                                         "beta": "beta/glue/SST-2"})
     p = dataclasses.replace(params, data=dataclasses.replace(params.data, manifest=str(manifest)))
     state = fleet(methods=["lora"], home=str(home), params=p, max_concurrency=2, return_state=True)
@@ -166,3 +166,8 @@ def test_fleet_one_failing_task_does_not_stop_the_others(prefect_harness, fleet_
     assert report["tasks"]["alpha"]["status"] == report["tasks"]["beta"]["status"] == "completed"
     assert "data file not found" in report["tasks"]["broken"]["error"]
     assert (home / "runs" / "beta" / "lora" / "adapter").is_dir()
+
+    # the rerun picks up where the failed run stopped: only the failed task does any work
+    write_sst2_like(root / "late", n_train=32, n_dev=16, seed=7)
+    rerun = fleet(methods=["lora"], home=str(home), params=p, max_concurrency=2)
+    assert rerun["trained"] == {"broken": ["lora"]} and rerun["failed"] == []
