@@ -76,7 +76,8 @@ def run_and_track(params: PipelineParams, home: str | None, methods, progress: b
         for name in methods:
             with tracker.run(name, parent_id=parent, params={"method": name, **params.methods.get(name, {}),
                                                               "train": to_dict(params.train)},
-                             tags={"task": task, "method": name}) as child:
+                             tags={"task": task, "method": name, "prefect.flow_run_id": str(flow_run.id or "")}
+                             ) as child:
                 child_ids[name] = child
                 with timer(f"train"):
                     tr = stages.train(name, progress)
@@ -116,9 +117,9 @@ def run_and_track(params: PipelineParams, home: str | None, methods, progress: b
                                                 lineage={"mlflow_run_id": child_ids["lora"],
                                                          "prefect_flow_run_id": str(flow_run.id or "")},
                                                 tags={"source": source}, tracker=tracker, run_id=child_ids["lora"])
-            tracker.set_tags(child_ids["lora"], {"registry.task": published.task,
-                                                 "registry.version": str(published.version),
-                                                 "registry.adapter_id": published.adapter_id})
+            for run_id in (parent, child_ids["lora"]):  # both runs name the registry version they produced
+                tracker.set_tags(run_id, {"registry.task": published.task, "registry.version": str(published.version),
+                                          "registry.adapter_id": published.adapter_id})
         table_md = markdown(rows)
         summary = {
             "task": task, "base_digest": snap.digest, "data_digest": prep.digest,

@@ -142,10 +142,12 @@ def test_fleet_caches_unchanged_tasks_and_retrains_only_changed_data(prefect_har
     parent_id = third["tasks"]["alpha"]["mlflow_parent_run_id"]
     parent = client.get_run(parent_id)
     assert parent.data.tags["prefect.flow_run_id"] and parent.info.experiment_id == exp.experiment_id
+    assert parent.data.tags["registry.version"] == str(third["tasks"]["alpha"]["registry"]["version"])
     (child,) = client.search_runs([exp.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'")
     assert child.info.run_name == "lora"
     assert child.data.tags["registry.version"] == str(third["tasks"]["alpha"]["registry"]["version"])
     assert child.data.tags["peftops.train_cached"] == "false"
+    assert child.data.tags["prefect.flow_run_id"] == parent.data.tags["prefect.flow_run_id"]
 
 
 def test_fleet_one_failing_task_does_not_stop_the_others(prefect_harness, fleet_env, tmp_path):
