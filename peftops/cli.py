@@ -187,6 +187,7 @@ def compare(task: str = typer.Option(..., "--task", "-t", help="a task of the ma
             params: Optional[Path] = ParamsOpt, home: Optional[Path] = HomeOpt,
             out: Path = typer.Option(Path("reports"), "--out", help="tables and charts go to OUT/<task>/"),
             reuse: bool = typer.Option(False, help="skip methods whose inputs are unchanged since the last run"),
+            threads: Optional[int] = typer.Option(None, help="torch threads (on a shared CPU, 1 is often fastest)"),
             as_json: bool = typer.Option(False, "--json")) -> None:
     """Train every method at the same budget, evaluate against FFT, measure cost, latency, forgetting."""
     from peftops.compare import CompareConfig, parse_methods, run_compare
@@ -196,7 +197,8 @@ def compare(task: str = typer.Option(..., "--task", "-t", help="a task of the ma
     command = "peftops " + " ".join(sys.argv[1:])
     results = []
     for t in [x.strip() for x in task.split(",") if x.strip()]:
-        cfg = CompareConfig(task=t, methods=parse_methods(methods), out_dir=str(out), reuse=reuse, command=command)
+        cfg = CompareConfig(task=t, methods=parse_methods(methods), out_dir=str(out), reuse=reuse, command=command,
+                            threads=threads)
         r = run_compare(p, cfg, home, progress=not as_json)
         results.append(r)
         if not as_json:

@@ -58,6 +58,7 @@ class CompareConfig:
     forgetting: ForgettingConfig = field(default_factory=ForgettingConfig)
     reuse: bool = False
     experiment: str = "peftops-compare"
+    threads: int | None = None  # torch intra-op threads (None: torch's default); recorded with the numbers
     command: str = ""  # the command line that produced this comparison, recorded with it
 
     def __post_init__(self) -> None:
@@ -71,6 +72,8 @@ class CompareConfig:
             raise ConfigError("compare.latency_batch_sizes", "must be batch sizes >= 1")
         if self.latency_batches < 1:
             raise ConfigError("compare.latency_batches", "must be >= 1")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError("compare.threads", "must be >= 1")
 
 
 @dataclass
@@ -125,14 +128,15 @@ def _measure(model: torch.nn.Module, dev: PreparedSplit, texts: GeneralTextSet, 
     return {"eval": ev.to_dict(), "latency_ms": lat, "general_nll": nll}
 
 
-def _load_record(path: Path, key: str) -> dict[str, Any] | None:
+def _load_record(path: Path, key: str | None) -> dict[str, Any] | None:
+    """A method's last record if its key is ``key`` (any key when None)."""
     if not path.exists():
         return None
     try:
         rec = json.loads(path.read_text())
     except ValueError:
         return None
-    return rec if rec.get("key") == key else None
+    return rec if key is None or rec.get("key") == key else None
 
 
 def run_compare(params: PipelineParams, cfg: CompareConfig, home: str | Path | None = None,
@@ -142,6 +146,10 @@ def run_compare(params: PipelineParams, cfg: CompareConfig, home: str | Path | N
     from peftops.tracking import Tracker
 
     t_start = time.perf_counter()
+    if cfg.threads:
+        # On a shared CPU one thread per process can be several times faster than spinning OpenMP workers.
+        torch.set_num_threads(cfg.threads)
+    threads = torch.get_num_threads()
     params = for_task(params, cfg.task)
     layout = P.Layout.of(home)
     snap = P.stage_base(params, home)
@@ -153,7 +161,7 @@ def run_compare(params: PipelineParams, cfg: CompareConfig, home: str | Path | N
     device = P.pick_device()
     measure_cfg = {"latency_batch_sizes": list(cfg.latency_batch_sizes), "latency_batches": cfg.latency_batches,
                    "general_set": texts.digest, "dev": dev.digest, "eval_batch_size": params.train.eval_batch_size,
-                   "device": device.type}
+                   "device": device.type, "threads": threads}
     budget = {"train": to_dict(params.train), "train_examples": prep.train_size, "dev_examples": prep.dev_size,
               "data_seed": params.data.seed}
     tracker = Tracker(experiment=cfg.experiment, home=home)
@@ -180,19 +188,25 @@ def run_compare(params: PipelineParams, cfg: CompareConfig, home: str | Path | N
         for name in cfg.methods:
             mcfg = make_config(name, params.methods.get(name))
             run_dir = layout.run(cfg.task, name)
-            key = _key({"base": snap.digest, "data": prep.digest, "train": to_dict(params.train),
-                        "method": name, "method_config": mcfg.to_dict(), "measure": measure_cfg})
+            train_key = _key({"base": snap.digest, "data": prep.digest, "train": to_dict(params.train),
+                              "method": name, "method_config": mcfg.to_dict(), "device": device.type,
+                              "threads": threads})
+            key = _key({"train": train_key, "measure": measure_cfg})
             with tracker.run(name, parent_id=parent, tags={"task": cfg.task, "method": name},
                              params={"method": name, **mcfg.to_dict(), "train": to_dict(params.train)}) as child:
                 child_ids[name] = child
-                rec = _load_record(run_dir / RECORD, key) if cfg.reuse and (run_dir / "adapter").exists() else None
+                old = _load_record(run_dir / RECORD, None) if cfg.reuse and (run_dir / "adapter").exists() else None
+                rec = old if old and old["key"] == key else None
                 if rec is None:
-                    P.stage_train(params, name, home, progress=progress, resume=False)
-                    release_memory()
-                    train_info = json.loads((run_dir / "train.json").read_text())
+                    if old and old.get("train_key") == train_key:  # trained at this budget: measure again only
+                        train_info = old["train"]
+                    else:
+                        P.stage_train(params, name, home, progress=progress, resume=False)
+                        release_memory()
+                        train_info = json.loads((run_dir / "train.json").read_text())
                     model = P.load_adapted(snap, name, run_dir / "adapter", device)
-                    rec = {"key": key, "train": {k: v for k, v in train_info.items()
-                                                   if k not in ("losses", "trained_parameter_names")},
+                    kept = {k: v for k, v in train_info.items() if k not in ("losses", "trained_parameter_names")}
+                    rec = {"key": key, "train_key": train_key, "train": kept,
                            **_measure(model, dev, texts, pad_id, cfg, params, device)}
                     del model
                     release_memory()
@@ -213,7 +227,7 @@ def run_compare(params: PipelineParams, cfg: CompareConfig, home: str | Path | N
             "general_set": {"digest": texts.digest, "texts": len(texts), "tokens": texts.n_tokens,
                             "source": Path(texts.source).name},
             "latency": {"batch_sizes": list(cfg.latency_batch_sizes), "timed_batches": cfg.latency_batches,
-                        "statistic": "median ms per example", "device": device.type},
+                        "statistic": "median ms per example", "device": device.type, "torch_threads": threads},
             "memory_kind": next((r.memory_kind for r in rows if r.memory_kind), None),
             "command": cfg.command, "mlflow_parent_run_id": parent,
         })

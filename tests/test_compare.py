@@ -88,6 +88,12 @@ def test_compare_writes_one_table_with_every_field_and_logs_mlflow(tiny_home, ti
     again = run_compare(tiny_params, CompareConfig(**{**compare_cfg.__dict__, "reuse": True}), home, progress=False)
     assert train_json.stat().st_mtime_ns == mtime
     assert [r.to_dict() for r in again.rows] == [r.to_dict() for r in result.rows]
+    # A changed measurement setting re-measures without retraining.
+    remeasured = run_compare(tiny_params, CompareConfig(**{**compare_cfg.__dict__, "reuse": True, "latency_batches": 1}),
+                             home, progress=False)
+    assert train_json.stat().st_mtime_ns == mtime
+    assert remeasured.row("lora").train_time_s == result.row("lora").train_time_s
+    assert remeasured.row("lora").latency_ms != result.row("lora").latency_ms
 
 
 def test_compare_config_errors_name_the_field():
