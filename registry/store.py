@@ -85,9 +85,9 @@ def _row_to_version(r) -> AdapterVersion:
     # until a field is read.
     (_id, task, version, aid, base, method, status, created, metrics, tags, aliases,
      lineage, files, lint, servable) = r[:15]
-    return AdapterVersion(task, version, aid, base, method, status,
-                          created.replace(tzinfo=_UTC), bool(servable),
-                          (metrics, tags, aliases, lineage, files, lint))
+    return AdapterVersion._from_stored(task, version, aid, base, method, status,
+                                       created.replace(tzinfo=_UTC), metrics, tags, aliases,
+                                       lineage, files, lint, bool(servable))
 
 
 # Lineage keys the rest of peftops records; others are kept as given.
@@ -293,9 +293,8 @@ class Registry:
         # Built from what was just written: saves a read on the hot path.
         return AdapterVersion(
             task, version, folder.adapter_id, base_digest, method, "active",
-            _aware(row["created_at"]), report.vllm_servable,
-            (row["metrics"], row["tags"], _dumps(aliases), row["lineage"], row["files"],
-             row["lint"])), True
+            _aware(row["created_at"]), metrics, tags, tuple(aliases), lineage, folder.files,
+            tuple(report.recorded()), report.vllm_servable), True
 
     def _lock(self, conn: Connection, exclusive: bool) -> None:
         # SQLite writers are already serialized by BEGIN IMMEDIATE.

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from functools import cached_property
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -43,21 +41,50 @@ class BaseModel:
 
 
 _scan = json.JSONDecoder().scan_once
-_dumps = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode
 
 
-def _loads(s: str) -> Any:
-    return _scan(s, 0)[0]
+class RawJSON(str):
+    """Stored JSON text of a field, decoded on first read (see AdapterVersion)."""
+
+    __slots__ = ()
 
 
-@dataclass(frozen=True)
+class _LazyJSON:
+    """Data descriptor behind AdapterVersion's JSON-backed fields.
+
+    A page of 100 versions is mostly read for a few columns; decoding every JSON document
+    up front was most of the cost of a search. Values given as RawJSON are decoded on
+    first access and cached; other values are stored as they are. Because it is a field
+    of the dataclass, dataclasses.asdict() and == still see the decoded values.
+    """
+
+    def __init__(self, convert=None):
+        self.convert = convert
+
+    def __set_name__(self, owner, name):
+        self.name, self.slot = name, "_" + name
+
+    def __get__(self, obj, owner=None):
+        if obj is None:  # dataclass asks for a default: there is none
+            raise AttributeError(self.name)
+        value = obj.__dict__[self.slot]
+        if type(value) is RawJSON:
+            value = _scan(value, 0)[0]
+            if self.convert is not None:
+                value = self.convert(value)
+            obj.__dict__[self.slot] = value
+        return value
+
+    def __set__(self, obj, value):
+        obj.__dict__[self.slot] = value
+
+
+@dataclass(frozen=True, repr=False)
 class AdapterVersion:
     """One published adapter version of a task.
 
     metrics, tags, aliases, lineage, files and lint are decoded from their stored JSON on
-    first access: a page of 100 versions is mostly read for a few columns, and decoding
-    every document up front would be most of the cost of a query. Build one from values
-    with `AdapterVersion.build(...)`.
+    first access (they may be passed as values too).
     """
 
     task: str
@@ -67,66 +94,45 @@ class AdapterVersion:
     method: str
     status: str  # 'active' | 'deprecated'
     created_at: datetime
+    metrics: dict[str, float] = _LazyJSON()
+    tags: dict[str, str] = _LazyJSON()
+    aliases: tuple[str, ...] = _LazyJSON(tuple)
+    lineage: dict[str, Any] = _LazyJSON()
+    files: dict[str, dict[str, Any]] = _LazyJSON()  # file name -> {"sha256": hex, "size": int}
+    lint: tuple[str, ...] = _LazyJSON(tuple)  # warnings recorded at publish
     vllm_servable: bool
-    # Canonical JSON of (metrics, tags, aliases, lineage, files, lint): equality and
-    # hashing compare these, so two reads of the same version are equal.
-    docs: tuple[str, str, str, str, str, str] = field(repr=False)
+
+    def __repr__(self) -> str:  # compact: files and lineage are long
+        return (f"AdapterVersion(task={self.task!r}, version={self.version}, "
+                f"status={self.status!r}, method={self.method!r}, "
+                f"adapter_id={self.adapter_id[:12]!r}..., aliases={self.aliases}, "
+                f"metrics={self.metrics}, tags={self.tags}, "
+                f"vllm_servable={self.vllm_servable})")
 
     @classmethod
-    def build(cls, *, task: str, version: int, adapter_id: str, base_digest: str,
-              method: str, status: str, created_at: datetime, vllm_servable: bool,
-              metrics: dict[str, float], tags: dict[str, str], aliases: Iterable[str],
-              lineage: dict[str, Any], files: dict[str, dict[str, Any]],
-              lint: Iterable[str]) -> "AdapterVersion":
-        return cls(task, version, adapter_id, base_digest, method, status, created_at,
-                   vllm_servable, (_dumps(metrics), _dumps(tags), _dumps(sorted(aliases)),
-                                   _dumps(lineage), _dumps(files), _dumps(list(lint))))
+    def _from_stored(cls, task, version, adapter_id, base_digest, method, status, created_at,
+                     metrics, tags, aliases, lineage, files, lint,
+                     vllm_servable) -> "AdapterVersion":
+        """Fast path for rows read from the database (JSON text for the lazy fields):
+        fills the instance dict directly instead of going through six descriptor calls."""
+        obj = object.__new__(cls)
+        obj.__dict__.update(
+            task=task, version=version, adapter_id=adapter_id, base_digest=base_digest,
+            method=method, status=status, created_at=created_at, vllm_servable=vllm_servable,
+            _metrics=RawJSON(metrics), _tags=RawJSON(tags), _aliases=RawJSON(aliases),
+            _lineage=RawJSON(lineage), _files=RawJSON(files), _lint=RawJSON(lint))
+        return obj
 
-    @cached_property
-    def metrics(self) -> dict[str, float]:
-        return _loads(self.docs[0])
-
-    @cached_property
-    def tags(self) -> dict[str, str]:
-        return _loads(self.docs[1])
-
-    @cached_property
-    def aliases(self) -> tuple[str, ...]:
-        return tuple(_loads(self.docs[2]))
-
-    @cached_property
-    def lineage(self) -> dict[str, Any]:
-        return _loads(self.docs[3])
-
-    @cached_property
-    def files(self) -> dict[str, dict[str, Any]]:
-        """file name -> {"sha256": hex, "size": bytes}"""
-        return _loads(self.docs[4])
-
-    @cached_property
-    def lint(self) -> tuple[str, ...]:
-        """Warnings recorded at publish (vLLM incompatibilities, serving notes)."""
-        return tuple(_loads(self.docs[5]))
+    def __hash__(self) -> int:  # dict fields are not hashable; identity is (task, version, id)
+        return hash((self.task, self.version, self.adapter_id))
 
     @property
     def name(self) -> str:
         """Directory / vLLM LoRA name used on export: '<task>-v<version>'."""
         return f"{self.task}-v{self.version}"
 
-    def __repr__(self) -> str:
-        return (f"AdapterVersion(task={self.task!r}, version={self.version}, "
-                f"status={self.status!r}, method={self.method!r}, "
-                f"adapter_id={self.adapter_id[:12]!r}, aliases={self.aliases}, "
-                f"metrics={self.metrics}, tags={self.tags}, "
-                f"vllm_servable={self.vllm_servable})")
-
     def to_dict(self) -> dict[str, Any]:
-        return {"task": self.task, "version": self.version, "adapter_id": self.adapter_id,
-                "base_digest": self.base_digest, "method": self.method,
-                "status": self.status, "created_at": self.created_at.isoformat(),
-                "metrics": self.metrics, "tags": self.tags, "aliases": list(self.aliases),
-                "lineage": self.lineage, "files": self.files, "lint": list(self.lint),
-                "vllm_servable": self.vllm_servable}
+        return _jsonable(asdict(self))
 
 
 @dataclass(frozen=True)
