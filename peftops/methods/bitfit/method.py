@@ -8,9 +8,10 @@ biases are ordinary ``Linear.bias`` parameters, the trained model *is* its own m
 
 Export caveat: transformers' Gemma 3 builds q/k/v/o with ``bias=config.attention_bias`` but its
 MLP (gate/up/down) never has a bias, so ``from_pretrained`` of an exported merged model keeps the
-attention biases (``merge`` sets ``attention_bias=True``) and drops the MLP ones.
-``mlp_bias_keys`` lists those; use ``targets: [q_proj, k_proj, v_proj, o_proj]`` for a merge that
-transformers can reload exactly.
+attention biases (``merge`` sets ``attention_bias=True``) and would drop the MLP ones; the merge
+stage re-certifies the reloaded export and refuses it then. ``mlp_bias_keys`` lists those
+tensors; ``targets: [q_proj, k_proj, v_proj, o_proj]`` gives a merge that transformers reloads
+exactly. In memory every BitFit model merges exactly.
 """
 
 from __future__ import annotations
