@@ -455,3 +455,17 @@ def test_numpy_metric_values_are_accepted(reg, tmp_path):
                     method="lora", metrics={"acc": np.float32(0.5), "n": np.int64(3)})
     assert reg.get("t", v.version).metrics == {"acc": 0.5, "n": 3.0}
     assert v == reg.get("t", v.version) and hash(v) == hash(reg.get("t", v.version))
+
+
+def test_versions_are_plain_frozen_dataclasses(reg, tmp_path):
+    import dataclasses
+
+    reg.publish("t", make_adapter(tmp_path / "a", seed=1), base_digest=DIGEST, method="lora",
+                metrics={"acc": 0.5}, tags={"k": "v"}, aliases=["production"])
+    v = reg.search(task="t").items[0]  # read back: JSON fields decoded on first access
+    d = dataclasses.asdict(v)
+    assert d["metrics"] == {"acc": 0.5} and d["tags"] == {"k": "v"}
+    assert d["aliases"] == ("production",) and "adapter_model.safetensors" in d["files"]
+    assert json.loads(json.dumps(v.to_dict()))["aliases"] == ["production"]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        v.metrics = {}
