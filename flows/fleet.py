@@ -65,7 +65,8 @@ def adapter_pipeline(task: str | None = None, methods: list[str] | tuple[str, ..
     return run_and_track(p, home, tuple(methods), progress, source="pipeline", cache=cache)
 
 
-def _outcome(task: str, state, seconds: float) -> dict[str, Any]:
+def _outcome(state, seconds: float) -> dict[str, Any]:
+    """One task's line of the report, from its subflow's final state."""
     if state.is_completed():
         s = state.result()
         return {"status": "completed", "seconds": round(seconds, 2), "cached": s["cached"],
@@ -107,7 +108,7 @@ def fleet(tasks: list[str] | None = None, methods: list[str] | tuple[str, ...] =
         # each subflow runs in a copy of this flow's context, so it is recorded as its child
         futures = [pool.submit(contextvars.copy_context().run, one, name) for name in names]
         results = [f.result() for f in futures]
-    outcomes = {name: _outcome(name, state, secs) for name, state, secs in results}
+    outcomes = {name: _outcome(state, secs) for name, state, secs in results}
     return _report(home, outcomes, methods, max_concurrency, time.perf_counter() - t0, note)
 
 

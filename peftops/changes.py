@@ -114,15 +114,14 @@ def _repo_rel(repo: Path, path: str | Path | None) -> str | None:
     return None if rel.startswith("..") else PurePosixPath(Path(rel)).as_posix()
 
 
-def _yaml_at(repo: Path, rev: str | None, rel: str | None) -> Any:
-    if rel is None:
-        return None
-    text = _git(repo, "show", f"{rev}:{rel}", check=False) if rev else _read(repo / rel)
+def _yaml_at(repo: Path, rev: str, rel: str | None) -> Any:
+    """A YAML file as of ``rev`` (None when outside the repository or absent there)."""
+    text = _git(repo, "show", f"{rev}:{rel}", check=False) if rel else ""
     return yaml.safe_load(text) if text else None
 
 
-def _read(path: Path) -> str:
-    return path.read_text() if path.exists() else ""
+def _yaml(path: str | Path | None) -> Any:
+    return yaml.safe_load(Path(path).read_text()) if path and Path(path).exists() else None
 
 
 def affected_since(since: str, repo: str | Path = ".", *, params_file: str | Path | None = None,
@@ -133,14 +132,10 @@ def affected_since(since: str, repo: str | Path = ".", *, params_file: str | Pat
     from peftops.data import EMBEDDED_MANIFEST
 
     repo = Path(_git(Path(repo), "rev-parse", "--show-toplevel").strip())
-    changed = changed_files(since, repo)
-    manifest_rel = _repo_rel(repo, manifest or EMBEDDED_MANIFEST)
-    params_rel = _repo_rel(repo, params_file)
-    new_manifest = ((_yaml_at(repo, None, manifest_rel) if manifest_rel else
-                     yaml.safe_load(Path(manifest or EMBEDDED_MANIFEST).read_text())) or {}).get("tasks") or {}
-    old_manifest = (_yaml_at(repo, since, manifest_rel) or {}).get("tasks") or {}
+    manifest = manifest or EMBEDDED_MANIFEST
+    manifest_rel, params_rel = _repo_rel(repo, manifest), _repo_rel(repo, params_file)
     return affected_tasks(
-        changed, new_manifest=new_manifest, old_manifest=old_manifest, manifest_path=manifest_rel,
-        new_params=_yaml_at(repo, None, params_rel), old_params=_yaml_at(repo, since, params_rel),
-        params_path=params_rel, data_dir=_repo_rel(repo, data_dir or default_data_root()),
-        code_dir=_repo_rel(repo, PACKAGE_DIR) or "peftops")
+        changed_files(since, repo), new_manifest=(_yaml(manifest) or {}).get("tasks") or {},
+        old_manifest=(_yaml_at(repo, since, manifest_rel) or {}).get("tasks") or {}, manifest_path=manifest_rel,
+        new_params=_yaml(params_file), old_params=_yaml_at(repo, since, params_rel), params_path=params_rel,
+        data_dir=_repo_rel(repo, data_dir or default_data_root()), code_dir=_repo_rel(repo, PACKAGE_DIR) or "peftops")
