@@ -1,4 +1,4 @@
-# .venv/bin/python bench/latency_bench.py [--task sst2] [--rounds 5] [--out reports/latency]   (or: make bench-latency)
+# .venv/bin/python bench/latency_bench.py [--task sst2] [--rounds 5] [--threads 1] [--home DIR] [--out reports/latency]
 """Inference latency: base vs merged LoRA vs unmerged LoRA vs Houlsby adapters, real model.
 
 The lecture's latency-vs-modularity trade-off, measured: a merged LoRA has the base's exact
@@ -115,7 +115,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batches-b1", type=int, default=8, help="timed batches of 1 per round")
     ap.add_argument("--batches-b16", type=int, default=3, help="timed batches of 16 per round")
     ap.add_argument("--out", default=str(REPO / "reports" / "latency"))
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     t0 = time.perf_counter()
     params = for_task(load_params(args.params), args.task)
