@@ -14,11 +14,11 @@ from prefect.runtime import flow_run
 
 from peftops.config import PipelineParams, load_params, state_home, to_dict
 from peftops.fsutil import write_json_atomic
-from peftops.gate import publish_gated
 from peftops.pipeline import Layout
 from peftops.report import build_rows, markdown
 from peftops.tracking import Tracker
 from flows.stagecalls import StageCalls
+from tasks import publish_task
 
 
 class _Timer:
@@ -111,12 +111,12 @@ def run_and_track(params: PipelineParams, home: str | None, methods, progress: b
             if lora_row.pct_of_full is not None:
                 metrics["pct_of_full"] = lora_row.pct_of_full
             with timer("publish"):  # production only if the quality gate passes against the FFT score
-                published, gate = publish_gated(params, home, "lora", score=evals["lora"].score,
-                                                full_score=evals["full"].score if "full" in evals else None,
-                                                metric=evals["lora"].metric, metrics=metrics,
-                                                lineage={"mlflow_run_id": child_ids["lora"],
-                                                         "prefect_flow_run_id": str(flow_run.id or "")},
-                                                tags={"source": source}, tracker=tracker, run_id=child_ids["lora"])
+                published, gate = publish_task(params, home, "lora", score=evals["lora"].score,
+                                               full_score=evals["full"].score if "full" in evals else None,
+                                               metric=evals["lora"].metric, metrics=metrics,
+                                               lineage={"mlflow_run_id": child_ids["lora"],
+                                                        "prefect_flow_run_id": str(flow_run.id or "")},
+                                               tags={"source": source}, tracker=tracker, run_id=child_ids["lora"])
             for run_id in (parent, child_ids["lora"]):  # both runs name the registry version they produced
                 tracker.set_tags(run_id, {"registry.task": published.task, "registry.version": str(published.version),
                                           "registry.adapter_id": published.adapter_id})

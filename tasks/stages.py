@@ -17,6 +17,7 @@ from __future__ import annotations
 import threading
 
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 
 from peftops import caching, pipeline
 
@@ -76,9 +77,11 @@ def merge_task(params, home=None, method_name: str = "lora", export_dir=None, ca
     return out
 
 
-@task(name="publish", retries=2, retry_delay_seconds=2)
-def publish_task(params, home=None, method_name: str = "lora", metrics=None, lineage=None, tags=None,
-                 aliases=()):
-    """Publish an adapter to the registry (retried: it is storage I/O)."""
-    return pipeline.stage_publish(params, home, method_name, metrics=metrics, lineage=lineage, tags=tags,
-                                  aliases=aliases)
+@task(name="publish", task_run_name="publish-{method_name}", retries=2, retry_delay_seconds=2,
+      cache_policy=NO_CACHE)
+def publish_task(params, home=None, method_name: str = "lora", **kwargs):
+    """Publish an adapter through the quality gate (``peftops.gate.publish_gated``; retried: it is
+    storage I/O, and publishing the same content again returns the same version)."""
+    from peftops.gate import publish_gated
+
+    return publish_gated(params, home, method_name, **kwargs)

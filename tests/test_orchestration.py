@@ -173,3 +173,10 @@ def test_fleet_one_failing_task_does_not_stop_the_others(prefect_harness, fleet_
     write_sst2_like(root / "late", n_train=32, n_dev=16, seed=7)
     rerun = fleet(methods=["lora"], home=str(home), params=p, max_concurrency=2)
     assert rerun["trained"] == {"broken": ["lora"]} and rerun["failed"] == []
+
+
+def test_only_storage_io_is_retried():
+    from tasks import evaluate_task, merge_task, prepare_task, publish_task, train_task
+
+    assert publish_task.retries == 2
+    assert all(t.retries == 0 for t in (prepare_task, train_task, evaluate_task, merge_task))
