@@ -19,10 +19,7 @@ os.environ.pop("MLFLOW_TRACKING_URI", None)
 os.environ.pop("PEFTOPS_HOME", None)
 sys.path.insert(0, str(Path(__file__).parent))
 
-from tiny import make_snapshot, write_sst2_like  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = (REPO.parent / "shared" / "data").resolve()
+from tiny import REPO, SHARED_DATA, make_snapshot, write_sst2_like  # noqa: E402,F401
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ from peftops.methods import make_config
 
 
 def test_embedded_defaults_match_params_yaml():
-    from conftest import REPO
+    from tiny import REPO
 
     assert load_params(REPO / "params.yaml") == PipelineParams()
 

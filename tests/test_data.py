@@ -2,7 +2,7 @@
 
 import pytest
 
-from conftest import SHARED_DATA
+from tiny import SHARED_DATA
 from peftops.data import TaskSpec, get_task, load_prepared, read_split, save_prepared, tokenize_split
 from peftops.errors import ConfigError, DataError
 from tiny import tiny_tokenizer

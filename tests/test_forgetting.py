@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import REPO, SHARED_DATA
+from tiny import REPO, SHARED_DATA
 from peftops.errors import DataError
 from peftops.forgetting import ForgettingConfig, build_general_set, general_nll, measure, seed_task_text
 from test_compare import write_general

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from conftest import SHARED_DATA
+from tiny import SHARED_DATA
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not SHARED_DATA.exists(), reason="../shared/data not present")]

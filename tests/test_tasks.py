@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from conftest import REPO, SHARED_DATA
+from tiny import REPO, SHARED_DATA
 from peftops.data import get_task, load_manifest, read_split
 from peftops.errors import ConfigError
 from peftops.metrics import accuracy, compute, f1, matthews

@@ -7,6 +7,11 @@ from pathlib import Path
 
 import torch
 
+# Paths shared by the tests. They live here, not in conftest.py: tests/registry has its own
+# conftest, and `from conftest import ...` would resolve to whichever was imported first.
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = (REPO.parent / "shared" / "data").resolve()
+
 POS = ["good", "great", "lovely", "superb", "fun", "moving", "brilliant", "charming"]
 NEG = ["bad", "awful", "dull", "boring", "weak", "tedious", "messy", "poor"]
 FILL = ["the", "film", "movie", "plot", "was", "a", "very", "and", "story", "acting", "is", "quite"]
