@@ -31,19 +31,12 @@ from .query import (GET_BY_ALIAS, GET_BY_VERSION, GET_LATEST, build_search, deco
 from .shapes import module_shapes_from_state_dict, read_safetensors_header
 from .types import AdapterVersion, BaseModel, ExportedAdapter, Page, TaskInfo
 
+# Canonical JSON for the text columns: sorted keys, so equal values store equal text.
 _dumps = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode
-# The C scanner without json.loads' wrappers: the JSON columns are written by _dumps, so
-# the whitespace and trailing-data checks are not needed, and a page of 100 versions
-# decodes ~2x faster.
-_scan = json.JSONDecoder().scan_once
-
-
-def _loads(s: str) -> Any:
-    return _scan(s, 0)[0]
-
+_loads = json.loads
 _PUBLISH_RETRIES = 8
 
-# Publish-path statements, built once (see query.py for why).
+# Statements built once and run with bound parameters (see query.py for why).
 _TASK_FOR_UPDATE = select(db.tasks.c.id, db.tasks.c.base_digest, db.tasks.c.latest_version
                           ).where(db.tasks.c.name == bindparam("name")).with_for_update()
 _EXISTING = select(db.versions.c.version).where(
