@@ -10,7 +10,10 @@ batch size, step count and hyperparameters:
   (c) full:    full fine-tuning through ``peftops.train.train`` (the memory reference).
 
 Each contender runs in its own process, so neither its peak memory nor its allocator state leaks
-into the next. Throughput counts the training loop only (model load and data tokenisation are
+into the next. Every contender gets the same number of torch threads (``--threads``, default 1) and
+the same memory strategy: activations are recomputed in the backward pass, TRL's default
+(``gradient_checkpointing=True``) and peftops' ``train.activation_checkpointing`` (``--no-checkpointing``
+turns it off in both). Precision is fp32 in both on CPU (TRL's bf16 default is switched off). Throughput counts the training loop only (model load and data tokenisation are
 excluded); peak memory is the process's resident set sampled during the loop (CUDA max-allocated on
 a GPU). Every resulting model is scored by the same evaluator (``peftops.evaluate.evaluate``) on the
 same dev examples. A table goes to stdout and, as the last line, one JSON object.
@@ -44,7 +47,8 @@ def _params(args):
 
     return PipelineParams(data=DataConfig(task="sst2", train_size=args.train, dev_size=args.dev),
                           train=TrainConfig(steps=args.steps, batch_size=args.batch, warmup_steps=args.warmup,
-                                            schedule="linear", max_grad_norm=1.0, weight_decay=0.0, seed=0))
+                                            schedule="linear", max_grad_norm=1.0, weight_decay=0.0, seed=0,
+                                            activation_checkpointing=args.checkpointing))
 
 
 def _data_dir(args) -> Path:
@@ -137,7 +141,7 @@ def run_peer(args) -> dict:
         warmup_steps=t.warmup_steps, max_grad_norm=t.max_grad_norm, weight_decay=t.weight_decay,
         completion_only_loss=True, report_to=[], use_cpu=not torch.cuda.is_available(), save_strategy="no",
         logging_steps=max(1, t.steps // 3), dataloader_num_workers=0, seed=0, bf16=torch.cuda.is_available(),
-        disable_tqdm=True,
+        disable_tqdm=True, gradient_checkpointing=args.checkpointing,
     )
     peft_cfg = LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
                           target_modules=list(GEMMA3_LINEAR), bias="none", task_type="CAUSAL_LM")
@@ -174,7 +178,7 @@ def spawn(args, who: str) -> dict:
     """Run ``who`` in a fresh process and parse its JSON line."""
     cmd = [sys.executable, __file__, "--run", who, "--steps", str(args.steps), "--batch", str(args.batch),
            "--dev", str(args.dev), "--train", str(args.train), "--warmup", str(args.warmup),
-           "--threads", str(args.threads)]
+           "--threads", str(args.threads)] + ([] if args.checkpointing else ["--no-checkpointing"])
     if args.home:
         cmd += ["--home", args.home]
     t0 = time.perf_counter()
@@ -194,8 +198,12 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--train", type=int, default=480, help="train subset size")
     ap.add_argument("--dev", type=int, default=200, help="dev examples scored")
-    ap.add_argument("--threads", type=int, default=0,
-                    help="torch threads for every contender (0 = torch's default, one per core)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads for every contender (0 = torch's default, one per core); 1 by default "
+                         "so that other processes on the machine do not stall OpenMP's thread team")
+    ap.add_argument("--no-checkpointing", dest="checkpointing", action="store_false",
+                    help="keep activations instead of recomputing them, in every contender (TRL's default "
+                         "and this bench's default is to recompute)")
     ap.add_argument("--home", default=None, help="state directory (default: $PEFTOPS_HOME or ./.peftops)")
     ap.add_argument("--run", choices=["peer", "lora", "full"], help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -230,6 +238,7 @@ def main() -> None:
         "lora_vs_full_memory_ratio": round(ours["peak_mb"] / full["peak_mb"], 3),
         "cpu_speedup": round(peer["cpu_s"] / ours["cpu_s"], 2),
         "steps": args.steps, "batch_size": args.batch, "dev_examples": args.dev, "threads": ours["threads"],
+        "activation_checkpointing": args.checkpointing,
         "memory_kind": ours["memory_kind"], "load_avg_before": round(load_before[0], 2),
         "load_avg_after": round(load_after[0], 2),
     }

@@ -86,6 +86,9 @@ class TrainConfig:
     # Split a batch into forwards of at most this many (padded) tokens; the gradient is summed over
     # the pieces, so the update is the batch's. Bounds activation memory. 0 = one forward per batch.
     max_batch_tokens: int = 256
+    # Recompute each layer's activations in the backward pass instead of keeping them: far less
+    # memory for ~1/3 more compute (TRL's SFTTrainer does this by default).
+    activation_checkpointing: bool = False
 
     def __post_init__(self) -> None:
         if self.steps < 1:

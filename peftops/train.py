@@ -3,7 +3,8 @@
     for each optimizer step:
         take grad_accum length-bucketed micro-batches (each split into forwards of <= max_batch_tokens)
         logits at the supervised (label) positions only -> summed cross-entropy / label tokens
-        backward; stop on NaN/Inf; clip; AdamW step; warmup + linear/cosine decay
+        backward (optionally recomputing activations); stop on NaN/Inf; clip; AdamW step;
+        warmup + linear/cosine decay
         every checkpoint_every steps: trainable weights, optimizer, scheduler, RNG, data position
 
 A run resumes from its latest checkpoint and ends with the same weights as an uninterrupted
@@ -13,6 +14,7 @@ run. Checkpoints are safetensors + JSON (never pickle), written atomically.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import math
 import shutil
@@ -94,6 +96,24 @@ def count_params(model: torch.nn.Module, trainable_only: bool = False) -> int:
         seen.add(p.data_ptr())
         total += p.numel()
     return total
+
+
+def hf_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformers model inside a peft or peftops wrapper (or the model itself)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def return_freed_memory_promptly() -> None:
+    """Serve allocations of 64 KiB and more with their own mappings (glibc's ``mallopt``).
+
+    glibc's adaptive threshold otherwise moves large activation buffers onto the heap, where freed
+    ones stay resident; with a fixed threshold they return to the OS as soon as autograd frees
+    them (a ~25% lower activation peak on Gemma 3 270M). Process-wide; a no-op off glibc.
+    """
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
 
 
 def dir_bytes(path: Path) -> int:
@@ -221,47 +241,60 @@ def train(model: torch.nn.Module, method: Any, method_cfg: Any, split: PreparedS
                 for group in split_by_tokens(widths, cfg.max_batch_tokens)]
 
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else None
+    if device.type == "cpu":
+        return_freed_memory_promptly()
+    inner = hf_model(model)
+    if cfg.activation_checkpointing:
+        if not hasattr(inner, "gradient_checkpointing_enable"):
+            raise TrainingError(f"{type(inner).__name__} does not support activation checkpointing")
+        # Non-reentrant: works with frozen inputs, and replays the RNG so dropout masks are identical.
+        inner.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     examples = tokens = 0
     history: list[dict[str, float]] = []
     stop_at = cfg.steps if max_steps_this_call is None else min(cfg.steps, step + max_steps_this_call)
     bar = tqdm(total=cfg.steps, initial=step, desc=f"train {method.name}", disable=not progress, unit="step")
     model.train()
-    with PeakMemory(device) as mem:
-        t0 = time.perf_counter()
-        while step < stop_at:
-            opt.zero_grad(set_to_none=True)
-            batches = [piece for k in range(cfg.grad_accum) for piece in micro_batch(micro + k)]
-            micro += cfg.grad_accum
-            n_targets = sum(int((b.targets != IGNORE).sum()) for b in batches)
-            step_loss = 0.0
-            for b in batches:
-                with autocast if autocast else contextlib.nullcontext():
-                    logits = forward_logits(model, b)
-                loss = F.cross_entropy(logits.float().flatten(0, 1), b.targets.flatten(),
-                                       ignore_index=IGNORE, reduction="sum") / n_targets
-                loss.backward()
-                step_loss += loss.item()
-                examples += b.n_examples
-                tokens += int(b.attention_mask.sum())
-            if not math.isfinite(step_loss):
-                raise TrainingError(f"{method.name}: loss is {step_loss} at step {step + 1}; "
-                                    f"lower the learning rate (lr={method_cfg.lr}) or check the data")
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
-            opt.step()
-            sched.step()
-            step += 1
-            losses.append(step_loss)
-            record = {"step": step, "loss": step_loss, "lr": sched.get_last_lr()[0], "grad_norm": grad_norm}
-            history.append(record)
-            bar.update(1)
-            bar.set_postfix(loss=f"{step_loss:.4f}")
-            if on_step:
-                on_step(step, record)
-            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:
-                save_checkpoint(run_dir, step, micro, elapsed + time.perf_counter() - t0, losses, named, opt, sched)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        wall = time.perf_counter() - t0
+    try:
+        with PeakMemory(device) as mem:
+            t0 = time.perf_counter()
+            while step < stop_at:
+                opt.zero_grad(set_to_none=True)
+                batches = [piece for k in range(cfg.grad_accum) for piece in micro_batch(micro + k)]
+                micro += cfg.grad_accum
+                n_targets = sum(int((b.targets != IGNORE).sum()) for b in batches)
+                step_loss = 0.0
+                for b in batches:
+                    with autocast if autocast else contextlib.nullcontext():
+                        logits = forward_logits(model, b)
+                    loss = F.cross_entropy(logits.float().flatten(0, 1), b.targets.flatten(),
+                                           ignore_index=IGNORE, reduction="sum") / n_targets
+                    loss.backward()
+                    step_loss += loss.item()
+                    examples += b.n_examples
+                    tokens += int(b.attention_mask.sum())
+                if not math.isfinite(step_loss):
+                    raise TrainingError(f"{method.name}: loss is {step_loss} at step {step + 1}; "
+                                        f"lower the learning rate (lr={method_cfg.lr}) or check the data")
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
+                opt.step()
+                sched.step()
+                step += 1
+                losses.append(step_loss)
+                record = {"step": step, "loss": step_loss, "lr": sched.get_last_lr()[0], "grad_norm": grad_norm}
+                history.append(record)
+                bar.update(1)
+                bar.set_postfix(loss=f"{step_loss:.4f}")
+                if on_step:
+                    on_step(step, record)
+                if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:
+                    save_checkpoint(run_dir, step, micro, elapsed + time.perf_counter() - t0, losses, named,
+                                    opt, sched)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            wall = time.perf_counter() - t0
+    finally:
+        if cfg.activation_checkpointing:
+            inner.gradient_checkpointing_disable()
     bar.close()
     model.eval()
     elapsed += wall

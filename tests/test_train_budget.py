@@ -7,7 +7,7 @@ from peftops.batching import split_by_tokens
 from peftops.config import TrainConfig
 from peftops.errors import ConfigError
 from peftops.methods import get_method, make_config
-from peftops.train import train
+from peftops.train import hf_model, train
 from test_train import overfit_split
 from tiny import tiny_model
 
@@ -45,3 +45,23 @@ def test_split_batches_train_like_whole_ones(tmp_path, name, values):
     torch.testing.assert_close(torch.tensor(split.losses), torch.tensor(whole.losses), atol=1e-4, rtol=1e-4)
     for (n, p), (_, q) in zip(models[0].named_parameters(), models[1].named_parameters()):
         torch.testing.assert_close(p, q, atol=1e-4, rtol=1e-4, msg=n)
+
+
+@pytest.mark.parametrize("name,values", [("lora", {"lr": 2e-2, "r": 4, "alpha": 8, "dropout": 0.1}),
+                                         ("adapter", {"lr": 1e-2, "bottleneck": 4}),
+                                         ("prompt", {"lr": 1e-1, "num_virtual_tokens": 3})])
+def test_activation_checkpointing_trains_like_keeping_activations(tmp_path, name, values):
+    """Recomputing activations (dropout masks replayed) gives the same update; it is switched off after."""
+    method, cfg = get_method(name), make_config(name, values)
+    models = []
+    for ckpt in (False, True):
+        torch.manual_seed(0)
+        model = method.apply(tiny_model(seed=0), cfg)
+        train(model, method, cfg, overfit_split(), TrainConfig(steps=4, batch_size=8, warmup_steps=1,
+                                                               activation_checkpointing=ckpt),
+              tmp_path / str(ckpt), pad_id=0, base_params=1, progress=False)
+        models.append(model)
+    inner = hf_model(models[1])
+    assert not inner.is_gradient_checkpointing
+    for (n, p), (_, q) in zip(models[0].named_parameters(), models[1].named_parameters()):
+        torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-5, msg=n)
