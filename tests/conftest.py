@@ -19,7 +19,7 @@ os.environ.pop("MLFLOW_TRACKING_URI", None)
 os.environ.pop("PEFTOPS_HOME", None)
 sys.path.insert(0, str(Path(__file__).parent))
 
-from tiny import REPO, SHARED_DATA, make_snapshot, write_sst2_like  # noqa: E402,F401
+from tiny import make_snapshot, write_sst2_like  # noqa: E402
 
 
 @pytest.fixture
@@ -51,3 +51,13 @@ def prefect_harness():
 
     with prefect_test_harness():
         yield
+
+
+@pytest.fixture(scope="session")
+def real_snapshot(tmp_path_factory):
+    """(state dir, snapshot) of the real Gemma 3 270M, built once per session from the GGUF package."""
+    from peftops.base import import_base
+    from peftops.config import BaseConfig
+
+    home = tmp_path_factory.mktemp("real-home")
+    return home, import_base(BaseConfig(), home)

@@ -6,13 +6,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tiny import REPO, SHARED_DATA
+from tiny import SHARED_DATA
 from peftops.errors import DataError
 from peftops.forgetting import ForgettingConfig, build_general_set, general_nll, measure, seed_task_text
 from test_compare import write_general
 from tiny import tiny_model, tiny_tokenizer
 
-REAL_BASE = REPO / ".peftops" / "base" / "gemma-3-270m"
 
 
 def test_seed_task_text_is_instruction_input_output():
@@ -81,11 +80,11 @@ def test_delta_is_zero_for_the_base_and_follows_the_model(tmp_path):
     assert after.delta < 0 and after.ppl_ratio < 1 and after.to_dict()["delta"] == after.delta
 
 
-@pytest.mark.skipif(not (REAL_BASE / "manifest.json").exists() or not SHARED_DATA.exists(),
-                    reason="real base snapshot or ../shared/data missing")
-def test_default_set_from_self_instruct_seed_tasks():
-    from peftops.base import load_tokenizer, open_snapshot
+@pytest.mark.slow
+@pytest.mark.skipif(not SHARED_DATA.exists(), reason="../shared/data missing")
+def test_default_set_from_self_instruct_seed_tasks(real_snapshot):
+    from peftops.base import load_tokenizer
 
-    texts = build_general_set(load_tokenizer(open_snapshot(REAL_BASE)), ForgettingConfig(), SHARED_DATA)
+    texts = build_general_set(load_tokenizer(real_snapshot[1]), ForgettingConfig(), SHARED_DATA)
     assert len(texts) == 32 and all(len(x) <= 96 for x in texts.input_ids)
     assert all(i.startswith("seed_task_") for i in texts.ids) and 800 < texts.n_tokens < 32 * 96

@@ -14,22 +14,12 @@ pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not SHARED_DATA.exists(), reason="../shared/data not present")]
 
 
-@pytest.fixture(scope="module")
-def real_home(tmp_path_factory):
-    from peftops.config import PipelineParams
-    from peftops.pipeline import stage_base
-
-    home = tmp_path_factory.mktemp("real-home")
-    snap = stage_base(PipelineParams(), home)
-    return home, snap
-
-
-def test_real_snapshot_lora_learns_and_merges(real_home):
+def test_real_snapshot_lora_learns_and_merges(real_snapshot):
     from peftops import pipeline as P
     from peftops.base import MANIFEST, open_snapshot
     from peftops.config import DataConfig, MergeConfig, PipelineParams, TrainConfig
 
-    home, snap = real_home
+    home, snap = real_snapshot
     manifest = json.loads((snap.path / MANIFEST).read_text())
     assert manifest["digest"] == snap.digest and set(manifest["files"]) >= {"model.safetensors", "tokenizer.json"}
     cfg = json.loads((snap.path / "config.json").read_text())

@@ -4,14 +4,13 @@ import json
 
 import pytest
 
-from tiny import REPO, SHARED_DATA
+from tiny import SHARED_DATA
 from peftops.data import get_task, load_manifest, read_split
 from peftops.errors import ConfigError
 from peftops.metrics import accuracy, compute, f1, matthews
 from tiny import sentence
 
 needs_shared = pytest.mark.skipif(not SHARED_DATA.exists(), reason="../shared/data not present")
-REAL_BASE = REPO / ".peftops" / "base" / "gemma-3-270m"
 
 
 # ---------------------------------------------------------------- metrics, by hand
@@ -67,11 +66,11 @@ def test_glue_entries_read_every_row(task, sizes, positives):
 
 
 @needs_shared
-@pytest.mark.skipif(not (REAL_BASE / "manifest.json").exists(), reason="real base snapshot not built")
-def test_glue_verbalizers_are_single_tokens_and_every_prompt_fits():
-    from peftops.base import load_tokenizer, open_snapshot
+@pytest.mark.slow
+def test_glue_verbalizers_are_single_tokens_and_every_prompt_fits(real_snapshot):
+    from peftops.base import load_tokenizer
 
-    tok = load_tokenizer(open_snapshot(REAL_BASE))
+    tok = load_tokenizer(real_snapshot[1])
     for name in ("sst2", "cola", "mrpc", "rte"):
         spec = get_task(name)
         for v in spec.verbalizers:
