@@ -95,7 +95,7 @@ def run_peftops(args, method: str) -> dict:
     from peftops.train import count_params, train
 
     params, snap, train_path, dev_path = _setup(args)
-    tok = load_tokenizer(snap)
+    pad_id = load_tokenizer(snap).pad_token_id  # the data is tokenized already: the tokenizer is not kept
     split = load_prepared(train_path)
     base = load_model(snap)
     base_params = count_params(base)
@@ -105,10 +105,10 @@ def run_peftops(args, method: str) -> dict:
     model = m.apply(base, cfg)
     with tempfile.TemporaryDirectory(prefix=f"bench-{method}-") as tmp:
         cpu0 = time.process_time()
-        r = train(model, m, cfg, split, params.train, Path(tmp), pad_id=tok.pad_token_id, base_params=base_params,
+        r = train(model, m, cfg, split, params.train, Path(tmp), pad_id=pad_id, base_params=base_params,
                   progress=False)
         cpu = time.process_time() - cpu0
-    acc = _score(model, dev_path, tok.pad_token_id)
+    acc = _score(model, dev_path, pad_id)
     return {"examples_per_s": r.examples_per_s, "peak_mb": r.peak_memory_mb, "train_s": r.train_time_s, "cpu_s": cpu,
             "dev_acc": acc, "final_loss": r.losses[-1], "trainable": r.trainable_params,
             "tokens_per_s": r.tokens_per_s, "memory_kind": r.memory_kind}

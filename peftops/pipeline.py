@@ -91,14 +91,16 @@ def stage_train(params: PipelineParams, method_name: str, home: str | Path | Non
     method = get_method(method_name)
     mcfg = make_config(method_name, params.methods.get(method_name))
     split = load_prepared(layout.data(params.data.task) / "train.json")
-    tokenizer = load_tokenizer(snap)
+    # Only the pad id is needed (the split is already tokenized); the 262k-entry tokenizer holds
+    # ~300 MB, so it is not kept alive through training.
+    pad_id = load_tokenizer(snap).pad_token_id
     device = pick_device()
     base = load_model(snap, device)
     base_params = count_params(base)
     torch.manual_seed(params.train.seed)  # reproducible initialisation (LoRA A, adapters, soft prompts)
     model = method.apply(base, mcfg)
     result = train(model, method, mcfg, split, params.train, layout.run(params.data.task, method_name),
-                   pad_id=tokenizer.pad_token_id, base_params=base_params, device=device, resume=resume,
+                   pad_id=pad_id, base_params=base_params, device=device, resume=resume,
                    progress=progress, max_steps_this_call=max_steps_this_call)
     if result.steps >= params.train.steps:
         summary = result.to_dict()
