@@ -23,7 +23,8 @@ app = typer.Typer(help="Cheap, safe, tracked PEFT on one pinned base model.", no
                   pretty_exceptions_enable=False)
 base_app = typer.Typer(help="The pinned base model.", no_args_is_help=True)
 app.add_typer(base_app, name="base")
-console = Console()
+# Wide enough for the comparison table when output goes to a log rather than a terminal.
+console = Console(width=None if sys.stdout.isatty() else 140)
 err_console = Console(stderr=True)
 
 ParamsOpt = typer.Option(None, "--params", "-p", help="params.yaml (default: embedded defaults)")
