@@ -47,7 +47,7 @@ def _params(args):
 
     return PipelineParams(data=DataConfig(task="sst2", train_size=args.train, dev_size=args.dev),
                           train=TrainConfig(steps=args.steps, batch_size=args.batch, warmup_steps=args.warmup,
-                                            schedule="linear", max_grad_norm=1.0, weight_decay=0.0, seed=0,
+                                            schedule="linear", max_grad_norm=1.0, weight_decay=0.0, seed=args.seed,
                                             activation_checkpointing=args.checkpointing))
 
 
@@ -101,7 +101,7 @@ def run_peftops(args, method: str) -> dict:
     base_params = count_params(base)
     m = get_method(method)
     cfg = make_config(method, LORA if method == "lora" else FULL)
-    torch.manual_seed(0)
+    torch.manual_seed(args.seed)
     model = m.apply(base, cfg)
     with tempfile.TemporaryDirectory(prefix=f"bench-{method}-") as tmp:
         cpu0 = time.process_time()
@@ -133,14 +133,14 @@ def run_peer(args) -> dict:
     rows = [{"prompt": tok.decode(ids, skip_special_tokens=True), "completion": split.verbalizers[y]}
             for ids, y in zip(split.input_ids, split.labels)]
     model = load_model(snap)
-    torch.manual_seed(0)
+    torch.manual_seed(args.seed)
     t = params.train
     sft = SFTConfig(
         output_dir=tempfile.mkdtemp(prefix="bench-peer-"), per_device_train_batch_size=t.batch_size,
         gradient_accumulation_steps=1, max_steps=t.steps, learning_rate=LORA["lr"], lr_scheduler_type="linear",
         warmup_steps=t.warmup_steps, max_grad_norm=t.max_grad_norm, weight_decay=t.weight_decay,
         completion_only_loss=True, report_to=[], use_cpu=not torch.cuda.is_available(), save_strategy="no",
-        logging_steps=max(1, t.steps // 3), dataloader_num_workers=0, seed=0, bf16=torch.cuda.is_available(),
+        logging_steps=max(1, t.steps // 3), dataloader_num_workers=0, seed=args.seed, bf16=torch.cuda.is_available(),
         disable_tqdm=True, gradient_checkpointing=args.checkpointing,
     )
     peft_cfg = LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
@@ -178,7 +178,7 @@ def spawn(args, who: str) -> dict:
     """Run ``who`` in a fresh process and parse its JSON line."""
     cmd = [sys.executable, __file__, "--run", who, "--steps", str(args.steps), "--batch", str(args.batch),
            "--dev", str(args.dev), "--train", str(args.train), "--warmup", str(args.warmup),
-           "--threads", str(args.threads)] + ([] if args.checkpointing else ["--no-checkpointing"])
+           "--threads", str(args.threads), "--seed", str(args.seed)] + ([] if args.checkpointing else ["--no-checkpointing"])
     if args.home:
         cmd += ["--home", args.home]
     t0 = time.perf_counter()
@@ -204,6 +204,7 @@ def main() -> None:
     ap.add_argument("--no-checkpointing", dest="checkpointing", action="store_false",
                     help="keep activations instead of recomputing them, in every contender (TRL's default "
                          "and this bench's default is to recompute)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of every contender (init, data order, dropout)")
     ap.add_argument("--home", default=None, help="state directory (default: $PEFTOPS_HOME or ./.peftops)")
     ap.add_argument("--run", choices=["peer", "lora", "full"], help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -238,7 +239,7 @@ def main() -> None:
         "lora_vs_full_memory_ratio": round(ours["peak_mb"] / full["peak_mb"], 3),
         "cpu_speedup": round(peer["cpu_s"] / ours["cpu_s"], 2),
         "steps": args.steps, "batch_size": args.batch, "dev_examples": args.dev, "threads": ours["threads"],
-        "activation_checkpointing": args.checkpointing,
+        "activation_checkpointing": args.checkpointing, "seed": args.seed,
         "memory_kind": ours["memory_kind"], "load_avg_before": round(load_before[0], 2),
         "load_avg_after": round(load_after[0], 2),
     }
