@@ -33,8 +33,8 @@ QV = ["q_proj", "v_proj"]
 # (method label, method, config values, rank column)
 ROWS: list[tuple[str, str, dict[str, Any], str]] = [
     ("Full fine-tuning", "full", {}, "-"),
-    *[(f"LoRA q,v", "lora", {"r": r, "alpha": 2 * r, "target_modules": QV}, str(r)) for r in (8, 16, 64)],
-    *[(f"LoRA all linear", "lora", {"r": r, "alpha": 2 * r}, str(r)) for r in (8, 16, 64)],
+    *[("LoRA q,v", "lora", {"r": r, "alpha": 2 * r, "target_modules": QV}, str(r)) for r in (8, 16, 64)],
+    *[("LoRA all linear", "lora", {"r": r, "alpha": 2 * r}, str(r)) for r in (8, 16, 64)],
     ("DoRA all linear", "lora", {"r": 16, "alpha": 32, "use_dora": True}, "16"),
     ("Houlsby adapter (+norms)", "adapter", {"bottleneck": 64}, "m=64"),
     ("BitFit (+norms)", "bitfit", {}, "-"),
