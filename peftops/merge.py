@@ -63,11 +63,11 @@ def last_logits(model: torch.nn.Module, prompts: list[list[int]], pad_id: int, b
 
 
 def compare_logits(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
-    """(max |a-b|, mean KL(softmax a || softmax b))."""
+    """(max |a-b|, mean KL(softmax a || softmax b)), the KL in float64 (rounding can leave it at -1e-9)."""
     max_abs = float((a - b).abs().max())
-    la, lb = torch.log_softmax(a, -1), torch.log_softmax(b, -1)
+    la, lb = torch.log_softmax(a.double(), -1), torch.log_softmax(b.double(), -1)
     kl = float((la.exp() * (la - lb)).sum(-1).mean())
-    return max_abs, kl
+    return max_abs, max(kl, 0.0)
 
 
 def merge_adapter(snapshot: BaseSnapshot, adapter_dir: Path, probe: PreparedSplit, cfg: MergeConfig,
@@ -98,6 +98,7 @@ def merge_adapter(snapshot: BaseSnapshot, adapter_dir: Path, probe: PreparedSpli
                           f"{max_abs:.3g} > tolerance {cfg.tolerance:g} on {len(prompts)} probes; not merging")
     if export_dir is not None:
         export_dir = Path(export_dir)
+        merged.config.architectures = [type(merged).__name__]  # what serving stacks (vLLM) dispatch on
         write_snapshot(merged, tokenizer, export_dir, f"{snapshot.name}+{Path(adapter_dir).name}")
         del merged, adapted
         exp_abs, exp_kl = compare_logits(before, last_logits(load_plain(export_dir), prompts, tokenizer.pad_token_id))

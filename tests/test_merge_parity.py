@@ -40,6 +40,7 @@ def test_lora_export_carries_weights_config_tokenizer_and_its_certificate(tiny_p
     assert {"model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json", "parity.json"} <= files
     assert json.loads((tmp_path / "merged" / "parity.json").read_text())["export_max_abs_dlogit"] == \
         cert.export_max_abs_dlogit
+    assert json.loads((tmp_path / "merged" / "config.json").read_text())["architectures"] == ["Gemma3ForCausalLM"]
     merged = _plain_reload_matches_adapter(tiny_params, home, "lora", tmp_path / "merged")
     assert not any("lora" in n for n, _ in merged.named_parameters())
     # the certificate lands in the run dir, where publishing picks it up for the registry lineage
