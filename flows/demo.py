@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 from typing import Any
 
 from prefect import flow
@@ -79,7 +78,7 @@ def run_and_track(params: PipelineParams, home: str | None, methods, progress: b
                              tags={"task": task, "method": name, "prefect.flow_run_id": str(flow_run.id or "")}
                              ) as child:
                 child_ids[name] = child
-                with timer(f"train"):
+                with timer("train"):
                     tr = stages.train(name, progress)
                 trains[name] = tr
                 tracker.set_tags(child, {"peftops.train_cached": str(stages.hits[f"train.{name}"]).lower()})
