@@ -246,10 +246,10 @@ def train(model: torch.nn.Module, method: Any, method_cfg: Any, split: PreparedS
         return_freed_memory_promptly()
     inner = hf_model(model)
     if cfg.activation_checkpointing:
-        if not hasattr(inner, "gradient_checkpointing_enable"):
+        if not hasattr(inner, "activation_checkpointing_enable"):
             raise TrainingError(f"{type(inner).__name__} does not support activation checkpointing")
         # Non-reentrant: works with frozen inputs, and replays the RNG so dropout masks are identical.
-        inner.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        inner.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     examples = tokens = 0
     history: list[dict[str, float]] = []
     stop_at = cfg.steps if max_steps_this_call is None else min(cfg.steps, step + max_steps_this_call)
@@ -295,7 +295,7 @@ def train(model: torch.nn.Module, method: Any, method_cfg: Any, split: PreparedS
             wall = time.perf_counter() - t0
     finally:
         if cfg.activation_checkpointing:
-            inner.gradient_checkpointing_disable()
+            inner.activation_checkpointing_disable()
     bar.close()
     model.eval()
     elapsed += wall

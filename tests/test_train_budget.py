@@ -62,6 +62,6 @@ def test_activation_checkpointing_trains_like_keeping_activations(tmp_path, name
               tmp_path / str(ckpt), pad_id=0, base_params=1, progress=False)
         models.append(model)
     inner = hf_model(models[1])
-    assert not inner.is_gradient_checkpointing
+    assert not inner.is_activation_checkpointing
     for (n, p), (_, q) in zip(models[0].named_parameters(), models[1].named_parameters()):
         torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-5, msg=n)
