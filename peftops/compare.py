@@ -328,9 +328,15 @@ def summary_markdown(comparisons: dict[str, list[CompareRow]], baseline: str = "
             cells.append(f"{row.score:.3f}" + ("" if pct is None else f" ({pct:.1f}%)"))
             if pct is not None:
                 pcts.append(pct)
-        cells.append(f"{sum(pcts) / len(pcts):.1f}%" if pcts and len(pcts) == len(tasks) else "-")
+        mean = f"{sum(pcts) / len(pcts):.1f}%" if pcts else "-"
+        if pcts and len(pcts) < len(tasks):
+            mean += f" ({len(pcts)} of {len(tasks)} tasks)"
+        cells.append(mean)
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    note = ("\nA % of FFT is left out where FFT's score is <= 0 (Matthews correlation can be): a ratio to it "
+            "means nothing.\n") if any(r.pct_of_full is None and r.method != "base"
+                                       for rows in comparisons.values() for r in rows) else ""
+    return "\n".join(lines) + "\n" + note
 
 
 def write_summary(out_dir: str | Path, baseline: str = "full") -> Path | None:

@@ -147,3 +147,22 @@ def test_compare_runs_every_registered_method(tiny_params, compare_cfg, tmp_path
         assert r.trainable_params > 0 and r.adapter_bytes > 0 and r.latency_ms["1"] > 0
         assert r.general_nll_after > 0 and r.pct_of_full is not None
     assert rows["prompt"].trainable_params < rows["lora"].trainable_params < rows["full"].trainable_params
+
+
+def test_summary_across_tasks_averages_where_a_percentage_exists():
+    from peftops.compare import summary_markdown
+    from peftops.report import CompareRow
+
+    def row(task, method, score, pct, metric="accuracy"):
+        return CompareRow(task=task, method=method, metric=metric, score=score, metrics={metric: score},
+                          pct_of_full=pct, trainable_params=1, trainable_pct=0.1, peak_train_memory_mb=1.0,
+                          memory_kind="rss", train_time_s=1.0, train_steps=1, examples_per_s=1.0, adapter_bytes=1,
+                          latency_ms={"1": 1.0}, general_nll_before=1.0, general_nll_after=1.0, dev_examples=2)
+
+    md = summary_markdown({
+        "a": [row("a", "lora", 0.9, 99.0), row("a", "full", 0.9, 100.0)],
+        "b": [row("b", "lora", 0.8, 97.0), row("b", "full", 0.8, 100.0)],
+        "c": [row("c", "lora", 0.1, None, "matthews"), row("c", "full", 0.0, None, "matthews")],
+    })
+    assert "| lora | 0.900 (99.0%) | 0.800 (97.0%) | 0.100 | 98.0% (2 of 3 tasks) |" in md
+    assert "c (matthews)" in md and "means nothing" in md
