@@ -14,14 +14,14 @@ from .errors import (BasePinMismatch, BlobIntegrityError, Conflict, CorruptBlob,
                      RegistryError)
 from .lint import LintReport, lint_adapter
 from .shapes import module_shapes_from_state_dict, read_safetensors_header
-from .store import Registry
+from .store import PublishRequest, Registry
 from .types import AdapterVersion, BaseModel, ExportedAdapter, Page, TaskInfo
 
 __all__ = [
     "AdapterVersion", "BLOB_STORES", "BaseModel", "BasePinMismatch", "BlobIntegrityError",
     "BlobStore", "Conflict", "CorruptBlob", "ExportedAdapter", "FileBlobStore",
     "InvalidAdapter", "InvalidArgument", "InvalidName", "LintError", "LintReport",
-    "NotFound", "Page", "Registry", "RegistryError", "S3BlobStore", "TaskInfo",
+    "NotFound", "Page", "PublishRequest", "Registry", "RegistryError", "S3BlobStore", "TaskInfo",
     "lint_adapter", "module_shapes_from_state_dict", "open_blob_store",
     "read_safetensors_header",
 ]

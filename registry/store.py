@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError as SqlIntegrityError
 
 from . import db, names
-from .adapter import CONFIG_FILE, WEIGHTS_FILE, scan_adapter
+from .adapter import CONFIG_FILE, WEIGHTS_FILE, AdapterFolder, scan_adapter
 from .blobs import BlobStore, open_blob_store
 from .config import default_blob_uri, default_db_url
 from .engine import create_registry_engine, read_tx, upgrade, write_tx
@@ -37,10 +38,14 @@ _loads = json.loads
 _PUBLISH_RETRIES = 8
 
 # Statements built once and run with bound parameters (see query.py for why).
-_TASK_FOR_UPDATE = select(db.tasks.c.id, db.tasks.c.base_digest, db.tasks.c.latest_version
-                          ).where(db.tasks.c.name == bindparam("name")).with_for_update()
+# The task row and, in the same statement, the version that already holds this content
+# (if any): one round trip on the publish path instead of two.
 _EXISTING = select(db.versions.c.version).where(
-    db.versions.c.task_id == bindparam("tid"), db.versions.c.adapter_id == bindparam("aid"))
+    db.versions.c.task_id == db.tasks.c.id,
+    db.versions.c.adapter_id == bindparam("aid")).scalar_subquery()
+_TASK_FOR_UPDATE = select(db.tasks.c.id, db.tasks.c.base_digest, db.tasks.c.latest_version,
+                          _EXISTING.label("existing")
+                          ).where(db.tasks.c.name == bindparam("name")).with_for_update()
 _INSERT_VERSION = insert(db.versions)
 _T = db.tasks
 _TASK_COLS = (_T.c.id, _T.c.name, _T.c.base_digest, _T.c.latest_version, _T.c.n_versions,
@@ -59,6 +64,35 @@ _INSERT_METRIC = insert(db.metrics)
 _BUMP_TASK = update(db.tasks).where(db.tasks.c.id == bindparam("b_tid")).values(
     latest_version=bindparam("b_version"), n_versions=db.tasks.c.n_versions + 1,
     updated_at=bindparam("b_now"))
+
+
+@dataclass(frozen=True)
+class PublishRequest:
+    """One adapter folder to publish (see Registry.publish for the fields)."""
+
+    task: str
+    adapter_dir: Path | str
+    base_digest: str
+    method: str
+    metrics: Mapping[str, float] | None = None
+    lineage: Mapping[str, Any] | None = None
+    tags: Mapping[str, str] | None = None
+    aliases: Sequence[str] = ()
+    strict_lint: bool = False
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """A validated request whose blobs are stored: what the transaction records."""
+
+    task: str
+    row: dict[str, Any]
+    folder: AdapterFolder
+    tags: dict[str, str]
+    metrics: dict[str, float]
+    aliases: tuple[str, ...]
+    lineage: dict[str, Any]
+    report: LintReport
 
 
 def _utcnow() -> datetime:
@@ -232,15 +266,58 @@ class Registry:
                        strict_lint=False) -> tuple[AdapterVersion, bool]:
         """Like publish; also says whether a new version was created (False: the same
         content was already published and that version is returned)."""
-        task = names.task_name(task)
-        base_digest = names.base_digest(base_digest)
-        method = names.method_name(method)
+        return self.publish_many([PublishRequest(
+            task, adapter_dir, base_digest=base_digest, method=method, metrics=metrics,
+            lineage=lineage, tags=tags, aliases=tuple(aliases), strict_lint=strict_lint)])[0]
+
+    def publish_many(self, requests: Iterable[PublishRequest]
+                     ) -> list[tuple[AdapterVersion, bool]]:
+        """Publish several adapter folders in one metadata transaction: all or none.
+
+        Every request is validated, scanned, linted and its blobs uploaded and verified
+        before anything is recorded; a bad request raises (its folder named in the error)
+        and no version of the batch is recorded. Returns (version, created) per request,
+        in order. One transaction for many versions is what makes bulk imports (a fleet
+        retrain, a migration from another registry) cheap: the commit and statement
+        set-up are paid once per batch, not once per adapter.
+        """
+        prepared = [self._prepare(r) for r in requests]
+        if not prepared:
+            return []
+        for attempt in range(_PUBLISH_RETRIES):
+            try:
+                with write_tx(self.engine) as conn:
+                    done = [self._record(conn, p) for p in prepared]
+                break
+            except SqlIntegrityError:
+                # A concurrent writer took the version number (PostgreSQL, first version
+                # of a new task); the unique constraint caught it, so try again.
+                if attempt == _PUBLISH_RETRIES - 1:
+                    raise
+        out = []
+        for p, (version, is_new) in zip(prepared, done):
+            if not is_new:
+                out.append((self.get(p.task, version), False))
+                continue
+            # Built from what was just written: saves a read on the hot path.
+            out.append((AdapterVersion(
+                p.task, version, p.folder.adapter_id, p.row["base_digest"], p.row["method"],
+                "active", _aware(p.row["created_at"]), p.metrics, p.tags, p.aliases,
+                p.lineage, p.folder.files, tuple(p.report.recorded()),
+                p.report.vllm_servable), True))
+        return out
+
+    def _prepare(self, r: PublishRequest) -> _Prepared:
+        """Validate one request, scan and lint its folder, upload its blobs (blobs first)."""
+        task = names.task_name(r.task)
+        base_digest = names.base_digest(r.base_digest)
+        method = names.method_name(r.method)
         metrics = {names.key_name(k, "metric key"): names.metric_value(k, v)
-                   for k, v in (metrics or {}).items()}
+                   for k, v in (r.metrics or {}).items()}
         tags = {names.key_name(k, "tag key"): names.text_value(v, "tag value", 1024)
-                for k, v in (tags or {}).items()}
-        aliases = sorted({names.alias_name(a) for a in aliases})
-        lineage = _check_lineage(lineage or {})
+                for k, v in (r.tags or {}).items()}
+        aliases = tuple(sorted({names.alias_name(a) for a in r.aliases}))
+        lineage = _check_lineage(r.lineage or {})
         try:
             lineage_json = _dumps(lineage)
         except (TypeError, ValueError) as e:
@@ -250,7 +327,7 @@ class Registry:
             raise BasePinMismatch(f"lineage says the adapter was trained on base {claimed}, "
                                   f"but it is being published against {base_digest}")
 
-        folder = scan_adapter(Path(adapter_dir))
+        folder = scan_adapter(Path(r.adapter_dir))
         base = self.get_base(base_digest)
         report = lint_adapter(folder.config,
                               read_safetensors_header(folder.path / WEIGHTS_FILE),
@@ -258,7 +335,7 @@ class Registry:
         if report.errors:
             raise LintError(f"adapter {folder.path} does not fit base {base_digest}",
                             report.errors)
-        if strict_lint and report.warnings:
+        if r.strict_lint and report.warnings:
             raise LintError(f"adapter {folder.path} would not be served by vLLM "
                             "(strict lint)", report.warnings)
 
@@ -270,24 +347,7 @@ class Registry:
                    files=_dumps(folder.files), lint=_dumps(report.recorded()),
                    lineage=lineage_json, tags=_dumps(tags), metrics=_dumps(metrics),
                    aliases=_dumps([]))
-        for attempt in range(_PUBLISH_RETRIES):
-            try:
-                with write_tx(self.engine) as conn:
-                    created = self._record(conn, task, row, folder, tags, metrics, aliases)
-                break
-            except SqlIntegrityError:
-                # A concurrent writer took the version number (PostgreSQL, first version
-                # of a new task); the unique constraint caught it, so try again.
-                if attempt == _PUBLISH_RETRIES - 1:
-                    raise
-        version, is_new = created
-        if not is_new:
-            return self.get(task, version), False
-        # Built from what was just written: saves a read on the hot path.
-        return AdapterVersion(
-            task, version, folder.adapter_id, base_digest, method, "active",
-            _aware(row["created_at"]), metrics, tags, tuple(aliases), lineage, folder.files,
-            tuple(report.recorded()), report.vllm_servable), True
+        return _Prepared(task, row, folder, tags, metrics, aliases, lineage, report)
 
     def _lock(self, conn: Connection, exclusive: bool) -> None:
         # SQLite writers are already serialized by BEGIN IMMEDIATE.
@@ -295,25 +355,26 @@ class Registry:
             q = select(db.lock.c.id).where(db.lock.c.id == 1)
             conn.execute(q.with_for_update(read=not exclusive))
 
-    def _record(self, conn, task, row, folder, tags, metrics, aliases) -> tuple[int, bool]:
+    def _record(self, conn: Connection, p: _Prepared) -> tuple[int, bool]:
         """Insert one version inside an open write transaction; return (version, created)."""
+        task, row, folder, tags, metrics = p.task, p.row, p.folder, p.tags, p.metrics
         self._lock(conn, exclusive=False)
         now = row["created_at"]
-        t = conn.execute(_TASK_FOR_UPDATE, {"name": task}).first()
+        key = {"name": task, "aid": row["adapter_id"]}
+        t = conn.execute(_TASK_FOR_UPDATE, key).first()
         if t is None:
             ins = (pg_insert if conn.dialect.name == "postgresql" else sqlite_insert)(db.tasks)
             conn.execute(ins.values(name=task, base_digest=row["base_digest"],
                                     latest_version=0, n_versions=0, created_at=now,
                                     updated_at=now)
                          .on_conflict_do_nothing(index_elements=["name"]))
-            t = conn.execute(_TASK_FOR_UPDATE, {"name": task}).one()
+            t = conn.execute(_TASK_FOR_UPDATE, key).one()
         if t.base_digest != row["base_digest"]:
             raise BasePinMismatch(
                 f"task {task!r} is pinned to base {t.base_digest}; this adapter targets "
                 f"{row['base_digest']}. Publish it under a task for that base")
-        existing = conn.execute(_EXISTING, {"tid": t.id, "aid": row["adapter_id"]}).scalar()
-        if existing is not None:
-            return existing, False
+        if t.existing is not None:
+            return t.existing, False
         # gc may have removed a blob between upload and this transaction (it holds the
         # exclusive lock while deleting); put it back now, under our shared lock.
         for fname, entry in folder.files.items():
@@ -329,7 +390,7 @@ class Registry:
             conn.execute(_INSERT_METRIC, [{"version_id": vid, "key": k, "value": v}
                                           for k, v in metrics.items()])
         conn.execute(_BUMP_TASK, {"b_tid": t.id, "b_version": version, "b_now": now})
-        for a in aliases:
+        for a in p.aliases:
             self._move_alias(conn, t.id, a, vid)
         return version, True
 
@@ -422,13 +483,21 @@ class Registry:
                      for tid, name, base, latest, n, created, updated in rows], token)
 
     def optimize(self) -> None:
-        """Refresh the query planner's statistics (run after bulk loads or large deletes)."""
+        """Refresh the query planner's statistics (run after bulk loads or large deletes).
+
+        On SQLite it also folds the write-ahead log into the database file: after a bulk
+        load the log holds every page written, and otherwise the next ordinary publish
+        pays for copying it back (an automatic checkpoint) inside its commit.
+        """
         with write_tx(self.engine) as conn:
             if conn.dialect.name == "sqlite":
                 conn.exec_driver_sql("ANALYZE")
             else:
                 for table in db.Base.metadata.sorted_tables:
                     conn.exec_driver_sql(f"ANALYZE {table.name}")
+        if self.engine.dialect.name == "sqlite":
+            with self.engine.connect() as conn:  # outside any transaction, as it must be
+                conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def count_versions(self) -> int:
         """Number of versions stored (all tasks)."""

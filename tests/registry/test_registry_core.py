@@ -9,8 +9,8 @@ import pytest
 from regtestlib import DIGEST, OTHER_DIGEST, make_adapter, make_base
 
 from registry import (BasePinMismatch, Conflict, CorruptBlob, InvalidAdapter,
-                      InvalidArgument, InvalidName, LintError, NotFound, Registry,
-                      RegistryError, module_shapes_from_state_dict)
+                      InvalidArgument, InvalidName, LintError, NotFound, PublishRequest,
+                      Registry, RegistryError, module_shapes_from_state_dict)
 from registry.adapter import adapter_id, sha256_file
 
 
@@ -469,3 +469,36 @@ def test_versions_are_plain_frozen_dataclasses(reg, tmp_path):
     assert json.loads(json.dumps(v.to_dict()))["aliases"] == ["production"]
     with pytest.raises(dataclasses.FrozenInstanceError):
         v.metrics = {}
+
+
+def test_publish_many_records_a_batch_in_one_transaction(reg, tmp_path):
+    dirs = [make_adapter(tmp_path / f"a{i}", seed=i) for i in range(4)]
+    reqs = [PublishRequest("t1" if i % 2 else "t2", d, base_digest=DIGEST, method="lora",
+                           metrics={"acc": 0.5 + i / 10}, tags={"i": str(i)},
+                           aliases=["production"] if i == 3 else ())
+            for i, d in enumerate(dirs)]
+    # The same content twice in one batch: the second returns the first's version.
+    reqs.append(PublishRequest("t2", dirs[0], base_digest=DIGEST, method="lora"))
+    out = reg.publish_many(reqs)
+    assert [(v.task, v.version, created) for v, created in out] == [
+        ("t2", 1, True), ("t1", 1, True), ("t2", 2, True), ("t1", 2, True), ("t2", 1, False)]
+    assert out[4][0] == out[0][0] == reg.get("t2", 1)
+    assert reg.get("t1", alias="production") == out[3][0]
+    assert out[2][0].metrics == {"acc": 0.7} and reg.get("t2", 2).tags == {"i": "2"}
+    assert reg.count_versions() == 4
+    assert reg.publish_many([]) == []
+
+
+def test_publish_many_is_all_or_nothing(reg, tmp_path):
+    good = [make_adapter(tmp_path / f"g{i}", seed=i) for i in range(3)]
+    bad = make_adapter(tmp_path / "bad", seed=9, targets=("q_proj",),
+                       extra_config={"target_modules": ["gate"]})
+    reqs = [PublishRequest("t", d, base_digest=DIGEST, method="lora") for d in good]
+    reqs.insert(2, PublishRequest("t", bad, base_digest=DIGEST, method="lora"))
+    with pytest.raises(LintError, match=str(bad)):
+        reg.publish_many(reqs)
+    assert reg.count_versions() == 0  # the good ones before the bad one were not recorded
+    with pytest.raises(InvalidName):
+        reg.publish_many([reqs[0], PublishRequest("../t", good[1], base_digest=DIGEST,
+                                                  method="lora")])
+    assert reg.count_versions() == 0
