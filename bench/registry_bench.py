@@ -264,11 +264,17 @@ def main() -> None:
     ap.add_argument("--publish", type=int, default=500, help="publishes timed")
     ap.add_argument("--pool", type=int, default=1_000, help="distinct synthesized blobs")
     ap.add_argument("--skip-mlflow", action="store_true")
+    ap.add_argument("--keep", action="store_true", help="keep the work files (registries, MLflow db)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "registry")
     a = ap.parse_args()
 
     work = a.out
-    shutil.rmtree(work, ignore_errors=True)
+    if work.exists():  # left by an interrupted run (a finished run removes its own files)
+        shutil.rmtree(work)
+        # Deleting ~10^4 files and a large database makes the file system busy for a while
+        # (journal commits, discards): flush that before anything is timed.
+        os.sync()
+        time.sleep(5)
     work.mkdir(parents=True)
     n_pool = max(a.pool, WARMUP + 2 * a.publish)
     fresh = [make_adapter(work / "fresh" / f"f{i}", seed=1_000_000 + i)
@@ -341,6 +347,8 @@ def main() -> None:
         "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "cpus": os.cpu_count(), "loadavg": list(os.getloadavg()),
     })
+    if not a.keep:  # cleaned up now, not at the next run's start, where it would slow the timing
+        shutil.rmtree(work)
     print(json.dumps(results, separators=(",", ":")))
 
 
