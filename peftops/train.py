@@ -104,7 +104,7 @@ def hf_model(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def return_freed_memory_promptly() -> None:
-    """Serve allocations of 256 KiB and more with their own mappings (glibc's ``mallopt``).
+    """Serve allocations of 64 KiB and more with their own mappings (glibc's ``mallopt``).
 
     glibc's adaptive threshold otherwise moves large activation buffers onto the heap, where freed
     ones stay resident; with a fixed threshold they go back to the OS as soon as autograd frees
