@@ -18,7 +18,6 @@ when present; otherwise the method is applied fresh (same architecture, so the s
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import sys
@@ -35,7 +34,7 @@ apply_defaults()
 import torch  # noqa: E402
 
 from peftops import pipeline as P  # noqa: E402
-from peftops.base import load_model, load_tokenizer  # noqa: E402
+from peftops.base import load_model, pad_token_id  # noqa: E402
 from peftops.compare import for_task  # noqa: E402
 from peftops.config import load_params  # noqa: E402
 from peftops.data import load_prepared  # noqa: E402
@@ -125,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     P.stage_base(params, args.home)
     prep = P.stage_prepare(params, args.home)
     split = load_prepared(prep.dev_path)
-    pad_id = load_tokenizer(P._snapshot(params, args.home)).pad_token_id
+    pad_id = pad_token_id(P._snapshot(params, args.home))
     models, origin = build_variants(params, args.home, args.task)
     sizes = [1, 16]
     samples = measure(models, split, pad_id, sizes, args.rounds, {1: args.batches_b1, 16: args.batches_b16})

@@ -93,13 +93,13 @@ def run_peftops(args, method: str) -> dict:
     """Child: train ``method`` with the peftops loop, then score it."""
     import torch
 
-    from peftops.base import load_model, load_tokenizer
+    from peftops.base import load_model, pad_token_id
     from peftops.data import load_prepared
     from peftops.methods import get_method, make_config
     from peftops.train import count_params, train
 
     params, snap, train_path, dev_path = _setup(args)
-    pad_id = load_tokenizer(snap).pad_token_id  # the data is tokenized already: the tokenizer is not kept
+    pad_id = pad_token_id(snap)  # the data is tokenized already: no tokenizer in this process
     split = load_prepared(train_path)
     base = load_model(snap)
     base_params = count_params(base)

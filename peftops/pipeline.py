@@ -16,7 +16,8 @@ from typing import Any
 
 import torch
 
-from peftops.base import BaseSnapshot, import_base, load_model, load_tokenizer, open_snapshot, snapshot_dir
+from peftops.base import (BaseSnapshot, import_base, load_model, load_tokenizer, open_snapshot, pad_token_id,
+                          snapshot_dir)
 from peftops.config import PipelineParams, state_home, to_dict
 from peftops.data import PreparedData, load_prepared, prepare
 from peftops.dvcmeta import dvc_lineage
@@ -91,9 +92,7 @@ def stage_train(params: PipelineParams, method_name: str, home: str | Path | Non
     method = get_method(method_name)
     mcfg = make_config(method_name, params.methods.get(method_name))
     split = load_prepared(layout.data(params.data.task) / "train.json")
-    # Only the pad id is needed (the split is already tokenized); the 262k-entry tokenizer holds
-    # ~300 MB, so it is not kept alive through training.
-    pad_id = load_tokenizer(snap).pad_token_id
+    pad_id = pad_token_id(snap)  # the split is already tokenized: no tokenizer needed
     device = pick_device()
     base = load_model(snap, device)
     base_params = count_params(base)

@@ -36,3 +36,17 @@ def test_pinned_digest_mismatch_is_refused(tmp_path):
 def test_missing_snapshot_says_what_to_run(tmp_path):
     with pytest.raises(SnapshotError, match="peftops base import"):
         open_snapshot(tmp_path / "nothing")
+
+
+def test_pad_id_is_read_from_the_snapshot_and_matches_its_tokenizer(tmp_path):
+    from peftops.base import load_tokenizer, pad_token_id, snapshot_dir, write_snapshot
+    from tiny import tiny_model, tiny_tokenizer
+
+    snap = make_snapshot(tmp_path)
+    assert pad_token_id(snap) == load_tokenizer(snap).pad_token_id == 0
+    # The tokenizer decides: a model config that says otherwise is corrected in the snapshot.
+    tok = tiny_tokenizer()
+    model = tiny_model(vocab_size=len(tok))
+    model.config.pad_token_id = 5
+    other = write_snapshot(model, tok, snapshot_dir("other", tmp_path), "other")
+    assert pad_token_id(other) == 0
