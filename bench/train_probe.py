@@ -46,15 +46,15 @@ def main() -> None:
         print(f"import {mod:30s} +{rss_mb() - before:4d} MB  -> {rss_mb()} MB")
 
     import torch
-    import torch.nn.functional as F
     from torch.profiler import ProfilerActivity, profile
 
     import train_bench as tb
     from peftops.base import load_model, pad_token_id
-    from peftops.batching import build_batch, forward_logits, length_bucketed_batches
+    from peftops.batching import build_batch, length_bucketed_batches, supervised_loss
     from peftops.data import load_prepared
     from peftops.methods import get_method, make_config
-    from peftops.train import hf_model, return_freed_memory_promptly
+    from peftops.memory import set_mmap_threshold, trim_heap
+    from peftops.train import hf_model
 
     torch.set_num_threads(args.threads)
     bench_args = argparse.Namespace(steps=30, batch=8, warmup=3, train=480, dev=200, seed=0, home=None,
@@ -71,7 +71,7 @@ def main() -> None:
     model = method.apply(base, make_config("lora", tb.LORA))
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=tb.LORA["lr"], fused=True)
-    return_freed_memory_promptly()
+    set_mmap_threshold()
     hf_model(model).activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     model.train()
     order = length_bucketed_batches([len(x) + 1 for x in split.input_ids], 8, 0, 0)
@@ -81,14 +81,13 @@ def main() -> None:
         rows = order[i]
         b = build_batch([split.input_ids[r] for r in rows],
                         [split.label_token_ids[split.labels[r]] for r in rows], pad)
-        logits = forward_logits(model, b)
-        loss = F.cross_entropy(logits.flatten(0, 1), b.targets.flatten(), ignore_index=-100,
-                               reduction="sum") / len(rows)
-        del logits
+        loss = supervised_loss(model, b) / len(rows)
+        trim_heap()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
+        trim_heap()
 
     for i in range(2):
         step(i)

@@ -67,6 +67,49 @@ def forward_logits(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
     return out.logits[:, -batch.keep:, :]
 
 
+def _frozen_plain_head(model: torch.nn.Module) -> torch.nn.Module | None:
+    """The HF model whose ``lm_head`` a fused loss may bypass, or None.
+
+    Eligible: a CPU model whose head is a plain bias-free ``nn.Linear`` with a frozen weight
+    (LoRA, adapters, prompt and prefix tuning; not FFT, not BitFit with ``lm_head``) and no
+    final-logit soft-capping (Gemma 3 has none; Gemma 2 does).
+    """
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    head = getattr(inner, "lm_head", None)
+    cfg = getattr(inner, "config", None)
+    if (type(head) is not torch.nn.Linear or head.bias is not None or head.weight.requires_grad
+            or head.weight.device.type != "cpu"
+            or getattr(getattr(cfg, "text_config", cfg), "final_logit_softcapping", None) is not None):
+        return None
+    return inner
+
+
+def supervised_loss(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+    """Summed cross-entropy over the batch's supervised tokens (fp32, a scalar).
+
+    On CPU with a frozen head, the model is run with its LM head bypassed (it returns the hidden
+    states at the kept positions) and the head and the loss are computed together by
+    ``peftops.kernels.head_cross_entropy``, which reads the 262k x 640 head weight once instead
+    of twice per step and never forms the logits. Otherwise: logits, then ``F.cross_entropy``.
+    """
+    inner = _frozen_plain_head(model)
+    if inner is None:
+        logits = forward_logits(model, batch)
+        return torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), batch.targets.flatten(),
+                                                 ignore_index=IGNORE, reduction="sum")
+    from peftops.kernels import head_cross_entropy
+
+    head = inner.lm_head
+    inner.lm_head = torch.nn.Identity()  # the model now returns hidden states as "logits"
+    try:
+        hidden = forward_logits(model, batch)
+    finally:
+        inner.lm_head = head
+    targets = batch.targets.flatten()
+    rows = targets != IGNORE
+    return head_cross_entropy(hidden.flatten(0, 1)[rows], head.weight, targets[rows])
+
+
 def length_bucketed_batches(lengths: list[int], batch_size: int, seed: int, epoch: int,
                             bucket_factor: int = 50) -> list[list[int]]:
     """One epoch of batches: shuffled, then sorted by length within buckets, batches shuffled.

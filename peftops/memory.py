@@ -30,13 +30,46 @@ def current_rss_bytes() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def _glibc():
+    try:
+        lib = ctypes.CDLL("libc.so.6")
+        return lib if hasattr(lib, "malloc_trim") and hasattr(lib, "mallopt") else None
+    except OSError:  # not glibc
+        return None
+
+
+_LIBC = _glibc()
+# Allocations from this size up get their own mapping (see set_mmap_threshold).
+MMAP_THRESHOLD = 256 * 1024
+
+
+def trim_heap() -> None:
+    """Hand the heap's free pages back to the OS (glibc's ``malloc_trim``; a no-op elsewhere)."""
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+def set_mmap_threshold(nbytes: int = MMAP_THRESHOLD) -> None:
+    """Serve allocations of ``nbytes`` and more with their own mappings (glibc's ``mallopt``).
+
+    glibc's adaptive threshold otherwise climbs to 32 MB and moves large activation buffers
+    onto the heap, where freed ones stay resident. A fixed threshold returns big buffers to the
+    OS as soon as autograd frees them; smaller ones stay on the heap, where reusing a page
+    costs no page fault, and the training loop trims the heap at the two points of a step where
+    little is alive (after the forward, after the optimizer step). The trade-off, measured on
+    Gemma 3 270M LoRA (CPU, recomputed activations, 30 steps of SST-2 x 8, one seed;
+    ``bench/train_bench.py --run lora``): 64 KiB, no trims 3.53 examples/s at 1,552 MB peak RSS;
+    256 KiB, no trims 3.86 at 1,586 MB; 256 KiB with the trims 3.95 at 1,554 MB; 1 MiB with
+    the trims 4.80 at 1,642 MB; glibc's default 1,714 MB. Process-wide; a no-op off glibc.
+    """
+    if _LIBC is not None:
+        _LIBC.mallopt(-3, int(nbytes))  # M_MMAP_THRESHOLD
+
+
 def release_memory() -> None:
     """Collect garbage and return free heap pages to the OS (glibc only)."""
     gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except OSError:
-        pass
+    trim_heap()
 
 
 class PeakMemory:

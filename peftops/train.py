@@ -3,6 +3,7 @@
     for each optimizer step:
         take grad_accum length-bucketed micro-batches (each split into forwards of <= max_batch_tokens)
         logits at the supervised (label) positions only -> summed cross-entropy / label tokens
+        (on CPU with a frozen head: head + loss fused, see peftops.kernels)
         backward (optionally recomputing activations); stop on NaN/Inf; clip; AdamW step;
         warmup + linear/cosine decay
         every checkpoint_every steps: trainable weights, optimizer, scheduler, RNG, data position
@@ -14,7 +15,6 @@ run. Checkpoints are safetensors + JSON (never pickle), written atomically.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import math
 import shutil
@@ -24,16 +24,15 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from peftops.batching import IGNORE, build_batch, forward_logits, length_bucketed_batches, split_by_tokens
+from peftops.batching import IGNORE, build_batch, length_bucketed_batches, split_by_tokens, supervised_loss
 from peftops.config import TrainConfig
 from peftops.data import PreparedSplit
 from peftops.errors import TrainingError
 from peftops.fsutil import atomic_dir
-from peftops.memory import PeakMemory
+from peftops.memory import PeakMemory, set_mmap_threshold, trim_heap
 
 
 @dataclass
@@ -101,21 +100,6 @@ def count_params(model: torch.nn.Module, trainable_only: bool = False) -> int:
 def hf_model(model: torch.nn.Module) -> torch.nn.Module:
     """The transformers model inside a peft or peftops wrapper (or the model itself)."""
     return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
-def return_freed_memory_promptly() -> None:
-    """Serve allocations of 64 KiB and more with their own mappings (glibc's ``mallopt``).
-
-    glibc's adaptive threshold otherwise moves large activation buffers onto the heap, where freed
-    ones stay resident; with a fixed threshold they go back to the OS as soon as autograd frees
-    them. Measured on Gemma 3 270M LoRA (CPU, activation checkpointing, 30 steps of SST-2 x 8):
-    glibc's default 1,714 MB peak RSS; 256 KiB 1,597 MB; 64 KiB 1,568 MB, for more page faults
-    (CPU time 54.8 -> 62.1 s against 256 KiB). Process-wide; a no-op off glibc.
-    """
-    try:
-        ctypes.CDLL("libc.so.6").mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD
-    except (OSError, AttributeError):
-        pass
 
 
 def dir_bytes(path: Path) -> int:
@@ -243,8 +227,10 @@ def train(model: torch.nn.Module, method: Any, method_cfg: Any, split: PreparedS
                 for group in split_by_tokens(widths, cfg.max_batch_tokens)]
 
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else None
+    trim: Callable[[], None] = lambda: None
     if device.type == "cpu":
-        return_freed_memory_promptly()
+        set_mmap_threshold()
+        trim = trim_heap
     inner = hf_model(model)
     if cfg.activation_checkpointing:
         if not hasattr(inner, "activation_checkpointing_enable"):
@@ -267,12 +253,11 @@ def train(model: torch.nn.Module, method: Any, method_cfg: Any, split: PreparedS
                 step_loss = 0.0
                 for b in batches:
                     with autocast if autocast else contextlib.nullcontext():
-                        logits = forward_logits(model, b)
-                    loss = F.cross_entropy(logits.float().flatten(0, 1), b.targets.flatten(),
-                                           ignore_index=IGNORE, reduction="sum") / n_targets
-                    # The backward needs log-softmax's output, not the logits (a batch x 262k
-                    # tensor): drop our reference so it is freed before the backward's peak.
-                    del logits
+                        # Only the summed loss leaves: no batch x 262k logits outlive the forward.
+                        loss = supervised_loss(model, b) / n_targets
+                    # The forward's temporaries are freed (recomputation keeps only each layer's
+                    # input): return their pages before the backward allocates its own.
+                    trim()
                     loss.backward()
                     step_loss += loss.item()
                     examples += b.n_examples
@@ -285,6 +270,7 @@ def train(model: torch.nn.Module, method: Any, method_cfg: Any, split: PreparedS
                 # Free the gradients now, not at the next step's start: the next forward and the
                 # LM head's backward (before any new gradient exists) then do not hold them too.
                 opt.zero_grad(set_to_none=True)
+                trim()
                 sched.step()
                 step += 1
                 losses.append(step_loss)
