@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,17 +22,29 @@ WEIGHTS_FILE = "adapter_model.safetensors"
 VOLATILE_CONFIG_FIELDS = frozenset({"base_model_name_or_path", "revision", "inference_mode"})
 
 _CHUNK = 1 << 20
+# Files up to this size are read once and their bytes kept for the rest of publish (the
+# header check and the blob write), instead of opening the file three times.
+KEEP_BYTES = 1 << 20
 
 
 def sha256_file(path: str | os.PathLike) -> tuple[str, int]:
     """Return (hex sha256, size in bytes) of a file, streamed."""
-    h = hashlib.sha256()
-    size = 0
+    return hash_file(path)[:2]
+
+
+def hash_file(path: str | os.PathLike, keep: int = 0) -> tuple[str, int, bytes | None]:
+    """Return (hex sha256, size in bytes, content) of a file, streamed; content is the
+    file's bytes when it is at most ``keep`` bytes long, else None."""
     with open(path, "rb") as f:
+        first = f.read(max(keep + 1, _CHUNK))
+        h = hashlib.sha256(first)
+        if len(first) <= keep:
+            return h.hexdigest(), len(first), first
+        size = len(first)
         while chunk := f.read(_CHUNK):
             h.update(chunk)
             size += len(chunk)
-    return h.hexdigest(), size
+    return h.hexdigest(), size, None
 
 
 def canonical_config(config: dict[str, Any]) -> str:
@@ -55,6 +67,9 @@ class AdapterFolder:
     config: dict[str, Any]
     files: dict[str, dict[str, Any]]  # file name -> {"sha256": hex, "size": int}
     adapter_id: str
+    # The bytes of the files no larger than KEEP_BYTES, exactly as hashed: what publish
+    # lints and stores, so a file rewritten after the scan cannot slip in.
+    data: dict[str, bytes] = field(default_factory=dict, repr=False)
 
 
 def scan_adapter(path: Path) -> AdapterFolder:
@@ -63,6 +78,7 @@ def scan_adapter(path: Path) -> AdapterFolder:
     if not path.is_dir():
         raise InvalidAdapter(f"adapter folder {path} does not exist or is not a directory")
     files: dict[str, dict[str, Any]] = {}
+    data: dict[str, bytes] = {}
     # os.scandir, not Path.iterdir: publishing is a hot path and pathlib's per-entry
     # objects cost more than hashing a small adapter's files.
     with os.scandir(path) as it:
@@ -76,17 +92,21 @@ def scan_adapter(path: Path) -> AdapterFolder:
             names.file_name(entry.name)
         except InvalidName as e:
             raise InvalidAdapter(f"{path}: {e}") from e
-        digest, size = sha256_file(entry.path)
+        digest, size, content = hash_file(entry.path, KEEP_BYTES)
         files[entry.name] = {"sha256": digest, "size": size}
+        if content is not None:
+            data[entry.name] = content
     for required in (CONFIG_FILE, WEIGHTS_FILE):
         if required not in files:
             raise InvalidAdapter(
                 f"{path} has no {required}; save the adapter with PEFT's save_pretrained "
                 "(safetensors serialization)")
     try:
-        config = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
+        raw = data[CONFIG_FILE] if CONFIG_FILE in data else (path / CONFIG_FILE).read_bytes()
+        config = json.loads(raw.decode("utf-8"))
     except (OSError, ValueError) as e:
         raise InvalidAdapter(f"{path / CONFIG_FILE} is not valid JSON: {e}") from e
     if not isinstance(config, dict):
         raise InvalidAdapter(f"{path / CONFIG_FILE} must hold a JSON object")
-    return AdapterFolder(path, config, files, adapter_id(files[WEIGHTS_FILE]["sha256"], config))
+    return AdapterFolder(path, config, files, adapter_id(files[WEIGHTS_FILE]["sha256"], config),
+                         data)

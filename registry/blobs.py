@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import itertools
 import os
 import tempfile
@@ -42,10 +43,11 @@ class BlobStore(ABC):
     uri: str
 
     @abstractmethod
-    def put(self, src: Path, sha256: str) -> bool:
+    def put(self, src: Path, sha256: str, data: bytes | None = None) -> bool:
         """Store src under sha256 unless an intact copy exists; return True if written.
 
-        Raises CorruptBlob if src does not hash to sha256 (it changed since it was hashed).
+        data: src's bytes, already read (then src only names them in errors). Raises
+        CorruptBlob if the bytes do not hash to sha256 (src changed since it was hashed).
         """
 
     @abstractmethod
@@ -78,23 +80,24 @@ def _copy_hashing(read, out) -> tuple[str, int]:
 _TMP_SEQ = itertools.count()
 
 
-def _open_temp(dest: Path) -> tuple[int, str]:
+def _open_temp(dest: str) -> tuple[int, str]:
     """Create a unique temp file beside dest (exclusive create), making the folder if needed.
 
     A per-process counter names it, not mkstemp's random retries, and the folder is only
     created when the open says it is missing: on the publish hot path the folder almost
     always exists, so that costs one open() instead of a stat, a mkdir and an open.
     """
-    tmp = os.path.join(dest.parent, f".tmp-{os.getpid()}-{next(_TMP_SEQ)}.part")
+    folder = os.path.dirname(dest)
+    tmp = os.path.join(folder, f".tmp-{os.getpid()}-{next(_TMP_SEQ)}.part")
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
     try:
         return os.open(tmp, flags, 0o644), tmp
     except FileNotFoundError:
-        os.makedirs(dest.parent, exist_ok=True)
+        os.makedirs(folder, exist_ok=True)
         return os.open(tmp, flags, 0o644), tmp
 
 
-def _write_verified(dest: Path, read, sha256: str, what: str, fsync: bool) -> None:
+def _write_verified(dest: str, read, sha256: str, what: str, fsync: bool) -> None:
     """Stream into a temp file beside dest, check the hash, then rename into place."""
     fd, tmp = _open_temp(dest)
     try:
@@ -124,13 +127,18 @@ class FileBlobStore(BlobStore):
         self.root.mkdir(parents=True, exist_ok=True)
         self.fsync = fsync
         self.uri = self.root.resolve().as_uri()
+        self._root = str(self.root)
 
     def path(self, sha256: str) -> Path:
-        return self.root / blob_key(sha256)
+        return Path(self._file(sha256))
 
-    def _intact(self, p: Path, sha256: str) -> bool:
+    def _file(self, sha256: str) -> str:
+        # A str, not a Path: pathlib's parsing is a visible share of a small publish.
+        return os.path.join(self._root, blob_key(sha256))
+
+    def _intact(self, p: str, sha256: str) -> bool:
         try:
-            with p.open("rb") as f:
+            with open(p, "rb") as f:
                 h = hashlib.sha256()
                 while chunk := f.read(_CHUNK):
                     h.update(chunk)
@@ -138,32 +146,32 @@ class FileBlobStore(BlobStore):
         except FileNotFoundError:
             return False
 
-    def put(self, src: Path, sha256: str) -> bool:
-        p = self.path(sha256)
+    def put(self, src: Path, sha256: str, data: bytes | None = None) -> bool:
+        p = self._file(sha256)
         if self._intact(p, sha256):
             return False
         # Absent, or present but damaged: (re)write it from the good source.
-        with Path(src).open("rb") as f:
+        with (io.BytesIO(data) if data is not None else open(src, "rb")) as f:
             _write_verified(p, f.read, sha256, f"source file {src}", self.fsync)
         return True
 
     def exists(self, sha256: str) -> bool:
-        return self.path(sha256).is_file()
+        return os.path.isfile(self._file(sha256))
 
     def get(self, sha256: str, dest: Path) -> None:
-        p = self.path(sha256)
+        p = self._file(sha256)
         try:
-            f = p.open("rb")
+            f = open(p, "rb")
         except FileNotFoundError:
             raise NotFound(f"blob {sha256} is missing from {self.uri}") from None
         with f:
-            _write_verified(Path(dest), f.read, sha256,
+            _write_verified(os.fspath(dest), f.read, sha256,
                             f"stored blob {p} is corrupt (run publish again to repair it)",
                             False)
 
     def delete(self, sha256: str) -> None:
         try:
-            self.path(sha256).unlink()
+            os.unlink(self._file(sha256))
         except FileNotFoundError:
             pass
 
@@ -220,9 +228,9 @@ class S3BlobStore(BlobStore):
     def _b64(sha256: str) -> str:
         return base64.b64encode(bytes.fromhex(sha256)).decode()
 
-    def put(self, src: Path, sha256: str) -> bool:
+    def put(self, src: Path, sha256: str, data: bytes | None = None) -> bool:
         src = Path(src)
-        size = src.stat().st_size
+        size = len(data) if data is not None else src.stat().st_size
         head = self._head(sha256)
         # An object of the right size and checksum (where the server keeps one) is taken as
         # intact; fetch verifies every byte anyway.
@@ -233,7 +241,8 @@ class S3BlobStore(BlobStore):
 
         # Hash the exact bytes that are sent: copy through a spool (memory up to 64 MB),
         # so a source that changes after it was hashed cannot slip through.
-        with src.open("rb") as f, tempfile.SpooledTemporaryFile(64 << 20) as spool:
+        with (io.BytesIO(data) if data is not None else src.open("rb")) as f, \
+                tempfile.SpooledTemporaryFile(64 << 20) as spool:
             got, size = _copy_hashing(f.read, spool)
             if got != sha256:
                 raise CorruptBlob(f"source file {src}: sha256 is {got}, expected {sha256}")
@@ -266,7 +275,7 @@ class S3BlobStore(BlobStore):
                 raise NotFound(f"blob {sha256} is missing from {self.uri}") from None
             raise
         body = obj["Body"]
-        _write_verified(Path(dest), body.read, sha256,
+        _write_verified(os.fspath(dest), body.read, sha256,
                         f"S3 object {self.key(sha256)} is corrupt", False)
 
     def delete(self, sha256: str) -> None:

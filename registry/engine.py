@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import Any
 from pathlib import Path
 
 from alembic import command
@@ -76,6 +77,25 @@ def write_tx(engine: Engine) -> Iterator[Connection]:
     """A write transaction: BEGIN IMMEDIATE on SQLite, a plain transaction elsewhere."""
     with engine.connect().execution_options(**{_WRITE: True}) as conn, conn.begin():
         yield conn
+
+
+@contextlib.contextmanager
+def raw_write_tx(engine: Engine) -> Iterator[Any]:
+    """write_tx on the pooled DBAPI connection itself, for statements run through
+    rawsql.RawTx: no Core Connection, event dispatch or result wrapping around it (the
+    publish hot path). Commits on success, rolls back on any exception."""
+    raw = engine.raw_connection()
+    try:
+        if engine.dialect.name == "sqlite":
+            raw.driver_connection.execute("BEGIN IMMEDIATE")
+        try:
+            yield raw.driver_connection
+        except BaseException:
+            raw.rollback()
+            raise
+        raw.commit()
+    finally:
+        raw.close()  # back to the pool
 
 
 @contextlib.contextmanager

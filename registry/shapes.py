@@ -7,6 +7,7 @@ names every tensor with its dtype and shape, so shapes are known without loading
 
 from __future__ import annotations
 
+import io
 import json
 import struct
 from collections.abc import Mapping
@@ -20,18 +21,24 @@ from .errors import InvalidAdapter
 _MAX_HEADER = 100 * 1024 * 1024
 
 
-def read_safetensors_header(path: str | Path) -> dict[str, dict[str, Any]]:
-    """Return {tensor_name: {"dtype": str, "shape": [int, ...]}} from a safetensors file."""
+def read_safetensors_header(path: str | Path, data: bytes | None = None
+                            ) -> dict[str, dict[str, Any]]:
+    """Return {tensor_name: {"dtype": str, "shape": [int, ...]}} from a safetensors file
+    (or from ``data``, the file's bytes already read; ``path`` then only names it)."""
     path = Path(path)
     try:
-        with path.open("rb") as f:
+        with (io.BytesIO(data) if data is not None else path.open("rb")) as f:
             raw = f.read(8)
             if len(raw) != 8:
                 raise InvalidAdapter(f"{path} is not a safetensors file: shorter than 8 bytes")
             (n,) = struct.unpack("<Q", raw)
             if n > _MAX_HEADER:
                 raise InvalidAdapter(f"{path} is not a safetensors file: header of {n} bytes")
-            header = json.loads(f.read(n))
+            body = f.read(n)
+            if len(body) != n:
+                raise InvalidAdapter(f"{path} is not a safetensors file: the header says {n} "
+                                     f"bytes, the file has {len(body)} after the length")
+            header = json.loads(body)
     except (OSError, ValueError, UnicodeDecodeError) as e:
         raise InvalidAdapter(f"cannot read safetensors header of {path}: {e}") from e
     if not isinstance(header, dict):

@@ -23,12 +23,13 @@ from . import db, names
 from .adapter import CONFIG_FILE, WEIGHTS_FILE, AdapterFolder, scan_adapter
 from .blobs import BlobStore, open_blob_store
 from .config import default_blob_uri, default_db_url
-from .engine import create_registry_engine, read_tx, upgrade, write_tx
+from .engine import create_registry_engine, raw_write_tx, read_tx, upgrade, write_tx
 from .errors import (BasePinMismatch, Conflict, InvalidAdapter, InvalidArgument, LintError,
                      NotFound)
 from .lint import LintReport, lint_adapter
 from .query import (GET_BY_ALIAS, GET_BY_VERSION, GET_LATEST, build_search, decode_token,
                     encode_token, sort_key)
+from .rawsql import RawTx
 from .shapes import module_shapes_from_state_dict, read_safetensors_header
 from .types import AdapterVersion, BaseModel, ExportedAdapter, Page, TaskInfo
 
@@ -46,7 +47,16 @@ _EXISTING = select(db.versions.c.version).where(
 _TASK_FOR_UPDATE = select(db.tasks.c.id, db.tasks.c.base_digest, db.tasks.c.latest_version,
                           _EXISTING.label("existing")
                           ).where(db.tasks.c.name == bindparam("name")).with_for_update()
-_INSERT_VERSION = insert(db.versions)
+_VERSION_ROW_KEYS = ("task_id", "version", "adapter_id", "base_digest", "method", "status",
+                     "vllm_servable", "created_at", "files", "lint", "lineage", "tags", "metrics",
+                     "aliases")
+_INSERT_VERSION = insert(db.versions).returning(db.versions.c.id)
+_TASK_ROW_KEYS = ("name", "base_digest", "latest_version", "n_versions", "created_at",
+                  "updated_at")
+_INSERT_TASK = {"sqlite": sqlite_insert(db.tasks).on_conflict_do_nothing(index_elements=["name"]),
+                "postgresql": pg_insert(db.tasks).on_conflict_do_nothing(index_elements=["name"])}
+_LOCK_SHARED = select(db.lock.c.id).where(db.lock.c.id == 1).with_for_update(read=True)
+_LOCK_EXCLUSIVE = select(db.lock.c.id).where(db.lock.c.id == 1).with_for_update()
 _T = db.tasks
 _TASK_COLS = (_T.c.id, _T.c.name, _T.c.base_digest, _T.c.latest_version, _T.c.n_versions,
               _T.c.created_at, _T.c.updated_at)
@@ -61,6 +71,14 @@ _TASK_ALIASES = select(db.aliases.c.task_id, db.aliases.c.alias, db.versions.c.v
     _T.c.name >= bindparam("lo"), _T.c.name <= bindparam("hi"))
 _INSERT_TAG = insert(db.tags)
 _INSERT_METRIC = insert(db.metrics)
+_A = db.aliases
+_ALIAS_HOLDER = select(_A.c.version_id).where(_A.c.task_id == bindparam("tid"),
+                                              _A.c.alias == bindparam("alias"))
+_ALIAS_DELETE = delete(_A).where(_A.c.task_id == bindparam("tid"), _A.c.alias == bindparam("alias"))
+_ALIAS_INSERT = insert(_A)
+_VERSION_ALIASES = select(db.versions.c.aliases).where(db.versions.c.id == bindparam("vid"))
+_SET_VERSION_ALIASES = update(db.versions).where(db.versions.c.id == bindparam("vid")).values(
+    aliases=bindparam("b_aliases"))
 _BUMP_TASK = update(db.tasks).where(db.tasks.c.id == bindparam("b_tid")).values(
     latest_version=bindparam("b_version"), n_versions=db.tasks.c.n_versions + 1,
     updated_at=bindparam("b_now"))
@@ -286,8 +304,9 @@ class Registry:
             return []
         for attempt in range(_PUBLISH_RETRIES):
             try:
-                with write_tx(self.engine) as conn:
-                    done = [self._record(conn, p) for p in prepared]
+                with raw_write_tx(self.engine) as dbapi_conn:
+                    tx = RawTx(dbapi_conn, self.engine.dialect)
+                    done = [self._record(tx, p) for p in prepared]
                 break
             except SqlIntegrityError:
                 # A concurrent writer took the version number (PostgreSQL, first version
@@ -330,7 +349,8 @@ class Registry:
         folder = scan_adapter(Path(r.adapter_dir))
         base = self.get_base(base_digest)
         report = lint_adapter(folder.config,
-                              read_safetensors_header(folder.path / WEIGHTS_FILE),
+                              read_safetensors_header(folder.path / WEIGHTS_FILE,
+                                                      folder.data.get(WEIGHTS_FILE)),
                               base.module_shapes)
         if report.errors:
             raise LintError(f"adapter {folder.path} does not fit base {base_digest}",
@@ -340,7 +360,7 @@ class Registry:
                             "(strict lint)", report.warnings)
 
         for fname, entry in folder.files.items():  # blobs first
-            self.blobs.put(folder.path / fname, entry["sha256"])
+            self.blobs.put(folder.path / fname, entry["sha256"], folder.data.get(fname))
 
         row = dict(adapter_id=folder.adapter_id, base_digest=base_digest, method=method,
                    status="active", vllm_servable=report.vllm_servable, created_at=_utcnow(),
@@ -349,49 +369,54 @@ class Registry:
                    aliases=_dumps([]))
         return _Prepared(task, row, folder, tags, metrics, aliases, lineage, report)
 
-    def _lock(self, conn: Connection, exclusive: bool) -> None:
+    def _lock(self, tx: RawTx, exclusive: bool) -> None:
         # SQLite writers are already serialized by BEGIN IMMEDIATE.
-        if conn.dialect.name == "postgresql":
-            q = select(db.lock.c.id).where(db.lock.c.id == 1)
-            conn.execute(q.with_for_update(read=not exclusive))
+        if tx.name == "postgresql":
+            tx.run(_LOCK_EXCLUSIVE if exclusive else _LOCK_SHARED)
 
-    def _record(self, conn: Connection, p: _Prepared) -> tuple[int, bool]:
-        """Insert one version inside an open write transaction; return (version, created)."""
+    def _record(self, tx: RawTx, p: _Prepared) -> tuple[int, bool]:
+        """Insert one version inside an open write transaction; return (version, created).
+
+        Runs on the transaction's DBAPI cursor (see rawsql.py): this is the publish hot path.
+        """
         task, row, folder, tags, metrics = p.task, p.row, p.folder, p.tags, p.metrics
-        self._lock(conn, exclusive=False)
+        self._lock(tx, exclusive=False)
         now = row["created_at"]
         key = {"name": task, "aid": row["adapter_id"]}
-        t = conn.execute(_TASK_FOR_UPDATE, key).first()
+        t = tx.first(_TASK_FOR_UPDATE, key)
         if t is None:
-            ins = (pg_insert if conn.dialect.name == "postgresql" else sqlite_insert)(db.tasks)
-            conn.execute(ins.values(name=task, base_digest=row["base_digest"],
-                                    latest_version=0, n_versions=0, created_at=now,
-                                    updated_at=now)
-                         .on_conflict_do_nothing(index_elements=["name"]))
-            t = conn.execute(_TASK_FOR_UPDATE, key).one()
-        if t.base_digest != row["base_digest"]:
+            tx.run(_INSERT_TASK[tx.name],
+                   {"name": task, "base_digest": row["base_digest"], "latest_version": 0,
+                    "n_versions": 0, "created_at": now, "updated_at": now},
+                   column_keys=_TASK_ROW_KEYS)
+            t = tx.first(_TASK_FOR_UPDATE, key)
+            assert t is not None, "the task row was inserted or already there"
+        task_id, pinned, latest, existing = t
+        if pinned != row["base_digest"]:
             raise BasePinMismatch(
-                f"task {task!r} is pinned to base {t.base_digest}; this adapter targets "
+                f"task {task!r} is pinned to base {pinned}; this adapter targets "
                 f"{row['base_digest']}. Publish it under a task for that base")
-        if t.existing is not None:
-            return t.existing, False
+        if existing is not None:
+            return existing, False
         # gc may have removed a blob between upload and this transaction (it holds the
         # exclusive lock while deleting); put it back now, under our shared lock.
         for fname, entry in folder.files.items():
             if not self.blobs.exists(entry["sha256"]):
-                self.blobs.put(folder.path / fname, entry["sha256"])
-        version = t.latest_version + 1
-        vid = conn.execute(_INSERT_VERSION, dict(row, task_id=t.id, version=version)
-                           ).inserted_primary_key[0]
+                self.blobs.put(folder.path / fname, entry["sha256"], folder.data.get(fname))
+        version = latest + 1
+        vid = tx.run(_INSERT_VERSION, dict(row, task_id=task_id, version=version),
+                     column_keys=_VERSION_ROW_KEYS).fetchone()[0]
         if tags:
-            conn.execute(_INSERT_TAG, [{"version_id": vid, "key": k, "value": v}
-                                       for k, v in tags.items()])
+            tx.many(_INSERT_TAG, [{"version_id": vid, "key": k, "value": v}
+                                  for k, v in tags.items()],
+                    column_keys=("version_id", "key", "value"))
         if metrics:
-            conn.execute(_INSERT_METRIC, [{"version_id": vid, "key": k, "value": v}
-                                          for k, v in metrics.items()])
-        conn.execute(_BUMP_TASK, {"b_tid": t.id, "b_version": version, "b_now": now})
+            tx.many(_INSERT_METRIC, [{"version_id": vid, "key": k, "value": v}
+                                     for k, v in metrics.items()],
+                    column_keys=("version_id", "key", "value"))
+        tx.run(_BUMP_TASK, {"b_tid": task_id, "b_version": version, "b_now": now})
         for a in p.aliases:
-            self._move_alias(conn, t.id, a, vid)
+            self._move_alias(tx, task_id, a, vid)
         return version, True
 
     # ------------------------------------------------------------------ reads
@@ -516,27 +541,25 @@ class Registry:
             self._raise_missing(conn, task, version, None)
         return row
 
-    def _move_alias(self, conn, task_id: int, alias: str, version_id: int | None) -> None:
+    def _move_alias(self, tx: RawTx, task_id: int, alias: str, version_id: int | None) -> None:
         """Point alias at version_id (None removes it), keeping the JSON copies in step."""
-        a, v = db.aliases, db.versions
-        old = conn.execute(select(a.c.version_id).where(
-            a.c.task_id == task_id, a.c.alias == alias)).scalar()
+        key = {"tid": task_id, "alias": alias}
+        old = tx.scalar(_ALIAS_HOLDER, key)
         if old == version_id:
             return
         if old is not None:
-            conn.execute(delete(a).where(a.c.task_id == task_id, a.c.alias == alias))
-            self._edit_alias_json(conn, old, alias, add=False)
+            tx.run(_ALIAS_DELETE, key)
+            self._edit_alias_json(tx, old, alias, add=False)
         if version_id is not None:
-            conn.execute(insert(a).values(task_id=task_id, alias=alias, version_id=version_id))
-            self._edit_alias_json(conn, version_id, alias, add=True)
+            tx.run(_ALIAS_INSERT, {"task_id": task_id, "alias": alias, "version_id": version_id},
+                   column_keys=("task_id", "alias", "version_id"))
+            self._edit_alias_json(tx, version_id, alias, add=True)
 
     @staticmethod
-    def _edit_alias_json(conn, version_id: int, alias: str, add: bool) -> None:
-        v = db.versions
-        cur = set(_loads(conn.execute(select(v.c.aliases).where(v.c.id == version_id))
-                         .scalar_one()))
+    def _edit_alias_json(tx: RawTx, version_id: int, alias: str, add: bool) -> None:
+        cur = set(_loads(tx.scalar(_VERSION_ALIASES, {"vid": version_id})))
         cur = cur | {alias} if add else cur - {alias}
-        conn.execute(update(v).where(v.c.id == version_id).values(aliases=_dumps(sorted(cur))))
+        tx.run(_SET_VERSION_ALIASES, {"vid": version_id, "b_aliases": _dumps(sorted(cur))})
 
     def set_alias(self, task: str, alias: str, version: int) -> AdapterVersion:
         """Point `alias` (e.g. production) at a version, moving it if it points elsewhere."""
@@ -546,7 +569,7 @@ class Registry:
             if row.status != "active":
                 raise Conflict(f"{task} v{version} is {row.status}; reactivate it before "
                                f"pointing {alias!r} at it")
-            self._move_alias(conn, row.task_id, alias, row.id)
+            self._move_alias(RawTx.of(conn), row.task_id, alias, row.id)
         return self.get(task, version)
 
     promote = set_alias
@@ -563,7 +586,7 @@ class Registry:
                 db.aliases.c.task_id == tid, db.aliases.c.alias == alias)).scalar()
             if held is None:
                 raise NotFound(f"task {task!r} has no alias {alias!r}")
-            self._move_alias(conn, tid, alias, None)
+            self._move_alias(RawTx.of(conn), tid, alias, None)
 
     def set_tag(self, task: str, version: int, key: str, value: str) -> None:
         """Set (or overwrite) a tag on a version."""
@@ -630,7 +653,7 @@ class Registry:
         """
         removed = 0
         with write_tx(self.engine) as conn:
-            self._lock(conn, exclusive=True)
+            self._lock(RawTx.of(conn), exclusive=True)
             referenced: set[str] = set()
             for (files,) in conn.execute(select(db.versions.c.files)):
                 referenced.update(e["sha256"] for e in _loads(files).values())

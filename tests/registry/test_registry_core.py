@@ -371,8 +371,8 @@ def test_gc_does_not_break_a_publish_in_flight(reg, tmp_path):
     orig = reg.blobs.put
     removed = []
 
-    def put_then_gc(src, sha):
-        orig(src, sha)
+    def put_then_gc(src, sha, data=None):
+        orig(src, sha, data)
         if src.name == "adapter_model.safetensors" and not removed:
             removed.append(reg.gc())  # runs between upload and metadata commit
 
@@ -502,3 +502,59 @@ def test_publish_many_is_all_or_nothing(reg, tmp_path):
         reg.publish_many([reqs[0], PublishRequest("../t", good[1], base_digest=DIGEST,
                                                   method="lora")])
     assert reg.count_versions() == 0
+
+
+def _scan_then_rewrite(monkeypatch, weights):
+    """Make publish's scan see the folder as it is, then the weights change on disk."""
+    import registry.store as store
+
+    real = store.scan_adapter
+
+    def scan(path):
+        folder = real(path)
+        weights.write_bytes(weights.read_bytes()[:-4] + b"\x00\x00\x80\x3f")  # last float -> 1.0
+        return folder
+    monkeypatch.setattr(store, "scan_adapter", scan)
+
+
+def test_publish_stores_the_bytes_it_scanned(reg, tmp_path, monkeypatch):
+    d = make_adapter(tmp_path / "a", seed=11)
+    weights = d / "adapter_model.safetensors"
+    scanned = weights.read_bytes()
+    _scan_then_rewrite(monkeypatch, weights)
+    v = reg.publish("t", d, base_digest=DIGEST, method="lora")
+    assert weights.read_bytes() != scanned
+    out = reg.fetch("t", v.version, dest=tmp_path / "out")
+    # What was hashed, linted and recorded is what was stored: small files are read once.
+    assert (out / "adapter_model.safetensors").read_bytes() == scanned
+
+
+def test_a_large_file_changed_after_its_scan_is_refused(reg, tmp_path, monkeypatch):
+    import registry.adapter
+
+    monkeypatch.setattr(registry.adapter, "KEEP_BYTES", 0)  # every file streamed, as large ones are
+    d = make_adapter(tmp_path / "a", seed=12)
+    _scan_then_rewrite(monkeypatch, d / "adapter_model.safetensors")
+    with pytest.raises(CorruptBlob, match="adapter_model.safetensors: sha256 is"):
+        reg.publish("t", d, base_digest=DIGEST, method="lora")
+    assert reg.count_versions() == 0
+
+
+def test_raw_statements_keep_sqlalchemy_errors_and_roll_back(reg, tmp_path):
+    from sqlalchemy.exc import IntegrityError
+
+    from registry import store
+    from registry.engine import raw_write_tx
+    from registry.rawsql import RawTx
+
+    v = reg.publish("t", make_adapter(tmp_path / "a", seed=13), base_digest=DIGEST, method="lora",
+                    tags={"team": "a"})
+    with pytest.raises(IntegrityError):  # what publish's retry loop catches
+        with raw_write_tx(reg.engine) as conn:
+            tx = RawTx(conn, reg.engine.dialect)
+            tx.run(store._BUMP_TASK, {"b_tid": 1, "b_version": 7, "b_now": datetime(2030, 1, 1)})
+            tx.many(store._INSERT_TAG, [{"version_id": 1, "key": "team", "value": "b"}],
+                    column_keys=("version_id", "key", "value"))
+    # The bump before the failing insert was rolled back with it.
+    assert reg.list_tasks().items[0].latest_version == 1
+    assert reg.get("t", 1) == v

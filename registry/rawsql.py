@@ -1,0 +1,108 @@
+"""Core statements run straight on the DBAPI cursor of an open SQLAlchemy transaction.
+
+The publish path runs the same five or six small statements for every version. Executed as
+SQLAlchemy Core, each pays ~30 µs of execution-context set-up and result wrapping, more than
+SQLite spends running it; this module renders each statement once per dialect (SQLAlchemy
+does the rendering, so the SQL still comes from the table definitions in db.py), applies the
+column types' bind processors itself, and runs it on the DBAPI connection's own cursor, inside
+a transaction opened by ``engine.raw_write_tx`` (publish) or ``engine.write_tx`` (the other
+mutations, through ``RawTx.of``). Reads that return whole versions stay on Core.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import Connection
+from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.sql import ClauseElement
+
+
+_MISSING = object()
+
+
+class _Rendered:
+    """One statement rendered for one dialect: SQL text plus how to order and convert params."""
+
+    __slots__ = ("stmt", "sql", "names", "procs", "defaults", "positional")
+
+    def __init__(self, stmt: ClauseElement, dialect: Dialect, column_keys: Sequence[str] | None):
+        self.stmt = stmt  # held, so the id() that keys the cache is never reused
+        compiled = stmt.compile(dialect=dialect, column_keys=column_keys)
+        self.sql = compiled.string
+        self.positional = dialect.positional
+        self.names = tuple(compiled.positiontup if self.positional else compiled.binds)
+        binds = [compiled.binds[n] for n in self.names]
+        self.procs = tuple(b.type.bind_processor(dialect) for b in binds)
+        # Literals inside the statement (the 1 of "n_versions + 1") are binds with a value.
+        self.defaults = tuple(_MISSING if b.required else b.effective_value for b in binds)
+
+    def params(self, values: Mapping[str, Any]):
+        vals = [values[n] if d is _MISSING else values.get(n, d)
+                for n, d in zip(self.names, self.defaults)]
+        out = [v if p is None else p(v) for p, v in zip(self.procs, vals)]
+        return tuple(out) if self.positional else dict(zip(self.names, out))
+
+
+class RawTx:
+    """Run Core statements on the DBAPI cursor of ``conn``'s open transaction.
+
+    Statements must take only bound parameters (``bindparam``, or the columns named in
+    ``column_keys`` for an INSERT); their renderings are cached per dialect.
+    """
+
+    _cache: dict[tuple[int, str, tuple[str, ...] | None], _Rendered] = {}
+
+    def __init__(self, dbapi_conn, dialect: Dialect):
+        self.dialect = dialect
+        self.name = dialect.name
+        self._cursor = dbapi_conn.cursor()
+        self._integrity = dialect.loaded_dbapi.IntegrityError
+
+    @classmethod
+    def of(cls, conn: Connection) -> "RawTx":
+        """Statements inside a Core connection's open transaction."""
+        return cls(conn.connection.driver_connection, conn.dialect)
+
+    def _rendered(self, stmt: ClauseElement, column_keys: Sequence[str] | None) -> _Rendered:
+        keys = tuple(column_keys) if column_keys is not None else None
+        key = (id(stmt), self.name, keys)
+        r = self._cache.get(key)
+        if r is None or r.stmt is not stmt:
+            r = self._cache[key] = _Rendered(stmt, self.dialect, keys)
+        return r
+
+    def run(self, stmt: ClauseElement, values: Mapping[str, Any] | None = None, *,
+            column_keys: Sequence[str] | None = None):
+        """Execute and return the cursor (fetchone / fetchall on it)."""
+        r = self._rendered(stmt, column_keys)
+        params = r.params(values or {})
+        try:
+            self._cursor.execute(r.sql, params)
+        except self._integrity as e:  # the retry logic above speaks SQLAlchemy's errors
+            raise IntegrityError(r.sql, params, e) from e
+        return self._cursor
+
+    def first(self, stmt: ClauseElement, values: Mapping[str, Any] | None = None):
+        """The first row as a tuple, or None."""
+        return self.run(stmt, values).fetchone()
+
+    def scalar(self, stmt: ClauseElement, values: Mapping[str, Any] | None = None):
+        """The first column of the first row, or None."""
+        row = self.first(stmt, values)
+        return None if row is None else row[0]
+
+    def many(self, stmt: ClauseElement, rows: Iterable[Mapping[str, Any]], *,
+             column_keys: Sequence[str]) -> None:
+        """executemany of an INSERT over ``rows`` (dicts keyed by column)."""
+        r = self._rendered(stmt, column_keys)
+        params = [r.params(v) for v in rows]
+        try:
+            self._cursor.executemany(r.sql, params)
+        except self._integrity as e:
+            raise IntegrityError(r.sql, params, e) from e
+
+    def close(self) -> None:
+        self._cursor.close()
