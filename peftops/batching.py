@@ -67,6 +67,11 @@ def forward_logits(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
     return out.logits[:, -batch.keep:, :]
 
 
+def hf_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformers model inside a peft or peftops wrapper (or the model itself)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def _frozen_plain_head(model: torch.nn.Module) -> torch.nn.Module | None:
     """The HF model whose ``lm_head`` a fused loss may bypass, or None.
 
@@ -74,7 +79,7 @@ def _frozen_plain_head(model: torch.nn.Module) -> torch.nn.Module | None:
     (LoRA, adapters, prompt and prefix tuning; not FFT, not BitFit with ``lm_head``) and no
     final-logit soft-capping (Gemma 3 has none; Gemma 2 does).
     """
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner = hf_model(model)
     head = getattr(inner, "lm_head", None)
     cfg = getattr(inner, "config", None)
     if (type(head) is not torch.nn.Linear or head.bias is not None or head.weight.requires_grad

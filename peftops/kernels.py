@@ -10,6 +10,8 @@ which are fused kernels there already.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -31,9 +33,7 @@ def keep_mask(shape: torch.Size, p: float, device: torch.device | str = "cpu") -
     so ``torch.manual_seed``, checkpoint resumption and activation recomputation (which replays
     the RNG state) reproduce the same masks.
     """
-    n = 1
-    for s in shape:
-        n *= s
+    n = math.prod(shape)
     bits = torch.empty((n + 3) // 4, dtype=torch.int64, device=device)
     bits.random_(-(2**63), None)  # every bit uniform: the full 64-bit range
     lanes = bits.view(torch.int16)[:n].view(shape)

@@ -27,7 +27,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from peftops.batching import IGNORE, build_batch, length_bucketed_batches, split_by_tokens, supervised_loss
+from peftops.batching import (IGNORE, build_batch, hf_model, length_bucketed_batches, split_by_tokens,
+                              supervised_loss)
 from peftops.config import TrainConfig
 from peftops.data import PreparedSplit
 from peftops.errors import TrainingError
@@ -95,11 +96,6 @@ def count_params(model: torch.nn.Module, trainable_only: bool = False) -> int:
         seen.add(p.data_ptr())
         total += p.numel()
     return total
-
-
-def hf_model(model: torch.nn.Module) -> torch.nn.Module:
-    """The transformers model inside a peft or peftops wrapper (or the model itself)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def dir_bytes(path: Path) -> int:

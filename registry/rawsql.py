@@ -1,4 +1,4 @@
-"""Core statements run straight on the DBAPI cursor of an open SQLAlchemy transaction.
+"""Core statements run straight on the DBAPI cursor of an open transaction.
 
 The publish path runs the same five or six small statements for every version. Executed as
 SQLAlchemy Core, each pays ~30 µs of execution-context set-up and result wrapping, more than
@@ -18,7 +18,6 @@ from sqlalchemy import Connection
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql import ClauseElement
-
 
 _MISSING = object()
 
