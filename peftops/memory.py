@@ -58,7 +58,8 @@ def set_mmap_threshold(nbytes: int = MMAP_THRESHOLD) -> None:
     costs no page fault, and the training loop trims the heap at the two points of a step where
     little is alive (after the forward, after the optimizer step). The trade-off, measured on
     Gemma 3 270M LoRA (CPU, recomputed activations, 30 steps of SST-2 x 8, one seed;
-    ``bench/train_bench.py --run lora``): 64 KiB, no trims 3.53 examples/s at 1,552 MB peak RSS;
+    ``bench/train_bench.py --run lora --seed 0``, one run per setting, the threshold and the
+    trims edited between runs): 64 KiB, no trims 3.53 examples/s at 1,552 MB peak RSS;
     256 KiB, no trims 3.86 at 1,586 MB; 256 KiB with the trims 3.95 at 1,554 MB; 1 MiB with
     the trims 4.80 at 1,642 MB; glibc's default 1,714 MB. Process-wide; a no-op off glibc.
     """

@@ -27,11 +27,6 @@ _CHUNK = 1 << 20
 KEEP_BYTES = 1 << 20
 
 
-def sha256_file(path: str | os.PathLike) -> tuple[str, int]:
-    """Return (hex sha256, size in bytes) of a file, streamed."""
-    return hash_file(path)[:2]
-
-
 def hash_file(path: str | os.PathLike, keep: int = 0) -> tuple[str, int, bytes | None]:
     """Return (hex sha256, size in bytes, content) of a file, streamed; content is the
     file's bytes when it is at most ``keep`` bytes long, else None."""

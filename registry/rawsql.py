@@ -11,7 +11,7 @@ mutations, through ``RawTx.of``). Reads that return whole versions stay on Core.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import Connection
@@ -48,8 +48,8 @@ class _Rendered:
 class RawTx:
     """Run Core statements on the DBAPI cursor of ``conn``'s open transaction.
 
-    Statements must take only bound parameters (``bindparam``, or the columns named in
-    ``column_keys`` for an INSERT); their renderings are cached per dialect.
+    Statements must take only bound parameters: ``bindparam`` values, or for an INSERT the
+    columns its values name. Renderings are cached per statement, dialect and INSERT columns.
     """
 
     _cache: dict[tuple[int, str, tuple[str, ...] | None], _Rendered] = {}
@@ -65,19 +65,21 @@ class RawTx:
         """Statements inside a Core connection's open transaction."""
         return cls(conn.connection.driver_connection, conn.dialect)
 
-    def _rendered(self, stmt: ClauseElement, column_keys: Sequence[str] | None) -> _Rendered:
-        keys = tuple(column_keys) if column_keys is not None else None
+    def _rendered(self, stmt: ClauseElement, values: Mapping[str, Any]) -> _Rendered:
+        # An INSERT is rendered for the columns the caller gives (SQLAlchemy's column_keys);
+        # every other statement takes only its bindparams.
+        keys = tuple(values) if stmt.is_insert else None
         key = (id(stmt), self.name, keys)
         r = self._cache.get(key)
         if r is None or r.stmt is not stmt:
             r = self._cache[key] = _Rendered(stmt, self.dialect, keys)
         return r
 
-    def run(self, stmt: ClauseElement, values: Mapping[str, Any] | None = None, *,
-            column_keys: Sequence[str] | None = None):
+    def run(self, stmt: ClauseElement, values: Mapping[str, Any] | None = None):
         """Execute and return the cursor (fetchone / fetchall on it)."""
-        r = self._rendered(stmt, column_keys)
-        params = r.params(values or {})
+        values = values or {}
+        r = self._rendered(stmt, values)
+        params = r.params(values)
         try:
             self._cursor.execute(r.sql, params)
         except self._integrity as e:  # the retry logic above speaks SQLAlchemy's errors
@@ -93,15 +95,11 @@ class RawTx:
         row = self.first(stmt, values)
         return None if row is None else row[0]
 
-    def many(self, stmt: ClauseElement, rows: Iterable[Mapping[str, Any]], *,
-             column_keys: Sequence[str]) -> None:
-        """executemany of an INSERT over ``rows`` (dicts keyed by column)."""
-        r = self._rendered(stmt, column_keys)
+    def many(self, stmt: ClauseElement, rows: Sequence[Mapping[str, Any]]) -> None:
+        """executemany of an INSERT over ``rows`` (dicts with the same keys, by column)."""
+        r = self._rendered(stmt, rows[0])
         params = [r.params(v) for v in rows]
         try:
             self._cursor.executemany(r.sql, params)
         except self._integrity as e:
             raise IntegrityError(r.sql, params, e) from e
-
-    def close(self) -> None:
-        self._cursor.close()

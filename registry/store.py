@@ -47,12 +47,7 @@ _EXISTING = select(db.versions.c.version).where(
 _TASK_FOR_UPDATE = select(db.tasks.c.id, db.tasks.c.base_digest, db.tasks.c.latest_version,
                           _EXISTING.label("existing")
                           ).where(db.tasks.c.name == bindparam("name")).with_for_update()
-_VERSION_ROW_KEYS = ("task_id", "version", "adapter_id", "base_digest", "method", "status",
-                     "vllm_servable", "created_at", "files", "lint", "lineage", "tags", "metrics",
-                     "aliases")
 _INSERT_VERSION = insert(db.versions).returning(db.versions.c.id)
-_TASK_ROW_KEYS = ("name", "base_digest", "latest_version", "n_versions", "created_at",
-                  "updated_at")
 _INSERT_TASK = {"sqlite": sqlite_insert(db.tasks).on_conflict_do_nothing(index_elements=["name"]),
                 "postgresql": pg_insert(db.tasks).on_conflict_do_nothing(index_elements=["name"])}
 _LOCK_SHARED = select(db.lock.c.id).where(db.lock.c.id == 1).with_for_update(read=True)
@@ -387,8 +382,7 @@ class Registry:
         if t is None:
             tx.run(_INSERT_TASK[tx.name],
                    {"name": task, "base_digest": row["base_digest"], "latest_version": 0,
-                    "n_versions": 0, "created_at": now, "updated_at": now},
-                   column_keys=_TASK_ROW_KEYS)
+                    "n_versions": 0, "created_at": now, "updated_at": now})
             t = tx.first(_TASK_FOR_UPDATE, key)
             assert t is not None, "the task row was inserted or already there"
         task_id, pinned, latest, existing = t
@@ -404,16 +398,13 @@ class Registry:
             if not self.blobs.exists(entry["sha256"]):
                 self.blobs.put(folder.path / fname, entry["sha256"], folder.data.get(fname))
         version = latest + 1
-        vid = tx.run(_INSERT_VERSION, dict(row, task_id=task_id, version=version),
-                     column_keys=_VERSION_ROW_KEYS).fetchone()[0]
+        vid = tx.run(_INSERT_VERSION, dict(row, task_id=task_id, version=version)).fetchone()[0]
         if tags:
             tx.many(_INSERT_TAG, [{"version_id": vid, "key": k, "value": v}
-                                  for k, v in tags.items()],
-                    column_keys=("version_id", "key", "value"))
+                                  for k, v in tags.items()])
         if metrics:
             tx.many(_INSERT_METRIC, [{"version_id": vid, "key": k, "value": v}
-                                     for k, v in metrics.items()],
-                    column_keys=("version_id", "key", "value"))
+                                     for k, v in metrics.items()])
         tx.run(_BUMP_TASK, {"b_tid": task_id, "b_version": version, "b_now": now})
         for a in p.aliases:
             self._move_alias(tx, task_id, a, vid)
@@ -551,8 +542,7 @@ class Registry:
             tx.run(_ALIAS_DELETE, key)
             self._edit_alias_json(tx, old, alias, add=False)
         if version_id is not None:
-            tx.run(_ALIAS_INSERT, {"task_id": task_id, "alias": alias, "version_id": version_id},
-                   column_keys=("task_id", "alias", "version_id"))
+            tx.run(_ALIAS_INSERT, {"task_id": task_id, "alias": alias, "version_id": version_id})
             self._edit_alias_json(tx, version_id, alias, add=True)
 
     @staticmethod

@@ -11,7 +11,7 @@ from regtestlib import DIGEST, OTHER_DIGEST, make_adapter, make_base
 from registry import (BasePinMismatch, Conflict, CorruptBlob, InvalidAdapter,
                       InvalidArgument, InvalidName, LintError, NotFound, PublishRequest,
                       Registry, RegistryError, module_shapes_from_state_dict)
-from registry.adapter import adapter_id, sha256_file
+from registry.adapter import adapter_id, hash_file
 
 
 def test_publish_get_and_idempotent_republish(reg, tmp_path):
@@ -24,7 +24,7 @@ def test_publish_get_and_idempotent_republish(reg, tmp_path):
     assert v.metrics == {"acc": 0.91} and v.tags == {"team": "nlp"}
     assert v.aliases == ("staging",) and v.lineage["mlflow_run_id"] == "abc"
     assert v.vllm_servable and v.lint == ()
-    weights_sha, _ = sha256_file(d / "adapter_model.safetensors")
+    weights_sha = hash_file(d / "adapter_model.safetensors")[0]
     cfg = json.loads((d / "adapter_config.json").read_text())
     assert v.adapter_id == adapter_id(weights_sha, cfg)
     assert v.files["adapter_model.safetensors"]["sha256"] == weights_sha
@@ -76,7 +76,7 @@ def test_corrupt_blob_is_an_error_never_a_silent_load(reg, tmp_path):
     # Publishing the good bytes again repairs the stored blob.
     reg.publish("t", make_adapter(tmp_path / "a", seed=1), base_digest=DIGEST, method="lora")
     reg.fetch("t", 1, dest=dest)
-    assert sha256_file(dest / "adapter_model.safetensors")[0] == \
+    assert hash_file(dest / "adapter_model.safetensors")[0] == \
         v.files["adapter_model.safetensors"]["sha256"]
 
 
@@ -553,8 +553,7 @@ def test_raw_statements_keep_sqlalchemy_errors_and_roll_back(reg, tmp_path):
         with raw_write_tx(reg.engine) as conn:
             tx = RawTx(conn, reg.engine.dialect)
             tx.run(store._BUMP_TASK, {"b_tid": 1, "b_version": 7, "b_now": datetime(2030, 1, 1)})
-            tx.many(store._INSERT_TAG, [{"version_id": 1, "key": "team", "value": "b"}],
-                    column_keys=("version_id", "key", "value"))
+            tx.many(store._INSERT_TAG, [{"version_id": 1, "key": "team", "value": "b"}])
     # The bump before the failing insert was rolled back with it.
     assert reg.list_tasks().items[0].latest_version == 1
     assert reg.get("t", 1) == v

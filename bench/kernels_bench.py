@@ -1,0 +1,81 @@
+# .venv/bin/python bench/kernels_bench.py [--rounds 5] [--chunks 512,2048,8192]
+"""peftops' CPU kernels against the stock ops they replace, side by side in one process.
+
+  dropout: ``MaskDropout`` against ``F.dropout``, forward + backward of one LoRA input of the
+           shape a Gemma 3 270M SST-2 batch gives (8 rows x 40 tokens, 640 and 2,048 features);
+  head:    ``head_cross_entropy`` against logits + ``F.cross_entropy``, forward + backward to the
+           hidden states, 8 label rows through a 262,144 x 640 head (random weights of the real
+           shape: the cost is the shape's, not the values').
+
+One torch thread, as in ``make bench-train``. Each figure is the median of ``--rounds`` rounds,
+the two contenders alternating; the last line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from peftops.kernels import HEAD_CHUNK, MaskDropout, head_cross_entropy  # noqa: E402
+
+
+def _ms(fn, reps: int) -> float:
+    fn()  # warm-up
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    return (time.perf_counter() - t0) / reps * 1e3
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--chunks", default=str(HEAD_CHUNK),
+                    help="comma-separated head chunk sizes (vocabulary rows) to time")
+    a = ap.parse_args()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    out: dict[str, dict[str, float]] = {}
+
+    drop = MaskDropout(0.05).train()
+    for feats in (640, 2048):
+        x = torch.randn(8, 40, feats, requires_grad=True)
+        g = torch.randn_like(x)
+        fns = {"stock": lambda: F.dropout(x, 0.05, True).backward(g),
+               "peftops": lambda: drop(x).backward(g)}
+        times = {k: [] for k in fns}
+        for _ in range(a.rounds):
+            for k, fn in fns.items():
+                times[k].append(_ms(fn, 20))
+        out[f"dropout_8x40x{feats}"] = {k: round(statistics.median(v), 3) for k, v in times.items()}
+
+    weight = torch.randn(262_144, 640) * 0.02
+    hidden = torch.randn(8, 640, requires_grad=True)
+    targets = torch.randint(0, weight.shape[0], (8,))
+    for chunk in (int(c) for c in a.chunks.split(",")):
+        fns = {"stock": lambda: F.cross_entropy(hidden @ weight.T, targets, reduction="sum").backward(),
+               "peftops": lambda: head_cross_entropy(hidden, weight, targets, chunk).backward()}
+        times = {k: [] for k in fns}
+        for _ in range(a.rounds):
+            for k, fn in fns.items():
+                times[k].append(_ms(fn, 3))
+        out[f"head_8rows_chunk{chunk}"] = {k: round(statistics.median(v), 3) for k, v in times.items()}
+
+    print(f"{'forward + backward, ms':28} {'stock':>9} {'peftops':>9} {'ratio':>6}")
+    for name, r in out.items():
+        r["speedup"] = round(r["stock"] / r["peftops"], 2)
+        print(f"{name:28} {r['stock']:9.3f} {r['peftops']:9.3f} {r['speedup']:5.2f}x")
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
