@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from peftops.kernels import HEAD_CHUNK, MaskDropout, head_cross_entropy  # noqa: E402
+from peftops.training.kernels import HEAD_CHUNK, MaskDropout, head_cross_entropy  # noqa: E402
 
 
 def _ms(fn, reps: int) -> float:

@@ -27,18 +27,18 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from peftops.env import apply_defaults  # noqa: E402
+from peftops.pipeline.env import apply_defaults  # noqa: E402
 
 apply_defaults()
 
 import torch  # noqa: E402
 
-from peftops import pipeline as P  # noqa: E402
-from peftops.base import load_model, pad_token_id  # noqa: E402
-from peftops.compare import for_task  # noqa: E402
+from peftops import stages as P  # noqa: E402
+from peftops.model.snapshot import load_model, pad_token_id  # noqa: E402
+from peftops.config import for_task  # noqa: E402
 from peftops.config import load_params  # noqa: E402
-from peftops.data import load_prepared  # noqa: E402
-from peftops.evaluate import latency_per_example  # noqa: E402
+from peftops.data.prepared import load_prepared  # noqa: E402
+from peftops.evaluation.evaluate import latency_per_example  # noqa: E402
 from peftops.fsutil import write_json_atomic, write_text_atomic  # noqa: E402
 from peftops.methods import available_methods, get_method, make_config  # noqa: E402
 

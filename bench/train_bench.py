@@ -6,8 +6,8 @@ batch size, step count and hyperparameters:
 
   (a) peer:    trl.SFTTrainer + peft LoRA (r=16, alpha=32, dropout 0.05, all linear layers),
                prompt-completion data, ``completion_only_loss=True`` — what a user would pick;
-  (b) peftops: the same LoRA through ``peftops.train.train``;
-  (c) full:    full fine-tuning through ``peftops.train.train`` (the memory reference).
+  (b) peftops: the same LoRA through ``peftops.training.loop.train``;
+  (c) full:    full fine-tuning through ``peftops.training.loop.train`` (the memory reference).
 
 Each contender runs in its own process, so neither its peak memory nor its allocator state leaks
 into the next. Every contender gets the same number of torch threads (``--threads``, default 1) and
@@ -15,7 +15,7 @@ the same memory strategy: activations are recomputed in the backward pass, TRL's
 (``gradient_checkpointing=True``) and peftops' ``train.activation_checkpointing`` (``--no-checkpointing``
 turns it off in both). Precision is fp32 in both on CPU (TRL's bf16 default is switched off). Throughput counts the training loop only (model load and data tokenisation are
 excluded); peak memory is the process's resident set sampled during the loop (CUDA max-allocated on
-a GPU). Every resulting model is scored by the same evaluator (``peftops.evaluate.evaluate``) on the
+a GPU). Every resulting model is scored by the same evaluator (``peftops.evaluation.evaluate.evaluate``) on the
 same dev examples. With 30 steps a run's dev accuracy depends strongly on the seed (LoRA init, data
 order, dropout) for both contenders, so each LoRA contender runs once per seed (``--seeds``, default
 0,1,2; peer and peftops interleaved) and the JSON reports means over seeds, with every run listed.
@@ -38,7 +38,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from peftops.env import apply_defaults  # noqa: E402
+from peftops.pipeline.env import apply_defaults  # noqa: E402
 
 apply_defaults()
 
@@ -63,9 +63,9 @@ def _data_dir(args) -> Path:
 
 def prepare_once(args) -> None:
     """Parent: pin the snapshot (built once) and prepare SST-2 into a directory of the bench's own."""
-    from peftops.base import load_tokenizer
-    from peftops.data import prepare
-    from peftops.pipeline import stage_base
+    from peftops.model.snapshot import load_tokenizer
+    from peftops.data.prepared import prepare
+    from peftops.stages import stage_base
 
     params = _params(args)
     snap = stage_base(params, args.home)
@@ -74,8 +74,8 @@ def prepare_once(args) -> None:
 
 def _setup(args):
     """Child: the verified snapshot and the prepared splits."""
-    from peftops.base import open_snapshot
-    from peftops.pipeline import Layout
+    from peftops.model.snapshot import open_snapshot
+    from peftops.stages import Layout
 
     params = _params(args)
     snap = open_snapshot(Layout.of(args.home).base(params.base.name), params.base.expected_digest)
@@ -83,8 +83,8 @@ def _setup(args):
 
 
 def _score(model, dev_path, pad_id):
-    from peftops.data import load_prepared
-    from peftops.evaluate import evaluate
+    from peftops.data.prepared import load_prepared
+    from peftops.evaluation.evaluate import evaluate
 
     return evaluate(model, load_prepared(dev_path), pad_id=pad_id, batch_size=16).score
 
@@ -93,10 +93,10 @@ def run_peftops(args, method: str) -> dict:
     """Child: train ``method`` with the peftops loop, then score it."""
     import torch
 
-    from peftops.base import load_model, pad_token_id
-    from peftops.data import load_prepared
+    from peftops.model.snapshot import load_model, pad_token_id
+    from peftops.data.prepared import load_prepared
     from peftops.methods import get_method, make_config
-    from peftops.train import count_params, train
+    from peftops.training.loop import count_params, train
 
     params, snap, train_path, dev_path = _setup(args)
     pad_id = pad_token_id(snap)  # the data is tokenized already: no tokenizer in this process
@@ -125,9 +125,9 @@ def run_peer(args) -> dict:
     from peft import LoraConfig
     from trl import SFTConfig, SFTTrainer
 
-    from peftops.base import load_model, load_tokenizer
-    from peftops.data import load_prepared
-    from peftops.memory import PeakMemory
+    from peftops.model.snapshot import load_model, load_tokenizer
+    from peftops.data.prepared import load_prepared
+    from peftops.training.memory import PeakMemory
     from peftops.methods.lora.config import GEMMA3_LINEAR
 
     params, snap, train_path, dev_path = _setup(args)

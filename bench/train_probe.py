@@ -7,7 +7,7 @@ SST-2 split as ``bench/train_bench.py`` (run that once first: it prepares the sp
   1. resident memory after each import the training process needs (torch, transformers'
      modeling code, peft's LoRA) and after loading the model: the floor under any trainer;
   2. a torch.profiler table of ``--steps`` LoRA training steps (after two untimed ones), with
-     activation checkpointing, as ``peftops.train.train`` runs them;
+     activation checkpointing, as ``peftops.training.loop.train`` runs them;
   3. what loading the tokenizer adds (peftops trains on tokenized splits and does not load it).
 """
 
@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from peftops.env import apply_defaults  # noqa: E402
+from peftops.pipeline.env import apply_defaults  # noqa: E402
 
 apply_defaults()
 
@@ -49,12 +49,12 @@ def main() -> None:
     from torch.profiler import ProfilerActivity, profile
 
     import train_bench as tb
-    from peftops.base import load_model, pad_token_id
-    from peftops.batching import build_batch, length_bucketed_batches, supervised_loss
-    from peftops.data import load_prepared
+    from peftops.model.snapshot import load_model, pad_token_id
+    from peftops.training.batching import build_batch, length_bucketed_batches, supervised_loss
+    from peftops.data.prepared import load_prepared
     from peftops.methods import get_method, make_config
-    from peftops.memory import set_mmap_threshold, trim_heap
-    from peftops.train import hf_model
+    from peftops.training.memory import set_mmap_threshold, trim_heap
+    from peftops.training.loop import hf_model
 
     torch.set_num_threads(args.threads)
     bench_args = argparse.Namespace(steps=30, batch=8, warmup=3, train=480, dev=200, seed=0, home=None,
@@ -97,7 +97,7 @@ def main() -> None:
     print(f"after {2 + args.steps} steps: {rss_mb()} MB resident")
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
 
-    from peftops.base import load_tokenizer
+    from peftops.model.snapshot import load_tokenizer
 
     before = rss_mb()
     tok = load_tokenizer(snap)  # what a trainer that tokenizes for itself keeps (the peer does)

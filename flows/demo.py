@@ -13,9 +13,9 @@ from prefect.runtime import flow_run
 
 from peftops.config import PipelineParams, load_params, state_home, to_dict
 from peftops.fsutil import write_json_atomic
-from peftops.pipeline import Layout
-from peftops.report import build_rows, markdown
-from peftops.tracking import Tracker
+from peftops.stages import Layout
+from peftops.reports.tables import build_rows, markdown
+from peftops.pipeline.tracking import Tracker
 from flows.stagecalls import StageCalls
 from tasks import publish_task
 

@@ -3,19 +3,19 @@
 incremental retrain of only what changed.
 
 * ``adapter_pipeline`` -- one task, one or more methods; every stage but publish is cached by
-  its input key (``peftops.caching``), so an unchanged task costs seconds.
+  its input key (``peftops.pipeline.caching``), so an unchanged task costs seconds.
 * ``fleet`` -- many tasks of the manifest, each an ``adapter_pipeline`` subflow in a bounded
   thread pool. One task's failure does not stop the others; the report
   (``<home>/fleet-report.json``) lists every task, and the flow ends Failed naming the failed
   tasks once all have finished (so schedules, CI and the exit code see it).
-* ``retrain`` -- the tasks affected by the changes since a git revision (``peftops.changes``),
+* ``retrain`` -- the tasks affected by the changes since a git revision (``peftops.pipeline.changes``),
   run as a fleet.
 
 Concurrency: the tasks run in threads of this process, and the stages that load a model
 (train, evaluate, merge) take turns (``tasks.stages``: model construction is not thread-safe,
 and on CPU one training already uses every core). ``max_concurrency`` > 1 overlaps one task's
 training with the others' data preparation, publishing and tracking (4 tiny tasks: 55-61 s at 1,
-17-25 s at 2; ``python -m flows.bench_fleet``); it defaults to 2. Parallel training is
+17-25 s at 2; ``python -m bench.fleet_bench``); it defaults to 2. Parallel training is
 scale-out: the ``fleet-task`` deployment in ``prefect.yaml`` runs one task per worker process or pod.
 """
 
@@ -31,9 +31,9 @@ from prefect import flow
 from prefect.runtime import flow_run
 
 from flows.demo import run_and_track
-from peftops.config import PipelineParams, load_params, state_home
+from peftops.config import PipelineParams, for_task, load_params, state_home
 from peftops.fsutil import write_json_atomic
-from peftops.tracking import Tracker
+from peftops.pipeline.tracking import Tracker
 from tasks import base_task
 
 DEFAULT_METHODS = ("lora",)
@@ -48,11 +48,6 @@ class FleetFailed(RuntimeError):
         failed = report["failed"]
         detail = "; ".join(f"{t}: {report['tasks'][t]['error']}" for t in failed)
         super().__init__(f"{len(failed)} of {len(report['tasks'])} tasks failed ({detail})")
-
-
-def for_task(params: PipelineParams, task: str | None) -> PipelineParams:
-    """``params`` with ``data.task`` set to ``task`` (unchanged when None)."""
-    return params if not task else dataclasses.replace(params, data=dataclasses.replace(params.data, task=task))
 
 
 @flow(name="adapter-pipeline", flow_run_name="pipeline-{task}")
@@ -89,7 +84,7 @@ def fleet(tasks: list[str] | None = None, methods: list[str] | tuple[str, ...] =
     """Run ``adapter_pipeline`` for each task (default: every task in the manifest), at most
     ``max_concurrency`` at a time; report every outcome and fail at the end if any task failed.
     ``note`` is copied into the report (the retrain flow puts its reasons there)."""
-    from peftops.data import load_manifest
+    from peftops.data.manifest import load_manifest
 
     params = params or load_params(params_file)
     names = list(tasks) if tasks else sorted(load_manifest(params.data.manifest))
@@ -135,7 +130,7 @@ def retrain(since: str, repo: str = ".", methods: list[str] | tuple[str, ...] = 
     git revision ``since`` (committed and uncommitted changes), as one fleet. ``data_dir``
     overrides the data root both for finding changes and for training. The report
     (``<home>/fleet-report.json``) carries ``since`` and each affected task's reasons."""
-    from peftops.changes import affected_since
+    from peftops.pipeline.changes import affected_since
 
     params = load_params(params_file)
     if data_dir:

@@ -1,6 +1,6 @@
 """How a flow calls the stage tasks: plainly (the demo always recomputes) or cached by input keys.
 
-With ``cache=True`` every stage but publish gets its key from ``peftops.caching.stage_key``
+With ``cache=True`` every stage but publish gets its key from ``peftops.pipeline.caching.stage_key``
 (data digest + base digest + stage config + code version), persists its result under the
 state directory (``<home>/prefect-results``, a local path) and is therefore a
 cache hit in any later flow run or process whose inputs are the same. A hit is only taken when
@@ -13,9 +13,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from peftops import caching
+from peftops.stages import caching
 from peftops.config import PipelineParams
-from peftops.pipeline import Layout
+from peftops.stages import Layout
 from tasks import base_task, evaluate_task, merge_task, prepare_task, train_task
 
 RESULTS_DIR = "prefect-results"

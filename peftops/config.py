@@ -160,6 +160,11 @@ class PipelineParams:
     )
 
 
+def for_task(params: PipelineParams, task: str | None) -> PipelineParams:
+    """``params`` with ``data.task`` set to ``task`` (unchanged when None; the budget and all else kept)."""
+    return params if not task else dataclasses.replace(params, data=dataclasses.replace(params.data, task=task))
+
+
 def _coerce(tp: Any, value: Any, fieldname: str, source: str | None) -> Any:
     """Check ``value`` against the annotation ``tp``; YAML gives ints for floats, allow that."""
     origin = typing.get_origin(tp)

@@ -1,4 +1,4 @@
-"""Thin Prefect task wrappers, one per pipeline stage, over ``peftops.pipeline``."""
+"""Thin Prefect task wrappers, one per pipeline stage, over ``peftops.stages``."""
 
 from tasks.stages import (base_task, evaluate_task, merge_task, prepare_task, publish_task,
                           train_task)

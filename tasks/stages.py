@@ -1,7 +1,7 @@
-"""One Prefect task per stage. The logic lives in ``peftops.pipeline``; these add retries
+"""One Prefect task per stage. The logic lives in ``peftops.stages``; these add retries
 for I/O, names for the Prefect UI and input-keyed caching, nothing else.
 
-Caching: a caller that passes ``cache_key`` (computed by ``peftops.caching.stage_key``) makes
+Caching: a caller that passes ``cache_key`` (computed by ``peftops.pipeline.caching.stage_key``) makes
 that key the Prefect cache key, so an unchanged stage is a cache hit across flow runs and
 processes when results are persisted (``flows.stagecalls`` sets that up); after running, the
 stage records its key beside its outputs. Without ``cache_key`` nothing is cached.
@@ -19,7 +19,8 @@ import threading
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from peftops import caching, pipeline
+from peftops.stages import caching
+from peftops import stages as pipeline
 
 
 _MODEL_STAGE = threading.Lock()
@@ -80,8 +81,8 @@ def merge_task(params, home=None, method_name: str = "lora", export_dir=None, ca
 @task(name="publish", task_run_name="publish-{method_name}", retries=2, retry_delay_seconds=2,
       cache_policy=NO_CACHE)
 def publish_task(params, home=None, method_name: str = "lora", **kwargs):
-    """Publish an adapter through the quality gate (``peftops.gate.publish_gated``; retried: it is
+    """Publish an adapter through the quality gate (``peftops.pipeline.gate.publish_gated``; retried: it is
     storage I/O, and publishing the same content again returns the same version)."""
-    from peftops.gate import publish_gated
+    from peftops.pipeline.gate import publish_gated
 
     return publish_gated(params, home, method_name, **kwargs)

@@ -56,7 +56,7 @@ def prefect_harness():
 @pytest.fixture(scope="session")
 def real_snapshot(tmp_path_factory):
     """(state dir, snapshot) of the real Gemma 3 270M, built once per session from the GGUF package."""
-    from peftops.base import import_base
+    from peftops.model.snapshot import import_base
     from peftops.config import BaseConfig
 
     home = tmp_path_factory.mktemp("real-home")

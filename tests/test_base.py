@@ -2,7 +2,7 @@
 
 import pytest
 
-from peftops.base import PINNED_FILES, open_snapshot
+from peftops.model.snapshot import PINNED_FILES, open_snapshot
 from peftops.errors import SnapshotError
 from tiny import make_snapshot
 
@@ -39,7 +39,7 @@ def test_missing_snapshot_says_what_to_run(tmp_path):
 
 
 def test_pad_id_is_read_from_the_snapshot_and_matches_its_tokenizer(tmp_path):
-    from peftops.base import load_tokenizer, pad_token_id, snapshot_dir, write_snapshot
+    from peftops.model.snapshot import load_tokenizer, pad_token_id, snapshot_dir, write_snapshot
     from tiny import tiny_model, tiny_tokenizer
 
     snap = make_snapshot(tmp_path)

@@ -2,7 +2,7 @@
 
 import torch
 
-from peftops.batching import IGNORE, build_batch, forward_logits, length_bucketed_batches
+from peftops.training.batching import IGNORE, build_batch, forward_logits, length_bucketed_batches
 from tiny import tiny_model
 
 

@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def run_cli(*args, cwd, env_extra=None):
     env = {**os.environ, **(env_extra or {})}
-    return subprocess.run([sys.executable, "-m", "peftops.cli", *args], cwd=cwd, env=env,
+    return subprocess.run([sys.executable, "-m", "peftops.cli.main", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=120)
 
 

@@ -7,9 +7,9 @@ import random
 import pytest
 from mlflow.tracking import MlflowClient
 
-from peftops.compare import CompareConfig, parse_methods, run_compare
+from peftops.reports.compare import CompareConfig, parse_methods, run_compare
 from peftops.errors import ConfigError
-from peftops.forgetting import ForgettingConfig
+from peftops.evaluation.forgetting import ForgettingConfig
 from tiny import FILL, NEG, POS
 
 
@@ -110,7 +110,7 @@ def test_compare_config_errors_name_the_field():
 def test_compare_cli_rejects_an_unknown_method_in_one_line(tmp_path):
     from typer.testing import CliRunner
 
-    from peftops.cli import app
+    from peftops.cli.main import app
 
     r = CliRunner().invoke(app, ["compare", "--task", "sst2", "--methods", "lora,nope", "--home", str(tmp_path)])
     assert r.exit_code == 1 and "unknown method 'nope'" in r.output and "Traceback" not in r.output
@@ -122,7 +122,7 @@ def test_compare_runs_every_registered_method(tiny_params, compare_cfg, tmp_path
     import torch
     from transformers import Gemma3ForCausalLM
 
-    from peftops.base import snapshot_dir, write_snapshot
+    from peftops.model.snapshot import snapshot_dir, write_snapshot
     from peftops.methods import available_methods
     from tiny import tiny_config, tiny_tokenizer
 
@@ -150,8 +150,8 @@ def test_compare_runs_every_registered_method(tiny_params, compare_cfg, tmp_path
 
 
 def test_summary_across_tasks_averages_where_a_percentage_exists():
-    from peftops.compare import summary_markdown
-    from peftops.report import CompareRow
+    from peftops.reports.compare import summary_markdown
+    from peftops.reports.tables import CompareRow
 
     def row(task, method, score, pct, metric="accuracy"):
         return CompareRow(task=task, method=method, metric=metric, score=score, metrics={metric: score},

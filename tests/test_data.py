@@ -3,7 +3,9 @@
 import pytest
 
 from tiny import SHARED_DATA
-from peftops.data import TaskSpec, get_task, load_prepared, read_split, save_prepared, tokenize_split
+from peftops.data.manifest import TaskSpec, get_task
+from peftops.data.prepared import load_prepared, save_prepared, tokenize_split
+from peftops.data.reading import read_split
 from peftops.errors import ConfigError, DataError
 from tiny import tiny_tokenizer
 
@@ -88,7 +90,7 @@ def test_prepared_split_round_trips_and_detects_tampering(tmp_path):
 
 
 def test_manifest_validation_names_entry_and_field(tmp_path):
-    from peftops.data import load_manifest
+    from peftops.data.manifest import load_manifest
 
     m = tmp_path / "tasks.yaml"
     m.write_text("tasks:\n  mine:\n    train: a.tsv\n    dev: b.tsv\n    template: '{x}'\n    labels: {a: ' A', b: ' B'}\n"

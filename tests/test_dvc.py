@@ -35,8 +35,8 @@ def test_dvc_repro_runs_the_cli_stages_and_the_registry_records_dvc_digests(tmp_
     spec["vars"][0]["tasks"] = {"sst2": {"data": "glue/SST-2"}}
     spec["vars"][0]["run_methods"] = ["lora"]
     (repo / "dvc.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
-    (repo / "peftops").mkdir()
-    shutil.copy(REPO / "peftops" / "tasks.yaml", repo / "peftops" / "tasks.yaml")
+    # the package's source: its code is a dependency of the stages (and the manifest a parameter file)
+    shutil.copytree(REPO / "peftops", repo / "peftops", ignore=shutil.ignore_patterns("__pycache__"))
     (repo / "params.yaml").write_text(yaml.safe_dump({
         "base": {"name": "gemma-3-270m", "source": "gguf", "expected_digest": None},
         "data": {"task": "sst2", "train_size": 0, "dev_size": 0, "seed": 0, "max_length": 256},
@@ -71,10 +71,16 @@ def test_dvc_repro_runs_the_cli_stages_and_the_registry_records_dvc_digests(tmp_
     published = json.loads((repo / "published" / "sst2.json").read_text())
     from registry import Registry
 
-    from peftops.pipeline import registry_locations
+    from peftops.stages import registry_locations
 
     reg = Registry.open(**registry_locations(repo / ".peftops"))
     v = reg.get("sst2", version=published["version"])
     assert v.lineage["dvc_data_md5"] == data_md5
 
     assert "up to date" in _run(repo, "dvc", "status")  # nothing reruns
+
+    # a change to the training loop's code makes train (and what follows it) stale, not prepare
+    loop = repo / "peftops" / "training" / "loop.py"
+    loop.write_text(loop.read_text() + "\n# changed\n")
+    status = json.loads(_run(repo, "dvc", "status", "--json"))
+    assert "train@sst2-lora" in status and "prepare@sst2" not in status

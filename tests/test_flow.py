@@ -22,7 +22,7 @@ def test_demo_flow_end_to_end(prefect_harness, tiny_home, tiny_params):
     assert on_disk["rows"] == summary["rows"]
 
     # registry: one LoRA version in PEFT format, pinned to the snapshot's digest, with lineage
-    from peftops.pipeline import registry_locations
+    from peftops.stages import registry_locations
 
     reg = Registry.open(**registry_locations(home))
     v = reg.get("sst2", version=summary["registry"]["version"])

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from tiny import SHARED_DATA
 from peftops.errors import DataError
-from peftops.forgetting import ForgettingConfig, build_general_set, general_nll, measure, seed_task_text
+from peftops.evaluation.forgetting import ForgettingConfig, build_general_set, general_nll, measure, seed_task_text
 from test_compare import write_general
 from tiny import tiny_model, tiny_tokenizer
 
@@ -83,7 +83,7 @@ def test_delta_is_zero_for_the_base_and_follows_the_model(tmp_path):
 @pytest.mark.slow
 @pytest.mark.skipif(not SHARED_DATA.exists(), reason="../shared/data missing")
 def test_default_set_from_self_instruct_seed_tasks(real_snapshot):
-    from peftops.base import load_tokenizer
+    from peftops.model.snapshot import load_tokenizer
 
     texts = build_general_set(load_tokenizer(real_snapshot[1]), ForgettingConfig(), SHARED_DATA)
     assert len(texts) == 32 and all(len(x) <= 96 for x in texts.input_ids)

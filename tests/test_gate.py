@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from peftops import pipeline as P
+from peftops import stages as P
 from peftops.errors import ConfigError
-from peftops.gate import decide, publish_gated
+from peftops.pipeline.gate import decide, publish_gated
 
 
 def test_decide_promotes_at_and_above_the_threshold():
@@ -68,7 +68,7 @@ def test_publish_gated_promote_and_refuse_paths(trained_lora, tiny_params):
 def test_publish_gated_logs_the_decision_to_mlflow(trained_lora, tiny_params):
     from mlflow.tracking import MlflowClient
 
-    from peftops.tracking import Tracker
+    from peftops.pipeline.tracking import Tracker
 
     home, score = trained_lora
     tracker = Tracker(experiment="gate-test", home=home)
@@ -82,7 +82,7 @@ def test_publish_gated_logs_the_decision_to_mlflow(trained_lora, tiny_params):
 def test_cli_reserves_production_for_the_gate(trained_lora, tiny_params, monkeypatch):
     from typer.testing import CliRunner
 
-    from peftops.cli import app
+    from peftops.cli.main import app
 
     home, score = trained_lora
     monkeypatch.setenv("PEFTOPS_DATA_ROOT", tiny_params.data.data_root)

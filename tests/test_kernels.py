@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from peftops.batching import IGNORE, _frozen_plain_head, build_batch, forward_logits, supervised_loss
-from peftops.kernels import MaskDropout, head_cross_entropy, keep_mask, replace_dropouts
+from peftops.training.batching import IGNORE, _frozen_plain_head, build_batch, forward_logits, supervised_loss
+from peftops.training.kernels import MaskDropout, head_cross_entropy, keep_mask, replace_dropouts
 from peftops.methods import get_method, make_config
 from tiny import tiny_model
 

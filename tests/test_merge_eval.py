@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from peftops import pipeline as P
+from peftops import stages as P
 from peftops.errors import ParityError
-from peftops.evaluate import label_scores
-from peftops.merge import compare_logits
-from peftops.metrics import accuracy, f1, matthews
+from peftops.evaluation.evaluate import label_scores
+from peftops.evaluation.merge import compare_logits
+from peftops.evaluation.metrics import accuracy, f1, matthews
 from tiny import tiny_model
 
 
@@ -76,9 +76,9 @@ def test_evaluation_reflects_training(tmp_path):
     from test_train import overfit_split
 
     from peftops.config import TrainConfig
-    from peftops.evaluate import evaluate
+    from peftops.evaluation.evaluate import evaluate
     from peftops.methods import get_method, make_config
-    from peftops.train import train
+    from peftops.training.loop import train
 
     split = overfit_split(16)
     base_score = evaluate(tiny_model(seed=0), split, pad_id=0).score

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from peftops import pipeline as P
+from peftops import stages as P
 from peftops.errors import ParityError, PeftopsError
 
 BITFIT_ATTENTION = {"lr": 2e-2, "targets": ["q_proj", "k_proj", "v_proj", "o_proj"]}

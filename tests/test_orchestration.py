@@ -51,7 +51,7 @@ def fleet_env(tmp_path_factory):
 def test_stage_keys_follow_exactly_their_inputs(fleet_env, tmp_path):
     import dataclasses
 
-    from peftops import caching
+    from peftops.stages import caching
 
     home, root, params = fleet_env
     data = caching.data_digest(params, "alpha")
@@ -77,7 +77,7 @@ def test_stage_keys_follow_exactly_their_inputs(fleet_env, tmp_path):
 def test_a_cache_record_is_trusted_only_while_its_outputs_are_untouched(tmp_path):
     import os
 
-    from peftops import caching
+    from peftops.stages import caching
 
     (tmp_path / "adapter").mkdir()
     (tmp_path / "adapter" / "w.safetensors").write_bytes(b"w")
@@ -135,7 +135,7 @@ def test_fleet_caches_unchanged_tasks_and_retrains_only_changed_data(prefect_har
     assert json.loads((home / "fleet-report.json").read_text())["trained"] == {"beta": ["lora"]}
 
     # MLflow: one experiment per task, parent run per pipeline run, child per method, linked
-    from peftops.tracking import default_tracking_uri
+    from peftops.pipeline.tracking import default_tracking_uri
 
     client = MlflowClient(tracking_uri=default_tracking_uri(home))
     exp = client.get_experiment_by_name("peftops-alpha")

@@ -33,6 +33,6 @@ def test_kubernetes_manifests_validate_against_1_32():
 def test_retrain_workflow_triggers_on_data_params_and_manifest():
     wf = yaml.safe_load((REPO / ".github" / "workflows" / "retrain.yml").read_text())
     on = wf[True] if True in wf else wf["on"]  # YAML 1.1 reads the key `on` as true
-    assert {"data/**.dvc", "params.yaml", "peftops/tasks.yaml"} <= set(on["push"]["paths"])
+    assert {"data/**.dvc", "params.yaml", "peftops/data/tasks.yaml"} <= set(on["push"]["paths"])
     steps = " ".join(s.get("run", "") for s in wf["jobs"]["retrain"]["steps"])
     assert "peftops retrain --since" in steps and "dvc pull" in steps

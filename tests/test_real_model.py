@@ -15,8 +15,8 @@ pytestmark = [pytest.mark.slow,
 
 
 def test_real_snapshot_lora_learns_and_merges(real_snapshot):
-    from peftops import pipeline as P
-    from peftops.base import MANIFEST, open_snapshot
+    from peftops import stages as P
+    from peftops.model.snapshot import MANIFEST, open_snapshot
     from peftops.config import DataConfig, MergeConfig, PipelineParams, TrainConfig
 
     home, snap = real_snapshot

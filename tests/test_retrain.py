@@ -17,7 +17,7 @@ PARAMS = {"data": {"task": "alpha", "train_size": 10}, "train": {"steps": 4}, "m
 
 
 def affected(changed, **kw):
-    from peftops.changes import affected_tasks
+    from peftops.pipeline.changes import affected_tasks
 
     kw.setdefault("new_manifest", MANIFEST)
     kw.setdefault("data_dir", "data")
@@ -25,9 +25,12 @@ def affected(changed, **kw):
 
 
 def test_code_changes_affect_every_task_but_front_ends_do_not():
-    assert affected(["peftops/train.py"]) == {"alpha": ["code: peftops/train.py"], "beta": ["code: peftops/train.py"]}
+    assert affected(["peftops/training/loop.py"]) == {"alpha": ["code: peftops/training/loop.py"],
+                                                      "beta": ["code: peftops/training/loop.py"]}
+    assert set(affected(["peftops/stages.py"])) == set(affected(["peftops/config.py"])) == {"alpha", "beta"}
     assert set(affected(["peftops/methods/lora/method.py"])) == {"alpha", "beta"}
-    assert affected(["peftops/cli.py", "peftops/tracking.py", "README.md", "flows/fleet.py"]) == {}
+    assert affected(["peftops/cli/main.py", "peftops/pipeline/tracking.py", "peftops/reports/charts.py",
+                     "peftops/reports/compare.py", "README.md", "flows/fleet.py"]) == {}
 
 
 def test_params_sections_that_shape_training_affect_every_task():
@@ -43,7 +46,7 @@ def test_params_sections_that_shape_training_affect_every_task():
 
 def test_manifest_entries_added_or_changed_affect_those_tasks():
     new = {**MANIFEST, "beta": {**MANIFEST["beta"], "template": "B: {s}"}, "gamma": MANIFEST["alpha"]}
-    got = affected(["peftops/tasks.yaml"], manifest_path="peftops/tasks.yaml", old_manifest=MANIFEST, new_manifest=new)
+    got = affected(["peftops/data/tasks.yaml"], manifest_path="peftops/data/tasks.yaml", old_manifest=MANIFEST, new_manifest=new)
     assert got == {"beta": ["manifest: entry changed"], "gamma": ["manifest: new task"]}
 
 
@@ -69,7 +72,7 @@ def _repo(tmp_path: Path) -> Path:
 
 
 def test_affected_since_reads_commits_and_the_working_tree(tmp_path):
-    from peftops.changes import affected_since
+    from peftops.pipeline.changes import affected_since
 
     repo = _repo(tmp_path)
     for name in ("alpha", "glue/B"):
@@ -92,7 +95,7 @@ def test_affected_since_reads_commits_and_the_working_tree(tmp_path):
 
 
 def test_retrain_command_retrains_exactly_the_affected_tasks(prefect_harness, tmp_path):
-    from peftops.cli import app
+    from peftops.cli.main import app
 
     repo = _repo(tmp_path)
     for i, name in enumerate(("alpha", "beta")):

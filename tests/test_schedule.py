@@ -34,7 +34,7 @@ def test_prefect_yaml_declares_scheduled_deployments_of_real_flows():
 
 def test_serve_refuses_without_a_server(monkeypatch):
     import flows.serve
-    from peftops.cli import app
+    from peftops.cli.main import app
 
     monkeypatch.setattr(flows.serve, "api_url", lambda: None)
     result = CliRunner().invoke(app, ["serve", "--file", str(REPO / "prefect.yaml")])

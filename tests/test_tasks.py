@@ -5,9 +5,10 @@ import json
 import pytest
 
 from tiny import SHARED_DATA
-from peftops.data import get_task, load_manifest, read_split
+from peftops.data.manifest import get_task, load_manifest
+from peftops.data.reading import read_split
 from peftops.errors import ConfigError
-from peftops.metrics import accuracy, compute, f1, matthews
+from peftops.evaluation.metrics import accuracy, compute, f1, matthews
 from tiny import sentence
 
 needs_shared = pytest.mark.skipif(not SHARED_DATA.exists(), reason="../shared/data not present")
@@ -68,7 +69,7 @@ def test_glue_entries_read_every_row(task, sizes, positives):
 @needs_shared
 @pytest.mark.slow
 def test_glue_verbalizers_are_single_tokens_and_every_prompt_fits(real_snapshot):
-    from peftops.base import load_tokenizer
+    from peftops.model.snapshot import load_tokenizer
 
     tok = load_tokenizer(real_snapshot[1])
     for name in ("sst2", "cola", "mrpc", "rte"):
@@ -175,7 +176,7 @@ def _write_user_files(root):
 
 @pytest.mark.parametrize("task, metric", [("my_csv", "f1"), ("my_jsonl", "matthews")])
 def test_users_own_csv_and_jsonl_tasks_run_by_manifest_entry_alone(tiny_home, tmp_path, task, metric):
-    from peftops import pipeline as P
+    from peftops import stages as P
     from peftops.config import DataConfig, PipelineParams, TrainConfig
 
     home, _ = tiny_home

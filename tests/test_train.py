@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from peftops.config import TrainConfig
-from peftops.data import PreparedSplit
+from peftops.data.prepared import PreparedSplit
 from peftops.errors import TrainingError
 from peftops.methods import get_method, make_config
-from peftops.train import Schedule, count_params, train
+from peftops.training.loop import Schedule, count_params, train
 from tiny import tiny_model
 
 

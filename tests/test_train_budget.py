@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from peftops.batching import split_by_tokens
+from peftops.training.batching import split_by_tokens
 from peftops.config import TrainConfig
 from peftops.errors import ConfigError
 from peftops.methods import get_method, make_config
-from peftops.train import hf_model, train
+from peftops.training.loop import hf_model, train
 from test_train import overfit_split
 from tiny import tiny_model
 

@@ -81,7 +81,7 @@ def tiny_model(seed: int = 0, vocab_size: int = 160, layers: int = 2):
 
 def make_snapshot(home: Path, name: str = "gemma-3-270m", seed: int = 0):
     """Write a tiny pinned snapshot where the pipeline expects the real one."""
-    from peftops.base import snapshot_dir, write_snapshot
+    from peftops.model.snapshot import snapshot_dir, write_snapshot
 
     tok = tiny_tokenizer()
     model = tiny_model(seed, vocab_size=len(tok))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from peftops.data import PreparedSplit
+from peftops.data.prepared import PreparedSplit
 
 
 def tiny_wide(seed: int = 0, window: int = 64):

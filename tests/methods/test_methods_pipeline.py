@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from peftops import pipeline as P
+from peftops import stages as P
 from peftops.errors import PeftopsError
 
 METHODS = {"adapter": {"lr": 1e-2, "bottleneck": 4}, "bitfit": {"lr": 5e-2},

@@ -8,8 +8,8 @@ from typer.testing import CliRunner
 
 from methods_cases import tiny_wide
 from peftops.methods import get_method, make_config
-from peftops.params_table import ROWS, REFERENCE_CONFIG, format_table, load_config, measure, parameter_table
-from peftops.train import count_params
+from peftops.reports.params_table import ROWS, REFERENCE_CONFIG, format_table, load_config, measure, parameter_table
+from peftops.training.loop import count_params
 
 
 def test_meta_counts_equal_counts_on_a_real_model():
@@ -48,7 +48,7 @@ def test_gemma3_270m_counts_match_the_arithmetic(label, method, values, expected
 
 
 def test_cli_prints_the_layout_and_json(tmp_path):
-    from peftops.cli import app
+    from peftops.cli.main import app
 
     cfg = tmp_path / "config.json"
     tiny_wide().config.to_json_file(str(cfg))

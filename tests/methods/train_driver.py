@@ -18,7 +18,7 @@ from safetensors.torch import save_file  # noqa: E402
 from methods_cases import overfit_split, tiny_wide  # noqa: E402
 from peftops.config import TrainConfig  # noqa: E402
 from peftops.methods import get_method, make_config  # noqa: E402
-from peftops.train import train  # noqa: E402
+from peftops.training.loop import train  # noqa: E402
 
 VALUES = {  # dropout and a cosine schedule: the RNG and the scheduler must resume too
     "lora": {"lr": 1e-2, "r": 4, "alpha": 8, "dropout": 0.1},

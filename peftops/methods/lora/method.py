@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from peftops.kernels import replace_dropouts
+from peftops.training.kernels import replace_dropouts
 from peftops.methods import register
 from peftops.methods.base import write_method_file
 from peftops.methods.lora.config import LoraMethodConfig
@@ -29,7 +29,7 @@ class LoraMethod:
         )
         model = get_peft_model(model, peft_cfg)
         # peft draws each LoRA dropout mask with bernoulli_ (8 % of a CPU step on Gemma 3 270M);
-        # the same distribution from a quarter of the random draws, see peftops.kernels.
+        # the same distribution from a quarter of the random draws, see peftops.training.kernels.
         replace_dropouts(model, "lora_dropout")
         return model
 

@@ -1,4 +1,4 @@
-# .venv/bin/python -m flows.bench_fleet 1 2      (fleet wall time by max_concurrency, tiny models)
+# .venv/bin/python -m bench.fleet_bench 1 2      (fleet wall time by max_concurrency, tiny models)
 """Measure the fleet's wall time on 4 tiny SST-2-shaped tasks (LoRA, 12 steps) for each
 ``max_concurrency`` given, from a fresh state, then the unchanged rerun (all cache hits).
 
@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="peftops-bench-prefect-"))
-from peftops.env import apply_defaults  # noqa: E402
+from peftops.pipeline.env import apply_defaults  # noqa: E402
 
 apply_defaults()
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from peftops.report import CompareRow
+from peftops.reports.tables import CompareRow
 
 COLORS = {"base": "#9e9e9e", "full": "#37474f", "lora": "#1e88e5", "adapter": "#8e24aa", "bitfit": "#43a047",
           "prompt": "#fb8c00", "prefix": "#e53935"}

@@ -2,8 +2,8 @@
 
 A stage's key is a sha256 over
 
-* the **code version**: the source of the ``peftops`` modules that shape outputs (front ends such
-  as the CLI, tracking and reports are left out) plus the torch/transformers/peft versions;
+* the **code version**: the source of the ``peftops`` modules that shape outputs (a folder rule:
+  ``cli/``, ``reports/`` and ``pipeline/`` are left out, see :data:`NON_SHAPING_DIRS`) plus the torch/transformers/peft versions;
 * the **base digest** of the pinned snapshot;
 * the **data digest**: sha256 of the task's raw train/dev files, its manifest entry and the
   ``data`` config (computed before ``prepare``, so changing one byte of a file changes the key);
@@ -32,10 +32,13 @@ from peftops.digest import canonical_json, combine, file_sha256, text_sha256
 from peftops.errors import DataError
 from peftops.fsutil import write_json_atomic
 
-PACKAGE_DIR = Path(__file__).resolve().parent
-# Modules that never change a stage's output: front ends, tracking, reporting, orchestration helpers.
-FRONT_END_MODULES = frozenset({"cli.py", "cli_ops.py", "env.py", "tracking.py", "report.py", "caching.py",
-                               "changes.py", "dvcmeta.py"})
+# The package root (this file is peftops/pipeline/caching.py).
+PACKAGE_DIR = Path(__file__).resolve().parent.parent
+# A folder rule: the front ends (cli/), the reports (reports/) and the orchestration glue (pipeline/:
+# caching, change detection, DVC metadata, the quality gate, tracking, the process environment)
+# never change what a stage writes; every other module of the package (the shared ground, model/,
+# data/, methods/, training/, evaluation/ and the stage functions in stages.py) does.
+NON_SHAPING_DIRS = frozenset({"cli", "reports", "pipeline"})
 LIBRARIES = ("torch", "transformers", "peft", "safetensors")
 STAGES = ("prepare", "train", "evaluate", "merge")
 # What each stage leaves in its directory (data/<task>/ for prepare, runs/<task>/<method>/ otherwise).
@@ -51,7 +54,8 @@ KEYS_FILE = "stage-keys.json"
 def affects_outputs(relpath: str) -> bool:
     """Whether a file of the ``peftops`` package (path relative to the package) shapes outputs."""
     p = Path(relpath)
-    return p.suffix == ".py" and p.name not in FRONT_END_MODULES and "__pycache__" not in p.parts
+    return (p.suffix == ".py" and "__pycache__" not in p.parts
+            and not (len(p.parts) > 1 and p.parts[0] in NON_SHAPING_DIRS))
 
 
 def code_files(package_dir: Path = PACKAGE_DIR) -> list[Path]:
@@ -79,7 +83,7 @@ def split_source(rel: str, data_root: str | Path | None) -> Path:
 
 def task_sources(params: PipelineParams, task: str) -> dict[str, Path]:
     """The raw train and dev files of ``task`` under ``params``' manifest and data root."""
-    from peftops.data import get_task
+    from peftops.data.manifest import get_task
 
     spec = get_task(task, params.data.manifest)
     return {"train": split_source(spec.train, params.data.data_root),
@@ -88,7 +92,7 @@ def task_sources(params: PipelineParams, task: str) -> dict[str, Path]:
 
 def data_digest(params: PipelineParams, task: str) -> str:
     """sha256 of the task's raw files, its manifest entry and the data config (not the paths)."""
-    from peftops.data import get_task
+    from peftops.data.manifest import get_task
 
     spec = get_task(task, params.data.manifest)
     entry = {k: v for k, v in dataclasses.asdict(spec).items() if k not in ("source", "description")}

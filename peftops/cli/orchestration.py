@@ -14,11 +14,12 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-ParamsOpt = typer.Option(None, "--params", "-p", help="params.yaml (default: embedded defaults)")
-HomeOpt = typer.Option(None, "--home", help="state directory (default: $PEFTOPS_HOME or ./.peftops)")
+from peftops.cli.common import HomeOpt, JsonOpt, ParamsOpt, console, err_console, user_errors
+
+app = typer.Typer()
+
 MethodsOpt = typer.Option(["lora"], "--method", "-m", help="method to train, repeatable")
 ConcurrencyOpt = typer.Option(2, "--max-concurrency", "-j", min=1, help="tasks run at the same time")
-JsonOpt = typer.Option(False, "--json", help="print the report as JSON")
 
 
 def _report_table(report: dict) -> Table:
@@ -39,7 +40,6 @@ def _report_table(report: dict) -> Table:
 def _run_fleet(call, home: Optional[Path], as_json: bool) -> None:
     """Run a fleet-shaped flow (``return_state=True``), print its report, exit 1 when it failed."""
     from flows.fleet import REPORT
-    from peftops.cli import console, err_console
     from peftops.config import state_home
 
     state = call()
@@ -62,6 +62,8 @@ def _run_fleet(call, home: Optional[Path], as_json: bool) -> None:
         raise typer.Exit(1)
 
 
+@app.command("fleet")
+@user_errors
 def fleet(task: list[str] = typer.Option([], "--task", "-t", help="task to run, repeatable (default: all)"),
           method: list[str] = MethodsOpt, params: Optional[Path] = ParamsOpt, home: Optional[Path] = HomeOpt,
           max_concurrency: int = ConcurrencyOpt, as_json: bool = JsonOpt) -> None:
@@ -73,6 +75,8 @@ def fleet(task: list[str] = typer.Option([], "--task", "-t", help="task to run, 
                                   return_state=True), home, as_json)
 
 
+@app.command("retrain")
+@user_errors
 def retrain(since: str = typer.Option(..., "--since", help="git revision to compare the working tree with"),
             repo: Path = typer.Option(Path("."), "--repo", help="the git repository"),
             method: list[str] = MethodsOpt, params: Optional[Path] = ParamsOpt, home: Optional[Path] = HomeOpt,
@@ -90,6 +94,8 @@ def retrain(since: str = typer.Option(..., "--since", help="git revision to comp
                                     dry_run=dry_run, return_state=True), home, as_json)
 
 
+@app.command("serve")
+@user_errors
 def serve(file: Path = typer.Option(Path("prefect.yaml"), "--file", "-f", help="the deployments file"),
           name: list[str] = typer.Option([], "--name", "-n", help="deployment to serve, repeatable (default: all)"),
           limit: int = typer.Option(1, "--limit", min=1, help="flow runs at the same time")) -> None:
@@ -103,26 +109,24 @@ def serve(file: Path = typer.Option(Path("prefect.yaml"), "--file", "-f", help="
         raise PeftopsError(str(err)) from None
 
 
+@app.command("export-loss")
+@user_errors
 def export_loss(task: str = typer.Option(..., "--task", "-t"), method: str = typer.Option("lora", "--method", "-m"),
                 home: Optional[Path] = HomeOpt, out: Path = typer.Option(..., "--out", help="CSV file to write")) -> None:
     """Write a run's per-step loss as CSV (for `dvc plots`)."""
-    from peftops.dvcmeta import write_loss_plot
-    from peftops.pipeline import Layout
+    from peftops.data.dvc import write_loss_plot
+    from peftops.stages import Layout
 
     write_loss_plot(Layout.of(home).run(task, method), out)
 
 
+@app.command("export-metrics")
+@user_errors
 def export_metrics(task: str = typer.Option(..., "--task", "-t"), method: str = typer.Option("lora", "--method", "-m"),
                    home: Optional[Path] = HomeOpt, out: Path = typer.Option(..., "--out", help="JSON file to write")
                    ) -> None:
     """Write a run's dev metrics and training cost as JSON (for `dvc metrics show`)."""
-    from peftops.dvcmeta import write_metrics
-    from peftops.pipeline import Layout
+    from peftops.data.dvc import write_metrics
+    from peftops.stages import Layout
 
     write_metrics(Layout.of(home).run(task, method), out)
-
-
-def register(app: typer.Typer, user_errors) -> None:
-    """Add the orchestration commands to the main CLI app, each wrapped in its ``user_errors``."""
-    for fn in (fleet, retrain, serve, export_loss, export_metrics):
-        app.command(name=fn.__name__.replace("_", "-"))(user_errors(fn))

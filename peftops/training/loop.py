@@ -3,7 +3,7 @@
     for each optimizer step:
         take grad_accum length-bucketed micro-batches (each split into forwards of <= max_batch_tokens)
         logits at the supervised (label) positions only -> summed cross-entropy / label tokens
-        (on CPU with a frozen head: head + loss fused, see peftops.kernels)
+        (on CPU with a frozen head: head + loss fused, see peftops.training.kernels)
         backward (optionally recomputing activations); stop on NaN/Inf; clip; AdamW step;
         warmup + linear/cosine decay
         every checkpoint_every steps: trainable weights, optimizer, scheduler, RNG, data position
@@ -27,13 +27,13 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from peftops.batching import (IGNORE, build_batch, hf_model, length_bucketed_batches, split_by_tokens,
+from peftops.training.batching import (IGNORE, build_batch, hf_model, length_bucketed_batches, split_by_tokens,
                               supervised_loss)
 from peftops.config import TrainConfig
-from peftops.data import PreparedSplit
+from peftops.data.prepared import PreparedSplit
 from peftops.errors import TrainingError
 from peftops.fsutil import atomic_dir
-from peftops.memory import PeakMemory, set_mmap_threshold, trim_heap
+from peftops.training.memory import PeakMemory, set_mmap_threshold, trim_heap
 
 
 @dataclass

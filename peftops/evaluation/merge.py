@@ -20,10 +20,10 @@ from typing import Any
 
 import torch
 
-from peftops.base import BaseSnapshot, load_model, load_tokenizer, write_snapshot
-from peftops.batching import build_batch, forward_logits
+from peftops.model.snapshot import BaseSnapshot, load_model, load_tokenizer, write_snapshot
+from peftops.training.batching import build_batch, forward_logits
 from peftops.config import MergeConfig
-from peftops.data import PreparedSplit
+from peftops.data.prepared import PreparedSplit
 from peftops.errors import ParityError, PeftopsError
 from peftops.fsutil import write_json_atomic
 from peftops.methods import get_method, read_method_file

@@ -19,9 +19,6 @@ from typing import Any
 
 from peftops.config import state_home
 
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-
-
 def default_tracking_uri(home: str | Path | None = None) -> str:
     """$MLFLOW_TRACKING_URI, else a SQLite file in the state directory."""
     env = os.environ.get("MLFLOW_TRACKING_URI")

@@ -80,7 +80,7 @@ def publish_gated(params: PipelineParams, home: str | Path | None = None, method
     baseline's runs; ``min_pct`` and ``alias`` to ``params.gate``. Returns the registry
     version (with its aliases as they are after the decision) and the decision.
     """
-    from peftops.pipeline import Layout, registry_locations, stage_publish
+    from peftops.stages import Layout, registry_locations, stage_publish
 
     gate = params.gate
     min_pct = gate.min_pct_of_full if min_pct is None else min_pct

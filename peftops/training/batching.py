@@ -94,7 +94,7 @@ def supervised_loss(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
 
     On CPU with a frozen head, the model is run with its LM head bypassed (it returns the hidden
     states at the kept positions) and the head and the loss are computed together by
-    ``peftops.kernels.head_cross_entropy``, which reads the 262k x 640 head weight once instead
+    ``peftops.training.kernels.head_cross_entropy``, which reads the 262k x 640 head weight once instead
     of twice per step and never forms the logits. Otherwise: logits, then ``F.cross_entropy``.
     """
     inner = _frozen_plain_head(model)
@@ -102,7 +102,7 @@ def supervised_loss(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
         logits = forward_logits(model, batch)
         return torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), batch.targets.flatten(),
                                                  ignore_index=IGNORE, reduction="sum")
-    from peftops.kernels import head_cross_entropy
+    from peftops.training.kernels import head_cross_entropy
 
     head = inner.lm_head
     inner.lm_head = torch.nn.Identity()  # the model now returns hidden states as "logits"

@@ -7,7 +7,7 @@ log-likelihood over every token of every text is computed for the base and for e
 model. The delta (after - before, in nats per token) sits beside the task score: above zero,
 the adaptation made the model worse at general text.
 
-The loss runs through the same left-padded batches as training (``peftops.batching``), so a
+The loss runs through the same left-padded batches as training (``peftops.training.batching``), so a
 method that prepends virtual tokens (prompt or prefix tuning) is measured on the real tokens.
 """
 
@@ -24,7 +24,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from peftops.batching import IGNORE, build_batch, forward_logits
+from peftops.training.batching import IGNORE, build_batch, forward_logits
 from peftops.config import default_data_root
 from peftops.digest import canonical_json, text_sha256
 from peftops.errors import ConfigError, DataError

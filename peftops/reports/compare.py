@@ -8,7 +8,7 @@ the dev split, and measures what it costs and what it breaks:
 * trainable parameters (count and % of the base), peak training memory, train time, bytes
   of the saved adapter;
 * inference latency per example at batch 1 and 16 (median of several batches);
-* forgetting: the change of the loss on held-out general text (``peftops.forgetting``).
+* forgetting: the change of the loss on held-out general text (``peftops.evaluation.forgetting``).
 
 It writes ``<out>/<task>/comparison.{md,csv,json}`` and PNG charts, and logs one MLflow
 parent run with a child run per method, the charts as artifacts. With ``reuse`` a method
@@ -27,18 +27,18 @@ from typing import Any
 
 import torch
 
-from peftops.base import load_tokenizer
-from peftops.charts import comparison_charts
-from peftops.config import PipelineParams, to_dict
-from peftops.data import PreparedSplit, load_prepared
+from peftops.model.snapshot import load_tokenizer
+from peftops.reports.charts import comparison_charts
+from peftops.config import PipelineParams, for_task, to_dict
+from peftops.data.prepared import PreparedSplit, load_prepared
 from peftops.digest import canonical_json, text_sha256
 from peftops.errors import ConfigError, PeftopsError
-from peftops.evaluate import evaluate, latency_per_example
-from peftops.forgetting import ForgettingConfig, GeneralTextSet, build_general_set, general_nll
+from peftops.evaluation.evaluate import evaluate, latency_per_example
+from peftops.evaluation.forgetting import ForgettingConfig, GeneralTextSet, build_general_set, general_nll
 from peftops.fsutil import write_json_atomic, write_text_atomic
-from peftops.memory import release_memory
+from peftops.training.memory import release_memory
 from peftops.methods import get_method, make_config
-from peftops.report import CompareRow, compare_csv, compare_markdown
+from peftops.reports.tables import CompareRow, compare_csv, compare_markdown
 
 DEFAULT_METHODS = ("lora", "adapter", "bitfit", "prompt", "prefix", "full")
 RECORD = "compare.json"
@@ -101,11 +101,6 @@ def parse_methods(text: str) -> tuple[str, ...]:
     return tuple(m.strip() for m in text.split(",") if m.strip())
 
 
-def for_task(params: PipelineParams, task: str) -> PipelineParams:
-    """``params`` with ``data.task`` set to ``task`` (everything else, the budget included, kept)."""
-    return dataclasses.replace(params, data=dataclasses.replace(params.data, task=task))
-
-
 def _key(obj: Any) -> str:
     return text_sha256(canonical_json(obj))
 
@@ -142,8 +137,8 @@ def _load_record(path: Path, key: str | None) -> dict[str, Any] | None:
 def run_compare(params: PipelineParams, cfg: CompareConfig, home: str | Path | None = None,
                 progress: bool = True) -> CompareResult:
     """Train, evaluate and measure every method of ``cfg`` on ``cfg.task``; write and log the table."""
-    from peftops import pipeline as P
-    from peftops.tracking import Tracker
+    from peftops import stages as P
+    from peftops.pipeline.tracking import Tracker
 
     t_start = time.perf_counter()
     if cfg.threads:

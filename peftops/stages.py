@@ -16,17 +16,17 @@ from typing import Any
 
 import torch
 
-from peftops.base import (BaseSnapshot, import_base, load_model, load_tokenizer, open_snapshot, pad_token_id,
+from peftops.model.snapshot import (BaseSnapshot, import_base, load_model, load_tokenizer, open_snapshot, pad_token_id,
                           snapshot_dir)
 from peftops.config import PipelineParams, state_home, to_dict
-from peftops.data import PreparedData, load_prepared, prepare
-from peftops.dvcmeta import dvc_lineage
+from peftops.data.prepared import PreparedData, load_prepared, prepare
+from peftops.data.dvc import dvc_lineage
 from peftops.errors import PeftopsError
-from peftops.evaluate import EvalResult, evaluate
+from peftops.evaluation.evaluate import EvalResult, evaluate
 from peftops.fsutil import write_json_atomic
-from peftops.merge import ParityCertificate, merge_adapter
+from peftops.evaluation.merge import ParityCertificate, merge_adapter
 from peftops.methods import get_method, make_config
-from peftops.train import TrainResult, count_params, train
+from peftops.training.loop import TrainResult, count_params, train
 
 
 def pick_device() -> torch.device:

@@ -14,9 +14,9 @@ from typing import Any
 
 import torch
 
-from peftops.batching import IGNORE, build_batch, forward_logits
-from peftops.data import PreparedSplit
-from peftops.metrics import compute
+from peftops.training.batching import IGNORE, build_batch, forward_logits
+from peftops.data.prepared import PreparedSplit
+from peftops.evaluation.metrics import compute
 
 
 @dataclass

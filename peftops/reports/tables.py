@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from peftops.evaluate import EvalResult
-from peftops.train import TrainResult
+from peftops.evaluation.evaluate import EvalResult
+from peftops.training.loop import TrainResult
 
 
 @dataclass

@@ -7,7 +7,7 @@ A task is affected when
 * its manifest entry was added or changed;
 * a section of ``params.yaml`` that shapes training changed (``base``, ``data`` other than the
   default ``task``, ``train``, ``merge``, ``methods``): every task;
-* a ``peftops`` module that shapes outputs changed (``peftops.caching.affects_outputs``): every task.
+* a ``peftops`` module that shapes outputs changed (``peftops.pipeline.caching.affects_outputs``): every task.
 
 :func:`affected_tasks` is the pure rule; :func:`affected_since` feeds it from git.
 """
@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from peftops.caching import affects_outputs
+from peftops.pipeline.caching import affects_outputs
 from peftops.errors import PeftopsError
 
 PARAM_SECTIONS = ("base", "data", "train", "merge", "methods")
@@ -127,9 +127,9 @@ def _yaml(path: str | Path | None) -> Any:
 def affected_since(since: str, repo: str | Path = ".", *, params_file: str | Path | None = None,
                    manifest: str | Path | None = None, data_dir: str | Path | None = None) -> dict[str, list[str]]:
     """:func:`affected_tasks` for the changes between ``since`` and the working tree of ``repo``."""
-    from peftops.caching import PACKAGE_DIR
+    from peftops.pipeline.caching import PACKAGE_DIR
     from peftops.config import default_data_root
-    from peftops.data import EMBEDDED_MANIFEST
+    from peftops.data.manifest import EMBEDDED_MANIFEST
 
     repo = Path(_git(Path(repo), "rev-parse", "--show-toplevel").strip())
     manifest = manifest or EMBEDDED_MANIFEST

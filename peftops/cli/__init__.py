@@ -1,0 +1,1 @@
+"""The ``peftops`` command line: the front end above the flows (``main`` is the entry point)."""

@@ -1,0 +1,1 @@
+"""Task data: the manifest, strict reading of raw files, prepared (tokenized) splits."""

@@ -1,0 +1,1 @@
+"""The pinned base model: its safetensors snapshot, digest and loading."""

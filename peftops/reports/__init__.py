@@ -1,0 +1,1 @@
+"""Reports over finished runs: the method comparison, tables, charts, the parameter table."""
