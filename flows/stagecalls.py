@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from peftops.stages import caching
+from peftops.pipeline import caching
 from peftops.config import PipelineParams
 from peftops.stages import Layout
 from tasks import base_task, evaluate_task, merge_task, prepare_task, train_task

@@ -19,8 +19,8 @@ import threading
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from peftops.stages import caching
 from peftops import stages as pipeline
+from peftops.pipeline import caching
 
 
 _MODEL_STAGE = threading.Lock()

@@ -51,7 +51,7 @@ def fleet_env(tmp_path_factory):
 def test_stage_keys_follow_exactly_their_inputs(fleet_env, tmp_path):
     import dataclasses
 
-    from peftops.stages import caching
+    from peftops.pipeline import caching
 
     home, root, params = fleet_env
     data = caching.data_digest(params, "alpha")
@@ -77,7 +77,7 @@ def test_stage_keys_follow_exactly_their_inputs(fleet_env, tmp_path):
 def test_a_cache_record_is_trusted_only_while_its_outputs_are_untouched(tmp_path):
     import os
 
-    from peftops.stages import caching
+    from peftops.pipeline import caching
 
     (tmp_path / "adapter").mkdir()
     (tmp_path / "adapter" / "w.safetensors").write_bytes(b"w")
