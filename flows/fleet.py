@@ -30,7 +30,7 @@ from typing import Any
 from prefect import flow
 from prefect.runtime import flow_run
 
-from flows.demo import run_and_track
+from flows.pipeline import PipelineOptions, run_pipeline
 from peftops.config import PipelineParams, for_task, load_params, state_home
 from peftops.fsutil import write_json_atomic
 from peftops.pipeline.tracking import Tracker
@@ -57,7 +57,8 @@ def adapter_pipeline(task: str | None = None, methods: list[str] | tuple[str, ..
     """One task (default: ``params.data.task``), one or more methods: prepare, train, evaluate,
     merge (LoRA), publish, tracked in MLflow; unchanged stages are cache hits."""
     p = for_task(params or load_params(params_file), task)
-    return run_and_track(p, home, tuple(methods), progress, source="pipeline", cache=cache)
+    return run_pipeline(p, home, PipelineOptions(methods=tuple(methods), source="pipeline", progress=progress,
+                                                 refresh=not cache))
 
 
 def _outcome(state, seconds: float) -> dict[str, Any]:
@@ -147,4 +148,7 @@ def retrain(since: str, repo: str = ".", methods: list[str] | tuple[str, ...] = 
 if __name__ == "__main__":
     import json
 
+    from peftops.pipeline.env import apply_defaults
+
+    apply_defaults()
     print(json.dumps(fleet(), indent=2, default=str))

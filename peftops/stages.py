@@ -12,7 +12,7 @@ import os
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -26,7 +26,11 @@ from peftops.evaluation.evaluate import EvalResult, evaluate
 from peftops.fsutil import write_json_atomic
 from peftops.evaluation.merge import ParityCertificate, merge_adapter
 from peftops.methods import get_method, make_config
+from peftops.training.memory import release_memory
 from peftops.training.loop import TrainResult, count_params, train
+
+if TYPE_CHECKING:
+    from peftops.evaluation.measure import MeasureConfig
 
 
 def pick_device() -> torch.device:
@@ -211,3 +215,30 @@ def registry_locations(home: str | Path | None = None) -> dict[str, str]:
         "db_url": os.environ.get("PEFTOPS_REGISTRY_DB") or f"sqlite:///{root / 'registry.db'}",
         "blob_uri": os.environ.get("PEFTOPS_REGISTRY_BLOBS") or (root / "blobs").as_uri(),
     }
+
+
+def stage_measure(params: PipelineParams, method_name: str | None, cfg: "MeasureConfig",
+                  home: str | Path | None = None) -> dict[str, Any]:
+    """Latency per example and the loss on general text of the base (``method_name=None``) or a
+    trained adapter; writes ``measure.json`` beside the run's other outputs."""
+    from peftops.evaluation.forgetting import build_general_set
+    from peftops.evaluation.measure import measure_model
+
+    layout = Layout.of(home)
+    snap = _snapshot(params, home)
+    tokenizer = load_tokenizer(snap)
+    dev = load_prepared(layout.data(params.data.task) / "dev.json")
+    texts = build_general_set(tokenizer, cfg.forgetting, params.data.data_root)
+    device = pick_device()
+    name = method_name or "base"
+    adapter_dir = layout.run(params.data.task, method_name) / "adapter" if method_name else None
+    model = load_adapted(snap, method_name, adapter_dir, device)
+    rec = measure_model(model, dev, texts, pad_id=tokenizer.pad_token_id, cfg=cfg, device=device)
+    del model
+    release_memory()
+    rec.update({"dev_digest": dev.digest, "base_digest": snap.digest, "device": device.type,
+                "torch_threads": torch.get_num_threads(),
+                "general_set": {"digest": texts.digest, "texts": len(texts), "tokens": texts.n_tokens,
+                                "source": Path(texts.source).name}})
+    write_json_atomic(layout.run(params.data.task, name) / "measure.json", rec)
+    return rec

@@ -23,6 +23,7 @@ from peftops import stages as pipeline
 from peftops.pipeline import caching
 
 
+# Process-wide: the model-loading stages of every flow in this process take turns (see above).
 _MODEL_STAGE = threading.Lock()
 
 
@@ -75,6 +76,15 @@ def merge_task(params, home=None, method_name: str = "lora", export_dir=None, ca
     with _MODEL_STAGE:
         out = pipeline.stage_merge(params, home, method_name, export_dir)
     _record(params, home, "merge", method_name, cache_key)
+    return out
+
+
+@task(name="measure", task_run_name="measure-{label}", cache_key_fn=_input_key)
+def measure_task(params, method_name, cfg, home=None, label: str = "base", cache_key: str | None = None):
+    """Latency per example and the loss on general text (forgetting) of the base or an adapter."""
+    with _MODEL_STAGE:
+        out = pipeline.stage_measure(params, method_name, cfg, home)
+    _record(params, home, "measure", method_name, cache_key)
     return out
 
 

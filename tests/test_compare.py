@@ -7,7 +7,8 @@ import random
 import pytest
 from mlflow.tracking import MlflowClient
 
-from peftops.reports.compare import CompareConfig, parse_methods, run_compare
+from flows.compare import run_compare
+from peftops.reports.compare import CompareConfig, parse_methods
 from peftops.errors import ConfigError
 from peftops.evaluation.forgetting import ForgettingConfig
 from tiny import FILL, NEG, POS
@@ -34,7 +35,7 @@ def compare_cfg(tmp_path):
                          experiment="compare-test", command="peftops compare --task sst2 --methods lora,full")
 
 
-def test_compare_writes_one_table_with_every_field_and_logs_mlflow(tiny_home, tiny_params, compare_cfg, tmp_path):
+def test_compare_writes_one_table_with_every_field_and_logs_mlflow(prefect_harness, tiny_home, tiny_params, compare_cfg, tmp_path):
     home, _ = tiny_home
     result = run_compare(tiny_params, compare_cfg, home, progress=False)
 
@@ -116,7 +117,7 @@ def test_compare_cli_rejects_an_unknown_method_in_one_line(tmp_path):
     assert r.exit_code == 1 and "unknown method 'nope'" in r.output and "Traceback" not in r.output
 
 
-def test_compare_runs_every_registered_method(tiny_params, compare_cfg, tmp_path):
+def test_compare_runs_every_registered_method(prefect_harness, tiny_params, compare_cfg, tmp_path):
     import dataclasses
 
     import torch
@@ -150,7 +151,7 @@ def test_compare_runs_every_registered_method(tiny_params, compare_cfg, tmp_path
 
 
 def test_summary_across_tasks_averages_where_a_percentage_exists():
-    from peftops.reports.compare import summary_markdown
+    from peftops.reports.comparison_files import summary_markdown
     from peftops.reports.tables import CompareRow
 
     def row(task, method, score, pct, metric="accuracy"):

@@ -22,11 +22,14 @@ def compare(task: str = typer.Option(..., "--task", "-t", help="a task of the ma
                                         help="comma-separated, or 'all'; FFT ('full') is the baseline"),
             params: Optional[Path] = ParamsOpt, home: Optional[Path] = HomeOpt,
             out: Path = typer.Option(Path("reports"), "--out", help="tables and charts go to OUT/<task>/"),
-            reuse: bool = typer.Option(False, help="skip methods whose inputs are unchanged since the last run"),
+            reuse: bool = typer.Option(False, help="take cache hits: stages whose inputs are unchanged since any "
+                                                   "earlier run (compare, demo, fleet) are not run again"),
             threads: Optional[int] = typer.Option(None, help="torch threads (on a shared CPU, 1 is often fastest)"),
             as_json: bool = typer.Option(False, "--json")) -> None:
     """Train every method at the same budget, evaluate against FFT, measure cost, latency, forgetting."""
-    from peftops.reports.compare import CompareConfig, parse_methods, run_compare
+    from flows.compare import run_compare
+    from peftops.reports.compare import CompareConfig, parse_methods
+    from peftops.reports.comparison_files import write_summary
     from peftops.reports.tables import compare_rich_table
 
     p = load_cli_params(params)
@@ -40,8 +43,6 @@ def compare(task: str = typer.Option(..., "--task", "-t", help="a task of the ma
         if not as_json:
             console.print(compare_rich_table(r.rows, title=f"{t} ({r.seconds:.0f} s)"))
             console.print(f"written: {', '.join(str(f) for f in r.files.values())}")
-    from peftops.reports.compare import write_summary
-
     summary = write_summary(out)
     if as_json:
         emit([{"task": r.task, "rows": [x.to_dict() for x in r.rows], "files": {k: str(v) for k, v in r.files.items()},

@@ -40,13 +40,14 @@ PACKAGE_DIR = Path(__file__).resolve().parent.parent
 # data/, methods/, training/, evaluation/ and the stage functions in stages.py) does.
 NON_SHAPING_DIRS = frozenset({"cli", "reports", "pipeline"})
 LIBRARIES = ("torch", "transformers", "peft", "safetensors")
-STAGES = ("prepare", "train", "evaluate", "merge")
+STAGES = ("prepare", "train", "evaluate", "merge", "measure")
 # What each stage leaves in its directory (data/<task>/ for prepare, runs/<task>/<method>/ otherwise).
 STAGE_OUTPUTS = {
     "prepare": ("train.json", "dev.json", "prepared.json"),
     "train": ("adapter", "train.json"),
     "evaluate": ("eval.json",),
     "merge": ("merge.json",),
+    "measure": ("measure.json",),
 }
 KEYS_FILE = "stage-keys.json"
 
@@ -63,6 +64,8 @@ def code_files(package_dir: Path = PACKAGE_DIR) -> list[Path]:
     return sorted(p for p in package_dir.rglob("*.py") if affects_outputs(str(p.relative_to(package_dir))))
 
 
+# Process-wide cache: the package's files are hashed once per process (a process that edits
+# them, such as a test, calls ``code_version.__wrapped__``).
 @functools.lru_cache(maxsize=4)
 def code_version(package_dir: Path = PACKAGE_DIR) -> str:
     """sha256 over the output-shaping source files and the numeric libraries' versions."""
@@ -107,27 +110,41 @@ def data_digest(params: PipelineParams, task: str) -> str:
     return combine(named)
 
 
+def method_settings(params: PipelineParams, method: str) -> dict[str, Any]:
+    """The method's validated settings with every default filled in: a key does not change when
+    params spell a default out (or leave it out)."""
+    from peftops.methods import make_config
+
+    return make_config(method, params.methods.get(method)).to_dict()
+
+
 def stage_key(stage: str, params: PipelineParams, task: str, method: str | None, data_digest: str,
-              base_digest: str, code: str | None = None) -> str:
+              base_digest: str, code: str | None = None, measure: dict[str, Any] | None = None) -> str:
     """The cache key of one stage of one (task, method); ``method`` None is the base model.
 
     prepare <- code, base, data; train <- prepare + train config + the method's settings;
-    evaluate <- train (or prepare for the base model) + eval batch size; merge <- train + merge config.
+    evaluate <- train (or prepare for the base model) + eval batch size; merge <- train + merge config;
+    measure <- train (or prepare) + ``measure`` (the measurement settings, the general text's digest,
+    the device and thread count the latencies depend on).
     """
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
     parts: dict[str, Any] = {"stage": stage, "task": task, "code": code or code_version(),
                              "base": base_digest, "data": data_digest}
-    if stage in ("train", "merge") or (stage == "evaluate" and method is not None):
+    if stage in ("train", "merge") or (stage in ("evaluate", "measure") and method is not None):
         if method is None:
             raise ValueError(f"stage {stage!r} needs a method")
         parts["method"] = method
-        parts["method_config"] = params.methods.get(method, {})
+        parts["method_config"] = method_settings(params, method)
         parts["train"] = to_dict(params.train)
     if stage == "evaluate":
         parts["eval_batch_size"] = params.train.eval_batch_size
     if stage == "merge":
         parts["merge"] = to_dict(params.merge)
+    if stage == "measure":
+        if measure is None:
+            raise ValueError("stage 'measure' needs its measurement settings")
+        parts["measure"] = measure
     return text_sha256(canonical_json(parts))
 
 

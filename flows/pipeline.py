@@ -1,0 +1,185 @@
+"""One task's pipeline, the only one: the demo, ``compare``, every fleet task and ``retrain`` run
+this function inside their flows, so they share its stages' cache keys (``flows.stagecalls``):
+a fleet run after a comparison of the same task, methods and parameters trains nothing.
+
+pin base -> prepare -> evaluate the base -> per method: train, evaluate, [merge + parity
+certificate], [measure latency and forgetting] -> [publish one method through the quality gate],
+tracked in MLflow (experiment ``peftops-<task>`` unless told otherwise: a parent run, a child run
+per method). What a caller adds on top (a comparison's tables and charts) goes in ``finish``,
+which runs inside the parent run.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from prefect.runtime import flow_run
+
+from flows.stagecalls import StageCalls
+from peftops.config import PipelineParams, to_dict
+from peftops.evaluation.measure import MeasureConfig
+from peftops.pipeline.caching import method_settings
+from peftops.pipeline.tracking import Tracker
+from peftops.reports.tables import build_rows, markdown
+from peftops.stages import Layout
+from tasks import publish_task
+
+
+@dataclass(frozen=True)
+class PipelineOptions:
+    """What one task's pipeline runs, and how it is tracked."""
+
+    methods: tuple[str, ...] = ("lora",)
+    source: str = "pipeline"  # names the parent run ``<source>-<task>`` and tags the published version
+    experiment: str | None = None  # default ``peftops-<task>``
+    merge: tuple[str, ...] = ("lora",)  # methods merged into the base and certified
+    publish: str | None = "lora"  # the method published through the quality gate (None: nothing)
+    measure: MeasureConfig | None = None  # latency and forgetting per model (comparisons)
+    threads: int = 0  # torch threads the latencies are taken with (recorded in the measure key)
+    refresh: bool = False  # recompute every stage, cache hits or not
+    progress: bool = False
+    parent_params: dict[str, Any] = field(default_factory=dict)  # replaces the parent run's params
+    parent_tags: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class PipelineOutputs:
+    """Every stage's result of one run of the pipeline, for ``finish`` and the summary."""
+
+    params: PipelineParams
+    snapshot: Any
+    prepared: Any
+    evals: dict[str, Any] = field(default_factory=dict)  # "base" and each method -> EvalResult
+    trains: dict[str, Any] = field(default_factory=dict)  # method -> TrainResult
+    measures: dict[str, dict[str, Any]] = field(default_factory=dict)  # "base" and each method
+    merges: dict[str, Any] = field(default_factory=dict)  # method -> ParityCertificate
+    tracker: Tracker | None = None
+    parent_run_id: str = ""
+    child_run_ids: dict[str, str] = field(default_factory=dict)
+
+
+class _Timer:
+    """Seconds per stage, summed over methods."""
+
+    def __init__(self) -> None:
+        self.stages: dict[str, float] = {}
+
+    def __call__(self, name: str):
+        timer = self
+
+        class _Ctx:
+            def __enter__(self):
+                self.t0 = time.perf_counter()
+
+            def __exit__(self, *exc):
+                timer.stages[name] = timer.stages.get(name, 0.0) + time.perf_counter() - self.t0
+
+        return _Ctx()
+
+
+def run_pipeline(params: PipelineParams, home: str | None, opts: PipelineOptions,
+                 finish: Callable[[PipelineOutputs], None] | None = None) -> dict[str, Any]:
+    """Run one task's pipeline inside the calling flow and return its summary
+    (``summary["cached"]`` says which stages were cache hits)."""
+    task = params.data.task
+    timer = _Timer()
+    stages = StageCalls(params, home, refresh=opts.refresh)
+    with timer("pin base"):
+        snap = stages.base()
+    with timer("prepare"):
+        prep = stages.prepare()
+    out = PipelineOutputs(params=params, snapshot=snap, prepared=prep)
+    tracker = out.tracker = Tracker(experiment=opts.experiment or f"peftops-{task}", home=home)
+    layout = Layout.of(home)
+    flow_run_id = str(flow_run.id or "")
+    with tracker.run(f"{opts.source}-{task}", params=opts.parent_params or to_dict(params),
+                     tags={"prefect.flow_run_id": flow_run_id, "base_digest": snap.digest,
+                           "data_digest": prep.digest, "task": task, **opts.parent_tags}) as parent:
+        out.parent_run_id = parent
+        with timer("evaluate"):
+            out.evals["base"] = stages.evaluate(None)
+        if opts.measure is not None:
+            with timer("measure"):
+                out.measures["base"] = stages.measure(None, opts.measure, opts.threads)
+        for name in opts.methods:
+            with tracker.run(name, parent_id=parent,
+                             params={"method": name, **method_settings(params, name), "train": to_dict(params.train)},
+                             tags={"task": task, "method": name, "prefect.flow_run_id": flow_run_id}) as child:
+                out.child_run_ids[name] = child
+                _one_method(stages, out, name, child, opts, timer, layout)
+        rows = build_rows(out.evals, out.trains,
+                          base_params=next(iter(out.trains.values())).base_params if out.trains else 0)
+        by_name = {r.method: r for r in rows}
+        for name, child in out.child_run_ids.items():
+            if by_name[name].pct_of_full is not None:
+                tracker.log_metrics(child, {"pct_of_full": by_name[name].pct_of_full})
+        published = gate = None
+        if opts.publish and opts.publish in out.trains:
+            with timer("publish"):
+                published, gate = _publish(params, home, out, opts, by_name[opts.publish].pct_of_full)
+        summary = {
+            "task": task, "base_digest": snap.digest, "data_digest": prep.digest,
+            "train_examples": prep.train_size, "dev_examples": prep.dev_size,
+            "rows": [r.to_dict() for r in rows], "stage_seconds": timer.stages,
+            "merge_parity": out.merges["lora"].to_dict() if "lora" in out.merges else None,
+            "cached": stages.hits,
+            "registry": None if published is None else {
+                "task": published.task, "version": published.version, "adapter_id": published.adapter_id,
+                "aliases": list(published.aliases)},
+            "gate": None if gate is None else gate.to_dict(),
+            "mlflow": {"tracking_uri": tracker.tracking_uri, "experiment": tracker.experiment,
+                       "parent_run_id": parent, "ui": tracker.ui_command()},
+        }
+        tracker.log_text(parent, markdown(rows), "comparison.md")
+        tracker.log_json(parent, summary, f"{opts.source}-summary.json")
+        tracker.log_metrics(parent, {f"stage_seconds.{k.replace(' ', '_')}": v for k, v in timer.stages.items()})
+        if finish is not None:  # last, so that what it logs wins over the generic table
+            finish(out)
+    return summary
+
+
+def _one_method(stages: StageCalls, out: PipelineOutputs, name: str, child: str, opts: PipelineOptions,
+                timer: _Timer, layout: Layout) -> None:
+    """Train, evaluate, and (as asked) merge and measure one method, logging to its child run."""
+    tracker = out.tracker
+    with timer("train"):
+        tr = out.trains[name] = stages.train(name, opts.progress)
+    tracker.set_tags(child, {"peftops.train_cached": str(stages.hits[f"train.{name}"]).lower()})
+    tracker.log_history(child, tr.history)
+    with timer("evaluate"):
+        ev = out.evals[name] = stages.evaluate(name)
+    tracker.log_metrics(child, {f"dev_{k}": v for k, v in ev.metrics.items()} | {
+        "trainable_params": tr.trainable_params, "trainable_pct": tr.trainable_pct,
+        "peak_memory_mb": tr.peak_memory_mb, "train_time_s": tr.train_time_s,
+        "examples_per_s": tr.examples_per_s, "adapter_bytes": tr.adapter_bytes})
+    tracker.log_artifact(child, layout.run(out.params.data.task, name) / "train.json")
+    if name in opts.merge:
+        with timer("merge"):
+            cert = out.merges[name] = stages.merge(name)
+        tracker.log_metrics(child, {"merge_max_abs_dlogit": cert.max_abs_dlogit, "merge_mean_kl": cert.mean_kl})
+        tracker.log_json(child, cert.to_dict(), "merge-parity.json")
+    if opts.measure is not None:
+        with timer("measure"):
+            out.measures[name] = stages.measure(name, opts.measure, opts.threads)
+
+
+def _publish(params: PipelineParams, home: str | None, out: PipelineOutputs, opts: PipelineOptions,
+             pct_of_full: float | None):
+    """Publish ``opts.publish`` through the quality gate; both runs name the version they produced."""
+    name = opts.publish
+    ev = out.evals[name]
+    metrics = {f"dev_{k}": v for k, v in ev.metrics.items()}
+    if pct_of_full is not None:
+        metrics["pct_of_full"] = pct_of_full
+    full = out.evals.get(params.gate.baseline)
+    child = out.child_run_ids[name]
+    published, gate = publish_task(params, home, name, score=ev.score, full_score=full.score if full else None,
+                                   metric=ev.metric, metrics=metrics,
+                                   lineage={"mlflow_run_id": child, "prefect_flow_run_id": str(flow_run.id or "")},
+                                   tags={"source": opts.source}, tracker=out.tracker, run_id=child)
+    for run_id in (out.parent_run_id, child):
+        out.tracker.set_tags(run_id, {"registry.task": published.task, "registry.version": str(published.version),
+                                      "registry.adapter_id": published.adapter_id})
+    return published, gate
