@@ -47,3 +47,13 @@ def test_stage_errors_are_actionable(tiny_home, tmp_path, args):
     home, root = tiny_home
     r = run_cli(*args, "--home", str(home), cwd=tmp_path, env_extra={"PEFTOPS_DATA_ROOT": str(root)})
     assert r.returncode == 1 and "Traceback" not in r.stderr and "error:" in r.stderr
+
+
+@pytest.mark.parametrize("name", ["[/]", "[bold]x", ":x:"])
+def test_user_text_prints_literally(tiny_home, tmp_path, name):
+    """A task name that looks like markup or an emoji code reaches the terminal as typed."""
+    home, root = tiny_home
+    r = run_cli("prepare", "--task", name, "--home", str(home), cwd=tmp_path,
+                env_extra={"PEFTOPS_DATA_ROOT": str(root)})
+    assert r.returncode == 1 and "Traceback" not in r.stderr and "MarkupError" not in r.stderr
+    assert f"unknown task '{name}'" in " ".join(r.stderr.split())

@@ -10,17 +10,24 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from peftops.errors import PeftopsError
 
-# Wide enough for the comparison table when output goes to a log rather than a terminal.
-console = Console(width=None if sys.stdout.isatty() else 140)
-err_console = Console(stderr=True)
+# Wide enough for the comparison table when output goes to a log rather than a terminal. User text
+# (task names, labels, aliases, error messages quoting them) prints literally: no markup, no emoji.
+console = Console(width=None if sys.stdout.isatty() else 140, markup=False, emoji=False, highlight=False)
+err_console = Console(stderr=True, markup=False, emoji=False, highlight=False)
 
 ParamsOpt = typer.Option(None, "--params", "-p", help="params.yaml (default: embedded defaults)")
 HomeOpt = typer.Option(None, "--home", help="state directory (default: $PEFTOPS_HOME or ./.peftops)")
 TaskOpt = typer.Option(None, "--task", "-t", help="a task of the manifest (default: params' data.task)")
 JsonOpt = typer.Option(False, "--json", help="print the result as JSON")
+
+
+def print_error(message: object) -> None:
+    """One line on stderr: a bold red ``error:`` and the message, printed literally."""
+    err_console.print(Text.assemble(("error:", "bold red"), " ", str(message)), soft_wrap=True)
 
 
 def user_errors(fn):
@@ -31,11 +38,11 @@ def user_errors(fn):
         try:
             return fn(*args, **kwargs)
         except PeftopsError as err:
-            err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+            print_error(err)
             raise typer.Exit(1) from None
         except Exception as err:  # registry errors are user errors too
             if type(err).__module__.startswith("registry") and err.__class__.__name__.endswith("Error"):
-                err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+                print_error(err)
                 raise typer.Exit(1) from None
             raise
 

@@ -14,7 +14,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from peftops.cli.common import HomeOpt, JsonOpt, ParamsOpt, console, err_console, user_errors
+from peftops.cli.common import HomeOpt, JsonOpt, ParamsOpt, console, print_error, user_errors
 
 app = typer.Typer()
 
@@ -54,11 +54,11 @@ def _run_fleet(call, home: Optional[Path], as_json: bool) -> None:
             if not report["affected"]:
                 console.print(f"nothing to retrain: no task is affected by the changes since {report['since']}")
             for t, why in report["affected"].items():
-                console.print(f"[bold]{t}[/]: " + "; ".join(why), highlight=False)
+                console.print(f"{t}: " + "; ".join(why))
         if report["tasks"]:
             console.print(_report_table(report))
     if not state.is_completed():
-        err_console.print(f"[bold red]error:[/] {state.message}", highlight=False, soft_wrap=True)
+        print_error(state.message)
         raise typer.Exit(1)
 
 

@@ -73,12 +73,14 @@ def params_table(home: Optional[Path] = HomeOpt, as_json: bool = typer.Option(Fa
 
 @app.command()
 @user_errors
-def demo(params: Optional[Path] = ParamsOpt, home: Optional[Path] = HomeOpt) -> None:
+def demo(params: Optional[Path] = ParamsOpt, home: Optional[Path] = HomeOpt,
+         fresh: bool = typer.Option(False, "--fresh", help="run every stage again, even where its inputs are "
+                                                            "unchanged since an earlier run (a cache hit)")) -> None:
     """The main job: pin base, prepare SST-2, train LoRA and FFT, evaluate, merge, publish."""
     from flows.demo import demo_flow
     from peftops.reports.tables import Row, rich_table
 
-    summary = demo_flow(params_file=str(params) if params else None, home=str(home) if home else None)
+    summary = demo_flow(params_file=str(params) if params else None, home=str(home) if home else None, fresh=fresh)
     rows = [Row(**r) for r in summary["rows"]]
     console.print(rich_table(rows, title=f"{summary['task']}: {summary['train_examples']} train / "
                                          f"{summary['dev_examples']} dev examples"))

@@ -24,7 +24,7 @@ def base_import(params: Optional[Path] = ParamsOpt, home: Optional[Path] = HomeO
     from peftops.stages import stage_base
 
     snap = stage_base(load_cli_params(params), home, force=force)
-    console.print(f"base [bold]{snap.name}[/] at {snap.path}\ndigest {snap.digest}")
+    console.print(f"base {snap.name} at {snap.path}\ndigest {snap.digest}")
 
 
 @base_app.command("verify")
@@ -115,7 +115,7 @@ def publish(method: str = typer.Option("lora", "--method", "-m"), params: Option
         from peftops.pipeline.gate import publish_gated
 
         v, decision = publish_gated(p, home, method, min_pct=min_pct)
-        (err_console if as_json else console).print(f"gate: {decision.reason}", highlight=False)
+        (err_console if as_json else console).print(f"gate: {decision.reason}")
         if alias:
             from registry import Registry
 
