@@ -29,7 +29,7 @@ from .errors import (BasePinMismatch, Conflict, InvalidAdapter, InvalidArgument,
 from .lint import LintReport, lint_adapter
 from .query import (GET_BY_ALIAS, GET_BY_VERSION, GET_LATEST, build_search, decode_token,
                     encode_token, sort_key)
-from .rawsql import RawTx
+from .rawsql import Prepared, RawTx
 from .shapes import module_shapes_from_state_dict, read_safetensors_header
 from .types import AdapterVersion, BaseModel, ExportedAdapter, Page, TaskInfo
 
@@ -44,14 +44,15 @@ _PUBLISH_RETRIES = 8
 _EXISTING = select(db.versions.c.version).where(
     db.versions.c.task_id == db.tasks.c.id,
     db.versions.c.adapter_id == bindparam("aid")).scalar_subquery()
-_TASK_FOR_UPDATE = select(db.tasks.c.id, db.tasks.c.base_digest, db.tasks.c.latest_version,
-                          _EXISTING.label("existing")
-                          ).where(db.tasks.c.name == bindparam("name")).with_for_update()
-_INSERT_VERSION = insert(db.versions).returning(db.versions.c.id)
-_INSERT_TASK = {"sqlite": sqlite_insert(db.tasks).on_conflict_do_nothing(index_elements=["name"]),
-                "postgresql": pg_insert(db.tasks).on_conflict_do_nothing(index_elements=["name"])}
-_LOCK_SHARED = select(db.lock.c.id).where(db.lock.c.id == 1).with_for_update(read=True)
-_LOCK_EXCLUSIVE = select(db.lock.c.id).where(db.lock.c.id == 1).with_for_update()
+_TASK_FOR_UPDATE = Prepared(select(
+    db.tasks.c.id, db.tasks.c.base_digest, db.tasks.c.latest_version,
+    _EXISTING.label("existing")).where(db.tasks.c.name == bindparam("name")).with_for_update())
+_INSERT_VERSION = Prepared(insert(db.versions).returning(db.versions.c.id))
+_INSERT_TASK = {
+    "sqlite": Prepared(sqlite_insert(db.tasks).on_conflict_do_nothing(index_elements=["name"])),
+    "postgresql": Prepared(pg_insert(db.tasks).on_conflict_do_nothing(index_elements=["name"]))}
+_LOCK_SHARED = Prepared(select(db.lock.c.id).where(db.lock.c.id == 1).with_for_update(read=True))
+_LOCK_EXCLUSIVE = Prepared(select(db.lock.c.id).where(db.lock.c.id == 1).with_for_update())
 _T = db.tasks
 _TASK_COLS = (_T.c.id, _T.c.name, _T.c.base_digest, _T.c.latest_version, _T.c.n_versions,
               _T.c.created_at, _T.c.updated_at)
@@ -64,19 +65,29 @@ _TASK_ALIASES = select(db.aliases.c.task_id, db.aliases.c.alias, db.versions.c.v
     db.versions, db.versions.c.id == db.aliases.c.version_id).join(
     _T, _T.c.id == db.aliases.c.task_id).where(
     _T.c.name >= bindparam("lo"), _T.c.name <= bindparam("hi"))
-_INSERT_TAG = insert(db.tags)
-_INSERT_METRIC = insert(db.metrics)
+_INSERT_TAG = Prepared(insert(db.tags))
+_INSERT_METRIC = Prepared(insert(db.metrics))
 _A = db.aliases
-_ALIAS_HOLDER = select(_A.c.version_id).where(_A.c.task_id == bindparam("tid"),
-                                              _A.c.alias == bindparam("alias"))
-_ALIAS_DELETE = delete(_A).where(_A.c.task_id == bindparam("tid"), _A.c.alias == bindparam("alias"))
-_ALIAS_INSERT = insert(_A)
-_VERSION_ALIASES = select(db.versions.c.aliases).where(db.versions.c.id == bindparam("vid"))
-_SET_VERSION_ALIASES = update(db.versions).where(db.versions.c.id == bindparam("vid")).values(
-    aliases=bindparam("b_aliases"))
-_BUMP_TASK = update(db.tasks).where(db.tasks.c.id == bindparam("b_tid")).values(
+_ALIAS_HOLDER = Prepared(select(_A.c.version_id).where(_A.c.task_id == bindparam("tid"),
+                                                       _A.c.alias == bindparam("alias")))
+_ALIAS_DELETE = Prepared(delete(_A).where(_A.c.task_id == bindparam("tid"),
+                                          _A.c.alias == bindparam("alias")))
+_ALIAS_INSERT = Prepared(insert(_A))
+_VERSION_ALIASES = Prepared(select(db.versions.c.aliases).where(
+    db.versions.c.id == bindparam("vid")))
+_SET_VERSION_ALIASES = Prepared(update(db.versions).where(
+    db.versions.c.id == bindparam("vid")).values(aliases=bindparam("b_aliases")))
+_BUMP_TASK = Prepared(update(db.tasks).where(db.tasks.c.id == bindparam("b_tid")).values(
     latest_version=bindparam("b_version"), n_versions=db.tasks.c.n_versions + 1,
-    updated_at=bindparam("b_now"))
+    updated_at=bindparam("b_now")))
+# Tags of a version, set inside the publish transaction (re-publishing identical content).
+_TAG_DELETE = Prepared(delete(db.tags).where(db.tags.c.version_id == bindparam("vid"),
+                                             db.tags.c.key == bindparam("key")))
+_VERSION_TAGS = Prepared(select(db.versions.c.tags).where(db.versions.c.id == bindparam("vid")))
+_SET_VERSION_TAGS = Prepared(update(db.versions).where(
+    db.versions.c.id == bindparam("vid")).values(tags=bindparam("b_tags")))
+_VERSION_ID = Prepared(select(db.versions.c.id, db.versions.c.status).where(
+    db.versions.c.task_id == bindparam("tid"), db.versions.c.version == bindparam("ver")))
 
 
 @dataclass(frozen=True)
@@ -266,7 +277,8 @@ class Registry:
 
         Blobs are uploaded and verified first, then the version is recorded in one
         transaction. Identical content (same adapter id) already in the task returns the
-        existing version unchanged. Refused with BasePinMismatch if the task or the
+        existing version, its metrics and lineage unchanged; the tags and aliases given are
+        set on it in the same transaction. Refused with BasePinMismatch if the task or the
         lineage names another base, and with LintError if the adapter does not fit the
         base (or, with strict_lint, if vLLM would not serve it).
         """
@@ -391,6 +403,7 @@ class Registry:
                 f"task {task!r} is pinned to base {pinned}; this adapter targets "
                 f"{row['base_digest']}. Publish it under a task for that base")
         if existing is not None:
+            self._update_existing(tx, task_id, existing, p)
             return existing, False
         # gc may have removed a blob between upload and this transaction (it holds the
         # exclusive lock while deleting); put it back now, under our shared lock.
@@ -409,6 +422,27 @@ class Registry:
         for a in p.aliases:
             self._move_alias(tx, task_id, a, vid)
         return version, True
+
+    def _update_existing(self, tx: RawTx, task_id: int, version: int, p: _Prepared) -> None:
+        """Identical content re-published: set the request's tags and aliases on the version
+        that holds it, in the publish transaction (its metrics and lineage stay as first
+        recorded)."""
+        if not p.tags and not p.aliases:
+            return
+        vid, status = tx.first(_VERSION_ID, {"tid": task_id, "ver": version})
+        if p.tags:
+            for k, v in p.tags.items():
+                tx.run(_TAG_DELETE, {"vid": vid, "key": k})
+            tx.many(_INSERT_TAG, [{"version_id": vid, "key": k, "value": v}
+                                  for k, v in p.tags.items()])
+            cur = _loads(tx.scalar(_VERSION_TAGS, {"vid": vid}))
+            cur.update(p.tags)
+            tx.run(_SET_VERSION_TAGS, {"vid": vid, "b_tags": _dumps(cur)})
+        if p.aliases and status != "active":
+            raise Conflict(f"{p.task} v{version} already holds this content and is {status}; "
+                           f"reactivate it before pointing {list(p.aliases)} at it")
+        for a in p.aliases:
+            self._move_alias(tx, task_id, a, vid)
 
     # ------------------------------------------------------------------ reads
     def get(self, task: str, version: int | None = None,
