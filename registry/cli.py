@@ -256,14 +256,38 @@ def delete(task: str, version: int,
 
 
 @registry_app.command()
-def gc(db: DbOpt = None, blobs: BlobsOpt = None, as_json: JsonOpt = False) -> None:
-    """Delete blobs that no version references."""
+def gc(temp_grace: Annotated[float, typer.Option(
+           help="Also remove temporary files older than this many seconds")] = 3600.0,
+       db: DbOpt = None, blobs: BlobsOpt = None, as_json: JsonOpt = False) -> None:
+    """Delete blobs that no version references, and stale temporary files."""
     with _open(db, blobs) as reg:
-        n = reg.gc()
+        n = reg.gc(temp_grace_s=temp_grace)
     if as_json:
         _print_json({"removed": n})
     else:
-        _out.print(f"removed {n} unreferenced blob(s)")
+        _out.print(f"removed {n} unreferenced blob(s) and stale temporary file(s)")
+
+
+@registry_app.command()
+def verify(quick: Annotated[bool, typer.Option(
+               help="Check that blobs exist without reading their bytes")] = False,
+           db: DbOpt = None, blobs: BlobsOpt = None, as_json: JsonOpt = False) -> None:
+    """Check every version's blobs (present, sha256 intact), unreferenced blobs and
+    leftover temporary files; exit 1 when something is wrong."""
+    with _open(db, blobs) as reg:
+        report = reg.verify(check_bytes=not quick)
+    bad = any(report.values())
+    if as_json:
+        _print_json({"ok": not bad, **report})
+    else:
+        for kind, items in report.items():
+            for item in items:
+                _out.print(Text.assemble((f"{kind}:", "red"), f" {item}"))
+        _out.print("registry verified: all blobs present and intact" if not bad else
+                   "problems found: `gc` removes unreferenced blobs and stale temporary "
+                   "files; re-publishing an adapter restores its missing or corrupt blobs")
+    if bad:
+        raise typer.Exit(1)
 
 
 def _parse_item(reg: Registry, item: str) -> AdapterVersion:
