@@ -37,8 +37,9 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         (404, "not found"), (409, "conflicts with what is stored"),
         (413, "request body too large"), (422, "invalid request"),
         (429, "too many failed authentications"), (503, "a storage backend is unavailable")]}
-# An absolute path (optionally a file:// URI) in a message: shown as its last component.
-_PATH = re.compile(r"(?<![\w:/.])(?:file://)?(?:/[\w.@+-]+)+/?")
+# An absolute path (or a file:// or sqlite:/// URL of one) in a message: shown as its last
+# component. Network URLs (s3://bucket/..., http://host/...) are left as they are.
+_PATH = re.compile(r"(?<![\w:/.])(?:[A-Za-z][\w+.-]*:/{2,3})?(?:/[\w.@+-]+)+/?")
 
 
 def scrub(text: str) -> str:
