@@ -63,8 +63,9 @@ def _install_handlers(app: FastAPI) -> None:
     def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
         problems = [f"{'.'.join(str(x) for x in e.get('loc', ()))}: {e.get('msg', '')}"
                     for e in exc.errors()]
-        return _error(422, "InvalidArgument", "; ".join(problems) or "invalid request",
-                      problems=problems)
+        names_only = all(e.get("type") == "string_pattern_mismatch" for e in exc.errors())
+        return _error(422, "InvalidName" if names_only else "InvalidArgument",
+                      "; ".join(problems) or "invalid request", problems=problems)
 
     @app.exception_handler(StarletteHTTPException)
     def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:

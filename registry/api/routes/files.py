@@ -13,7 +13,7 @@ from ... import names
 from ...errors import NotFound
 from ..deps import READ, Reg
 from ..schemas import ExportIn
-from .tasks import Version
+from .tasks import Task, Version
 
 router = APIRouter(tags=["files"], dependencies=READ)
 
@@ -27,7 +27,7 @@ def _streamed(path: Path, tmp: Path, media_type: str, **headers: str) -> FileRes
 @router.get("/tasks/{task}/versions/{version}/files/{filename}",
             response_class=FileResponse,
             responses={200: {"content": {"application/octet-stream": {}}}})
-def get_file(task: str, version: Version, filename: str, registry: Reg) -> FileResponse:
+def get_file(task: Task, version: Version, filename: str, registry: Reg) -> FileResponse:
     """One file of a version, its sha256 verified before a byte is sent."""
     v = registry.get(task, version)
     if filename not in v.files:

@@ -12,7 +12,7 @@ from ... import names
 from ...filters import json_field, parse_metric, parse_tag
 from ..deps import READ, WRITE, Reg
 from ..schemas import TagIn, VersionOut, VersionPage, version_out
-from .tasks import Limit, Version, version_page
+from .tasks import Limit, Task, Version, version_page
 
 router = APIRouter(tags=["versions"])
 ONE = "/tasks/{task}/versions/{version}"
@@ -35,7 +35,7 @@ def search(registry: Reg, task: str | None = None, base_digest: str | None = Non
 
 
 @router.post("/tasks/{task}/versions", dependencies=WRITE, status_code=201)
-def publish(task: str, response: Response, registry: Reg,
+def publish(task: Task, response: Response, registry: Reg,
             files: Annotated[list[UploadFile], File(description="the adapter folder")],
             base_digest: Annotated[str, Form()], method: Annotated[str, Form()],
             metrics: Annotated[str, Form(description="JSON object")] = "{}",
@@ -65,28 +65,28 @@ def publish(task: str, response: Response, registry: Reg,
 
 
 @router.put(ONE + "/tags/{key:path}", dependencies=WRITE)
-def set_tag(task: str, version: Version, key: str, body: TagIn, registry: Reg) -> VersionOut:
+def set_tag(task: Task, version: Version, key: str, body: TagIn, registry: Reg) -> VersionOut:
     registry.set_tag(task, version, key, body.value)
     return version_out(registry.get(task, version))
 
 
 @router.delete(ONE + "/tags/{key:path}", dependencies=WRITE, status_code=204)
-def delete_tag(task: str, version: Version, key: str, registry: Reg) -> None:
+def delete_tag(task: Task, version: Version, key: str, registry: Reg) -> None:
     registry.delete_tag(task, version, key)
 
 
 @router.post(ONE + "/deprecate", dependencies=WRITE)
-def deprecate(task: str, version: Version, registry: Reg) -> VersionOut:
+def deprecate(task: Task, version: Version, registry: Reg) -> VersionOut:
     registry.deprecate(task, version)
     return version_out(registry.get(task, version))
 
 
 @router.post(ONE + "/reactivate", dependencies=WRITE)
-def reactivate(task: str, version: Version, registry: Reg) -> VersionOut:
+def reactivate(task: Task, version: Version, registry: Reg) -> VersionOut:
     registry.reactivate(task, version)
     return version_out(registry.get(task, version))
 
 
 @router.delete(ONE, dependencies=WRITE, status_code=204)
-def delete_version(task: str, version: Version, registry: Reg, force: bool = False) -> None:
+def delete_version(task: Task, version: Version, registry: Reg, force: bool = False) -> None:
     registry.delete(task, version, force=force)
