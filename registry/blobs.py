@@ -152,7 +152,8 @@ class FileBlobStore(BlobStore):
     def intact(self, sha256: str) -> bool:
         return self._intact(self._file(sha256), sha256)
 
-    def list_temp(self) -> Iterator[tuple[str, float]]:
+    def _entries(self) -> Iterator[tuple[str, str, float]]:
+        """(folder, file name, mtime) of every file under sha256/<2 hex>/."""
         base = self.root / "sha256"
         if not base.is_dir():
             return
@@ -160,11 +161,15 @@ class FileBlobStore(BlobStore):
             if not sub.is_dir():
                 continue
             for f in sub.iterdir():
-                if f.name.startswith(TEMP_PREFIX) and f.name.endswith(TEMP_SUFFIX):
-                    try:
-                        yield f"{sub.name}/{f.name}", f.stat().st_mtime
-                    except FileNotFoundError:
-                        continue
+                try:
+                    yield sub.name, f.name, f.stat().st_mtime
+                except FileNotFoundError:
+                    continue
+
+    def list_temp(self) -> Iterator[tuple[str, float]]:
+        for sub, name, mtime in self._entries():
+            if name.startswith(TEMP_PREFIX) and name.endswith(TEMP_SUFFIX):
+                yield f"{sub}/{name}", mtime
 
     def delete_temp(self, name: str) -> None:
         sub, _, fname = name.partition("/")
@@ -214,18 +219,9 @@ class FileBlobStore(BlobStore):
             pass
 
     def list(self) -> Iterator[tuple[str, float]]:
-        base = self.root / "sha256"
-        if not base.is_dir():
-            return
-        for sub in base.iterdir():
-            if not sub.is_dir():
-                continue
-            for f in sub.iterdir():
-                if len(f.name) == 64 and set(f.name) <= _HEX:
-                    try:
-                        yield f.name, f.stat().st_mtime
-                    except FileNotFoundError:
-                        continue
+        for _sub, name, mtime in self._entries():
+            if len(name) == 64 and set(name) <= _HEX:
+                yield name, mtime
 
 
 _S3_ANSWERS = frozenset({"404", "NoSuchKey", "NotFound", "BadDigest", "InvalidDigest"})
