@@ -360,6 +360,9 @@ def serve(host: str = "127.0.0.1", port: int = 8080,
           max_body_mb: Annotated[float, typer.Option(
               envvar="PEFTOPS_REGISTRY_MAX_BODY_MB", help="Largest request body (413 above)")
           ] = 64.0,
+          auth_failures_per_minute: Annotated[int, typer.Option(
+              envvar="PEFTOPS_REGISTRY_AUTH_FAILURES_PER_MINUTE",
+              help="Failed authentications allowed per client and minute (429 beyond)")] = 30,
           db: DbOpt = None, blobs: BlobsOpt = None) -> None:
     """Serve the HTTP API (OpenAPI at /docs). Without a write token it is read-only."""
     import uvicorn
@@ -372,6 +375,7 @@ def serve(host: str = "127.0.0.1", port: int = 8080,
         if not write:
             _err.print("no write token (PEFTOPS_REGISTRY_TOKEN or --write-token-file): "
                        "serving read-only")
-        uvicorn.run(create_app(reg, write, read, max_body_bytes=int(max_body_mb * 2**20)),
+        uvicorn.run(create_app(reg, write, read, max_body_bytes=int(max_body_mb * 2**20),
+                               auth_failures_per_minute=auth_failures_per_minute),
                     host=host, port=port,
                     log_level=os.environ.get("PEFTOPS_LOG_LEVEL", "info").lower())
