@@ -22,9 +22,8 @@ import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-os.environ.setdefault("DO_NOT_TRACK", "1")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Set by main() before MLflow is imported (never at import: publish_ab imports this module).
+QUIET_ENV = {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1"}
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -306,6 +305,8 @@ def bench_mlflow(work: Path, n_models: int, per_model: int,
 
 # ----------------------------------------------------------------------------- main
 def main() -> None:
+    for k, v in QUIET_ENV.items():
+        os.environ.setdefault(k, v)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tasks", type=int, default=10_000, help="tasks in the large registry")
     ap.add_argument("--per-task", type=int, default=10)

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from . import names
-from .errors import InvalidAdapter, InvalidName
+from .errors import InvalidAdapter, InvalidArgument, InvalidName
+from .jsonlimits import MAX_CONFIG_BYTES, loads_bounded
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -96,9 +97,14 @@ def scan_adapter(path: Path) -> AdapterFolder:
             raise InvalidAdapter(
                 f"{path} has no {required}; save the adapter with PEFT's save_pretrained "
                 "(safetensors serialization)")
+    if files[CONFIG_FILE]["size"] > MAX_CONFIG_BYTES:
+        raise InvalidAdapter(f"{path / CONFIG_FILE} is {files[CONFIG_FILE]['size']:,} bytes; "
+                             f"the limit is {MAX_CONFIG_BYTES:,}")
     try:
         raw = data[CONFIG_FILE] if CONFIG_FILE in data else (path / CONFIG_FILE).read_bytes()
-        config = json.loads(raw.decode("utf-8"))
+        config = loads_bounded(raw.decode("utf-8"), CONFIG_FILE, max_bytes=MAX_CONFIG_BYTES)
+    except InvalidArgument as e:
+        raise InvalidAdapter(f"{path}: {e}") from None
     except (OSError, ValueError) as e:
         raise InvalidAdapter(f"{path / CONFIG_FILE} is not valid JSON: {e}") from e
     if not isinstance(config, dict):

@@ -12,15 +12,16 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
-import itertools
+import contextlib
 import os
+import secrets
 import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from .errors import CorruptBlob, InvalidArgument, NotFound
+from .errors import CorruptBlob, InvalidArgument, NotFound, StorageUnavailable
 
 _CHUNK = 1 << 20
 _HEX = frozenset("0123456789abcdef")
@@ -66,6 +67,18 @@ class BlobStore(ABC):
     def list(self) -> Iterator[tuple[str, float]]:
         """Yield (sha256, last-modified epoch seconds) of every stored blob."""
 
+    @abstractmethod
+    def intact(self, sha256: str) -> bool:
+        """Whether the blob is stored and its bytes hash to sha256 (reads every byte)."""
+
+    def list_temp(self) -> Iterator[tuple[str, float]]:
+        """Yield (name, last-modified epoch seconds) of leftover temporary files (a writer
+        killed mid-write leaves them); stores that write atomically have none."""
+        return iter(())
+
+    def delete_temp(self, name: str) -> None:
+        """Remove a leftover temporary file named by list_temp."""
+
 
 def _copy_hashing(read, out) -> tuple[str, int]:
     h = hashlib.sha256()
@@ -77,18 +90,18 @@ def _copy_hashing(read, out) -> tuple[str, int]:
     return h.hexdigest(), n
 
 
-_TMP_SEQ = itertools.count()
+TEMP_PREFIX, TEMP_SUFFIX = ".tmp-", ".part"
 
 
 def _open_temp(dest: str) -> tuple[int, str]:
     """Create a unique temp file beside dest (exclusive create), making the folder if needed.
 
-    A per-process counter names it, not mkstemp's random retries, and the folder is only
-    created when the open says it is missing: on the publish hot path the folder almost
-    always exists, so that costs one open() instead of a stat, a mkdir and an open.
+    Named by the PID and 64 random bits (a PID alone is reused after a crash), and the folder
+    is only created when the open says it is missing: on the publish hot path the folder
+    almost always exists, so that costs one open() instead of a stat, a mkdir and an open.
     """
     folder = os.path.dirname(dest)
-    tmp = os.path.join(folder, f".tmp-{os.getpid()}-{next(_TMP_SEQ)}.part")
+    tmp = os.path.join(folder, f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(8)}{TEMP_SUFFIX}")
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
     try:
         return os.open(tmp, flags, 0o644), tmp
@@ -136,6 +149,36 @@ class FileBlobStore(BlobStore):
         # A str, not a Path: pathlib's parsing is a visible share of a small publish.
         return os.path.join(self._root, blob_key(sha256))
 
+    def intact(self, sha256: str) -> bool:
+        return self._intact(self._file(sha256), sha256)
+
+    def _entries(self) -> Iterator[tuple[str, str, float]]:
+        """(folder, file name, mtime) of every file under sha256/<2 hex>/."""
+        base = self.root / "sha256"
+        if not base.is_dir():
+            return
+        for sub in base.iterdir():
+            if not sub.is_dir():
+                continue
+            for f in sub.iterdir():
+                try:
+                    yield sub.name, f.name, f.stat().st_mtime
+                except FileNotFoundError:
+                    continue
+
+    def list_temp(self) -> Iterator[tuple[str, float]]:
+        for sub, name, mtime in self._entries():
+            if name.startswith(TEMP_PREFIX) and name.endswith(TEMP_SUFFIX):
+                yield f"{sub}/{name}", mtime
+
+    def delete_temp(self, name: str) -> None:
+        sub, _, fname = name.partition("/")
+        if not (fname.startswith(TEMP_PREFIX) and fname.endswith(TEMP_SUFFIX)) or \
+                "/" in fname or len(sub) != 2 or not set(sub) <= _HEX:
+            raise InvalidArgument(f"{name!r} is not a temporary file of this store")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(self._root, "sha256", sub, fname))
+
     def _intact(self, p: str, sha256: str) -> bool:
         try:
             with open(p, "rb") as f:
@@ -176,38 +219,73 @@ class FileBlobStore(BlobStore):
             pass
 
     def list(self) -> Iterator[tuple[str, float]]:
-        base = self.root / "sha256"
-        if not base.is_dir():
-            return
-        for sub in base.iterdir():
-            if not sub.is_dir():
-                continue
-            for f in sub.iterdir():
-                if len(f.name) == 64 and set(f.name) <= _HEX:
-                    try:
-                        yield f.name, f.stat().st_mtime
-                    except FileNotFoundError:
-                        continue
+        for _sub, name, mtime in self._entries():
+            if len(name) == 64 and set(name) <= _HEX:
+                yield name, mtime
+
+
+_S3_ANSWERS = frozenset({"404", "NoSuchKey", "NotFound", "BadDigest", "InvalidDigest"})
+
+
+def _s3_timeouts() -> dict[str, float]:
+    """Connect and read timeouts in seconds: PEFTOPS_S3_CONNECT_TIMEOUT (default 5) and
+    PEFTOPS_S3_READ_TIMEOUT (default 30), read when a store is opened."""
+    out = {}
+    for key, env, default in (("connect", "PEFTOPS_S3_CONNECT_TIMEOUT", 5.0),
+                              ("read", "PEFTOPS_S3_READ_TIMEOUT", 30.0)):
+        raw = os.environ.get(env)
+        try:
+            out[key] = float(raw) if raw else default
+        except ValueError:
+            raise InvalidArgument(f"{env}={raw!r} must be a number of seconds") from None
+    return out
 
 
 class S3BlobStore(BlobStore):
     """Blobs in an S3 bucket (s3://bucket/prefix) through boto3.
 
     The endpoint comes from the argument, else PEFTOPS_S3_ENDPOINT_URL, else AWS_ENDPOINT_URL
-    (boto3 reads that one itself), so S3-compatible servers work.
+    (boto3 reads that one itself), so S3-compatible servers work. Every call has connect
+    and read timeouts and a bounded number of retries; an endpoint that is down or does not
+    answer raises StorageUnavailable naming it.
     """
 
     def __init__(self, bucket: str, prefix: str = "", *, endpoint_url: str | None = None,
-                 client=None):
+                 client=None, connect_timeout: float | None = None,
+                 read_timeout: float | None = None, max_attempts: int = 3):
         import boto3  # imported here: file-only users never pay for it
+        from botocore.config import Config
 
         if len(bucket) < 3:
             raise InvalidArgument(f"S3 bucket name {bucket!r} is too short (3+ characters)")
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         endpoint_url = endpoint_url or os.environ.get("PEFTOPS_S3_ENDPOINT_URL") or None
-        self.client = client or boto3.client("s3", endpoint_url=endpoint_url)
+        t = _s3_timeouts()
+        config = Config(connect_timeout=connect_timeout or t["connect"],
+                        read_timeout=read_timeout or t["read"],
+                        retries={"max_attempts": max_attempts, "mode": "standard"})
+        self.client = client or boto3.client("s3", endpoint_url=endpoint_url, config=config)
+        self.endpoint = endpoint_url or getattr(getattr(self.client, "meta", None),
+                                                "endpoint_url", "S3")
         self.uri = f"s3://{bucket}/{self.prefix}".rstrip("/")
+
+    @contextlib.contextmanager
+    def _calls(self, what: str):
+        """Network failures as StorageUnavailable (one line, the endpoint named)."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            yield
+        except ClientError as e:
+            code = str(e.response.get("Error", {}).get("Code", ""))
+            if code in _S3_ANSWERS or "checksum" in str(e).lower():
+                raise  # an answer the caller handles (missing object, bad digest)
+            raise StorageUnavailable(f"S3 endpoint {self.endpoint} ({self.uri}) refused to "
+                                     f"{what}: {code or e}") from None
+        except BotoCoreError as e:
+            raise StorageUnavailable(f"S3 endpoint {self.endpoint} ({self.uri}) failed to "
+                                     f"{what}: {e}") from None
 
     def key(self, sha256: str) -> str:
         k = blob_key(sha256)
@@ -217,8 +295,9 @@ class S3BlobStore(BlobStore):
         from botocore.exceptions import ClientError
 
         try:
-            return self.client.head_object(Bucket=self.bucket, Key=self.key(sha256),
-                                           ChecksumMode="ENABLED")
+            with self._calls("answer a HEAD"):
+                return self.client.head_object(Bucket=self.bucket, Key=self.key(sha256),
+                                               ChecksumMode="ENABLED")
         except ClientError as e:
             if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
                 return None
@@ -228,14 +307,32 @@ class S3BlobStore(BlobStore):
     def _b64(sha256: str) -> str:
         return base64.b64encode(bytes.fromhex(sha256)).decode()
 
+    def _head_ok(self, head: dict | None, sha256: str, size: int) -> bool:
+        """An object of the right size whose checksum the server computed and matches; one
+        without a server checksum is hashed in full (an unverified object is not intact)."""
+        if head is None or head.get("ContentLength") != size:
+            return False
+        if "ChecksumSHA256" in head:
+            return head["ChecksumSHA256"] == self._b64(sha256)
+        return self.intact(sha256)
+
+    def intact(self, sha256: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        h = hashlib.sha256()
+        try:
+            with self._calls("send an object"):
+                body = self.client.get_object(Bucket=self.bucket, Key=self.key(sha256))["Body"]
+                while chunk := body.read(_CHUNK):
+                    h.update(chunk)
+        except ClientError:
+            return False
+        return h.hexdigest() == sha256
+
     def put(self, src: Path, sha256: str, data: bytes | None = None) -> bool:
         src = Path(src)
         size = len(data) if data is not None else src.stat().st_size
-        head = self._head(sha256)
-        # An object of the right size and checksum (where the server keeps one) is taken as
-        # intact; fetch verifies every byte anyway.
-        if head is not None and head.get("ContentLength") == size and \
-                head.get("ChecksumSHA256", self._b64(sha256)) == self._b64(sha256):
+        if self._head_ok(self._head(sha256), sha256, size):
             return False
         from botocore.exceptions import ClientError
 
@@ -249,16 +346,15 @@ class S3BlobStore(BlobStore):
             spool.seek(0)
             try:
                 # Servers that check SHA-256 checksums also refuse a body damaged in transit.
-                self.client.put_object(Bucket=self.bucket, Key=self.key(sha256), Body=spool,
-                                       ChecksumSHA256=self._b64(sha256),
-                                       Metadata={"sha256": sha256})
+                with self._calls("store an object"):
+                    self.client.put_object(Bucket=self.bucket, Key=self.key(sha256),
+                                           Body=spool, ChecksumSHA256=self._b64(sha256),
+                                           Metadata={"sha256": sha256})
             except ClientError as e:
                 if "BadDigest" in str(e) or "checksum" in str(e).lower():
                     raise CorruptBlob(f"upload of {src} did not verify: {e}") from e
                 raise
-        head = self._head(sha256)
-        if head is None or head.get("ContentLength") != size or \
-                head.get("ChecksumSHA256", self._b64(sha256)) != self._b64(sha256):
+        if not self._head_ok(self._head(sha256), sha256, size):
             raise CorruptBlob(f"S3 object for {sha256} did not verify after upload")
         return True
 
@@ -269,26 +365,30 @@ class S3BlobStore(BlobStore):
         from botocore.exceptions import ClientError
 
         try:
-            obj = self.client.get_object(Bucket=self.bucket, Key=self.key(sha256))
+            with self._calls("send an object"):
+                obj = self.client.get_object(Bucket=self.bucket, Key=self.key(sha256))
+                _write_verified(os.fspath(dest), obj["Body"].read, sha256,
+                                f"S3 object {self.key(sha256)} is corrupt (run publish again "
+                                "to repair it)", False)
         except ClientError as e:
             if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey"):
                 raise NotFound(f"blob {sha256} is missing from {self.uri}") from None
             raise
-        body = obj["Body"]
-        _write_verified(os.fspath(dest), body.read, sha256,
-                        f"S3 object {self.key(sha256)} is corrupt", False)
 
     def delete(self, sha256: str) -> None:
-        self.client.delete_object(Bucket=self.bucket, Key=self.key(sha256))
+        with self._calls("delete an object"):
+            self.client.delete_object(Bucket=self.bucket, Key=self.key(sha256))
 
     def list(self) -> Iterator[tuple[str, float]]:
-        pages = self.client.get_paginator("list_objects_v2").paginate(
-            Bucket=self.bucket, Prefix=(self.prefix + "/" if self.prefix else "") + "sha256/")
-        for page in pages:
-            for obj in page.get("Contents", []):
-                name = obj["Key"].rsplit("/", 1)[-1]
-                if len(name) == 64 and set(name) <= _HEX:
-                    yield name, obj["LastModified"].timestamp()
+        with self._calls("list objects"):
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket,
+                Prefix=(self.prefix + "/" if self.prefix else "") + "sha256/")
+            for page in pages:
+                for obj in page.get("Contents", []):
+                    name = obj["Key"].rsplit("/", 1)[-1]
+                    if len(name) == 64 and set(name) <= _HEX:
+                        yield name, obj["LastModified"].timestamp()
 
 
 def _file_store(parsed, **kw) -> BlobStore:
@@ -302,7 +402,8 @@ def _s3_store(parsed, **kw) -> BlobStore:
 
 
 # Scheme -> factory, in the manner of an artifact-repository registry: new backends plug in
-# here without touching the registry itself.
+# here without touching the registry itself. Process-wide: an entry added is seen by every
+# registry opened afterwards in this process.
 BLOB_STORES = {"file": _file_store, "s3": _s3_store}
 
 

@@ -16,6 +16,7 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from .errors import InvalidArgument, RegistryError
 from .store import Registry
@@ -23,8 +24,9 @@ from .types import AdapterVersion, Page
 
 registry_app = typer.Typer(help="Adapter registry: publish, find, promote, export adapters.",
                            no_args_is_help=True)
-_out = Console()
-_err = Console(stderr=True)
+# User text (names, tags, lineage) is printed literally: no markup, emoji or highlighting.
+_out = Console(markup=False, emoji=False, highlight=False)
+_err = Console(stderr=True, markup=False, emoji=False, highlight=False)
 
 DbOpt = Annotated[Optional[str], typer.Option(
     "--db", envvar="PEFTOPS_REGISTRY_DB", help="SQLAlchemy URL (sqlite:///... or postgresql://...)")]
@@ -40,7 +42,7 @@ def _open(db: str | None, blobs: str | None) -> Iterator[Registry]:
         with Registry.open(db, blobs) as reg:
             yield reg
     except RegistryError as e:
-        _err.print(f"[red]error:[/red] {type(e).__name__}: {e}", markup=True, highlight=False)
+        _err.print(Text.assemble(("error:", "red"), f" {type(e).__name__}: {e}"))
         raise typer.Exit(1) from None
 
 
@@ -60,7 +62,7 @@ def _versions_table(page: Page, title: str) -> None:
     for v in page:
         t.add_row(v.task, str(v.version), v.method, v.status, ",".join(v.aliases),
                   _fmt_metrics(v.metrics), " ".join(f"{k}={x}" for k, x in v.tags.items()),
-                  "yes" if v.vllm_servable else "[yellow]no[/yellow]",
+                  "yes" if v.vllm_servable else Text("no", style="yellow"),
                   v.created_at.strftime("%Y-%m-%d %H:%M"), v.adapter_id[:12])
     _out.print(t)
     if page.next_page_token:
@@ -96,7 +98,7 @@ def list_versions(
     db: DbOpt = None, blobs: BlobsOpt = None, as_json: JsonOpt = False,
 ) -> None:
     """List / search adapter versions (newest first; by the metric with --metric)."""
-    from .api import _parse_metric, _parse_tag
+    from .filters import parse_metric as _parse_metric, parse_tag as _parse_tag
 
     with _open(db, blobs) as reg:
         page = reg.search(task=task, base_digest=base, method=method, alias=alias,
@@ -185,7 +187,7 @@ def publish(task: str, adapter_dir: Path,
             strict: Annotated[bool, typer.Option(help="Refuse what vLLM would not serve")] = False,
             db: DbOpt = None, blobs: BlobsOpt = None, as_json: JsonOpt = False) -> None:
     """Publish an adapter folder as the next version of TASK."""
-    from .api import _json_field
+    from .filters import json_field as _json_field
 
     with _open(db, blobs) as reg:
         try:
@@ -203,7 +205,7 @@ def publish(task: str, adapter_dir: Path,
     _out.print(f"{'published' if created else 'already published as'} {v.name} "
                f"({v.adapter_id[:12]})")
     for w in v.lint:
-        _out.print(f"[yellow]lint:[/yellow] {w}")
+        _out.print(Text.assemble(("lint:", "yellow"), f" {w}"))
 
 
 @registry_app.command()
@@ -254,14 +256,38 @@ def delete(task: str, version: int,
 
 
 @registry_app.command()
-def gc(db: DbOpt = None, blobs: BlobsOpt = None, as_json: JsonOpt = False) -> None:
-    """Delete blobs that no version references."""
+def gc(temp_grace: Annotated[float, typer.Option(
+           help="Also remove temporary files older than this many seconds")] = 3600.0,
+       db: DbOpt = None, blobs: BlobsOpt = None, as_json: JsonOpt = False) -> None:
+    """Delete blobs that no version references, and stale temporary files."""
     with _open(db, blobs) as reg:
-        n = reg.gc()
+        n = reg.gc(temp_grace_s=temp_grace)
     if as_json:
         _print_json({"removed": n})
     else:
-        _out.print(f"removed {n} unreferenced blob(s)")
+        _out.print(f"removed {n} unreferenced blob(s) and stale temporary file(s)")
+
+
+@registry_app.command()
+def verify(quick: Annotated[bool, typer.Option(
+               help="Check that blobs exist without reading their bytes")] = False,
+           db: DbOpt = None, blobs: BlobsOpt = None, as_json: JsonOpt = False) -> None:
+    """Check every version's blobs (present, sha256 intact), unreferenced blobs and
+    leftover temporary files; exit 1 when something is wrong."""
+    with _open(db, blobs) as reg:
+        report = reg.verify(check_bytes=not quick)
+    bad = any(report.values())
+    if as_json:
+        _print_json({"ok": not bad, **report})
+    else:
+        for kind, items in report.items():
+            for item in items:
+                _out.print(Text.assemble((f"{kind}:", "red"), f" {item}"))
+        _out.print("registry verified: all blobs present and intact" if not bad else
+                   "problems found: `gc` removes unreferenced blobs and stale temporary "
+                   "files; re-publishing an adapter restores its missing or corrupt blobs")
+    if bad:
+        raise typer.Exit(1)
 
 
 def _parse_item(reg: Registry, item: str) -> AdapterVersion:
@@ -286,8 +312,8 @@ def export(out_dir: Path,
         _print_json([e.to_dict() for e in exported])
         return
     for e in exported:
-        note = "" if e.vllm_servable else "  [yellow](not vLLM-servable)[/yellow]"
-        _out.print(f"{e.path}{note}")
+        note = "" if e.vllm_servable else ("  (not vLLM-servable)", "yellow")
+        _out.print(Text.assemble(str(e.path), note))
     _out.print("vllm serve BASE --enable-lora --lora-modules " +
                " ".join(e.lora_module for e in exported), soft_wrap=True, highlight=False)
 
@@ -304,12 +330,39 @@ def fetch(task: str, dest: Path,
     _out.print(str(path))
 
 
+def _token(value: str | None, file: Path | None, what: str) -> str | None:
+    """A token given directly (visible in `ps`: prefer the file or the environment) or read
+    from a file (first line, surrounding whitespace dropped)."""
+    if file is None:
+        return value or None
+    try:
+        token = file.read_text().strip()
+    except OSError as e:
+        raise InvalidArgument(f"cannot read the {what} file {file}: {e.strerror}") from None
+    if not token:
+        raise InvalidArgument(f"the {what} file {file} is empty")
+    return token
+
+
 @registry_app.command()
 def serve(host: str = "127.0.0.1", port: int = 8080,
           write_token: Annotated[Optional[str], typer.Option(
-              envvar="PEFTOPS_REGISTRY_TOKEN", help="Bearer token for writes")] = None,
+              envvar="PEFTOPS_REGISTRY_TOKEN",
+              help="Bearer token for writes (shows in `ps`: prefer --write-token-file or "
+                   "the environment)")] = None,
+          write_token_file: Annotated[Optional[Path], typer.Option(
+              envvar="PEFTOPS_REGISTRY_TOKEN_FILE", help="File holding the write token")] = None,
           read_token: Annotated[Optional[str], typer.Option(
               envvar="PEFTOPS_REGISTRY_READ_TOKEN", help="Bearer token for reads")] = None,
+          read_token_file: Annotated[Optional[Path], typer.Option(
+              envvar="PEFTOPS_REGISTRY_READ_TOKEN_FILE", help="File holding the read token")
+          ] = None,
+          max_body_mb: Annotated[float, typer.Option(
+              envvar="PEFTOPS_REGISTRY_MAX_BODY_MB", help="Largest request body (413 above)")
+          ] = 64.0,
+          auth_failures_per_minute: Annotated[int, typer.Option(
+              envvar="PEFTOPS_REGISTRY_AUTH_FAILURES_PER_MINUTE",
+              help="Failed authentications allowed per client and minute (429 beyond)")] = 30,
           db: DbOpt = None, blobs: BlobsOpt = None) -> None:
     """Serve the HTTP API (OpenAPI at /docs). Without a write token it is read-only."""
     import uvicorn
@@ -317,7 +370,12 @@ def serve(host: str = "127.0.0.1", port: int = 8080,
     from .api import create_app
 
     with _open(db, blobs) as reg:
-        if not write_token:
-            _err.print("no write token (PEFTOPS_REGISTRY_TOKEN): serving read-only")
-        uvicorn.run(create_app(reg, write_token, read_token), host=host, port=port,
+        write = _token(write_token, write_token_file, "write token")
+        read = _token(read_token, read_token_file, "read token")
+        if not write:
+            _err.print("no write token (PEFTOPS_REGISTRY_TOKEN or --write-token-file): "
+                       "serving read-only")
+        uvicorn.run(create_app(reg, write, read, max_body_bytes=int(max_body_mb * 2**20),
+                               auth_failures_per_minute=auth_failures_per_minute),
+                    host=host, port=port,
                     log_level=os.environ.get("PEFTOPS_LOG_LEVEL", "info").lower())

@@ -22,6 +22,7 @@ from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 
 from .db import VERSION_TABLE
+from .errors import StorageUnavailable
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 _WRITE = "registry_write"
@@ -37,15 +38,45 @@ def normalize_url(url: str) -> str:
     return u.render_as_string(hide_password=False)
 
 
-def create_registry_engine(url: str, *, busy_timeout_ms: int = 60_000) -> Engine:
-    """Create an engine configured for the registry's transaction pattern."""
+def unavailable(engine: Engine, exc: BaseException) -> StorageUnavailable | None:
+    """The one-line error for a database that is locked or cannot be reached, else None."""
+    orig = getattr(exc, "orig", None) or exc
+    if not isinstance(orig, engine.dialect.loaded_dbapi.OperationalError):
+        return None
+    name = engine.url.render_as_string(hide_password=True)
+    first = str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
+    if engine.dialect.name == "sqlite":
+        if "locked" in first or "busy" in first:
+            wait = getattr(engine, "registry_busy_timeout_ms", 0) / 1000
+            return StorageUnavailable(f"database {name} is locked by another writer (waited "
+                                      f"{wait:g} s; PEFTOPS_REGISTRY_BUSY_TIMEOUT sets it)")
+        return None
+    state = getattr(orig, "sqlstate", None)
+    if state is None or state.startswith(("08", "57P")):  # connection failures, shutdowns
+        return StorageUnavailable(f"database {name} is unavailable: {first}")
+    return None
+
+
+def create_registry_engine(url: str, *, busy_timeout_ms: int = 60_000,
+                           connect_timeout_s: int = 10) -> Engine:
+    """Create an engine configured for the registry's transaction pattern.
+
+    busy_timeout_ms: how long a SQLite writer waits for another's lock; connect_timeout_s:
+    how long PostgreSQL connections may take. Past either, StorageUnavailable names the
+    database.
+    """
     url = normalize_url(url)
     u = make_url(url)
     if u.get_backend_name() != "sqlite":
-        return create_engine(url, pool_pre_ping=True)
+        engine = create_engine(url, pool_pre_ping=True,
+                               connect_args={"connect_timeout": connect_timeout_s})
+        _typed_errors(engine)
+        return engine
     if u.database and u.database != ":memory:":
         Path(u.database).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(url, connect_args={"timeout": busy_timeout_ms / 1000})
+    engine.registry_busy_timeout_ms = busy_timeout_ms  # read by unavailable()
+    _typed_errors(engine)
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn, _record):
@@ -72,6 +103,14 @@ def create_registry_engine(url: str, *, busy_timeout_ms: int = 60_000) -> Engine
     return engine
 
 
+def _typed_errors(engine: Engine) -> None:
+    @event.listens_for(engine, "handle_error")
+    def _on_error(ctx):
+        err = unavailable(engine, ctx.original_exception)
+        if err is not None:
+            raise err from None
+
+
 @contextlib.contextmanager
 def write_tx(engine: Engine) -> Iterator[Connection]:
     """A write transaction: BEGIN IMMEDIATE on SQLite, a plain transaction elsewhere."""
@@ -86,14 +125,20 @@ def raw_write_tx(engine: Engine) -> Iterator[Any]:
     publish hot path). Commits on success, rolls back on any exception."""
     raw = engine.raw_connection()
     try:
-        if engine.dialect.name == "sqlite":
-            raw.driver_connection.execute("BEGIN IMMEDIATE")
         try:
-            yield raw.driver_connection
-        except BaseException:
-            raw.rollback()
-            raise
-        raw.commit()
+            if engine.dialect.name == "sqlite":
+                raw.driver_connection.execute("BEGIN IMMEDIATE")
+            try:
+                yield raw.driver_connection
+            except BaseException:
+                raw.rollback()
+                raise
+            raw.commit()
+        except engine.dialect.loaded_dbapi.OperationalError as e:
+            err = unavailable(engine, e)
+            if err is None:
+                raise
+            raise err from None
     finally:
         raw.close()  # back to the pool
 

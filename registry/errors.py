@@ -49,3 +49,7 @@ class LintError(RegistryError):
     def __init__(self, message: str, problems: list[str]):
         super().__init__(message + "".join(f"\n  - {p}" for p in problems))
         self.problems = list(problems)
+
+
+class StorageUnavailable(RegistryError):
+    """The database or the blob store did not answer in time (named in the message)."""

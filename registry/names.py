@@ -23,6 +23,11 @@ _FILE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,199}")
 _VERSION_LIKE = re.compile(r"v?\d+")
 
 
+# The name rules as JSON-Schema patterns, for the HTTP API's published schema.
+SCHEMA_PATTERNS = {kind: f"^{p.pattern}$" for kind, p in
+                   {"task": _TASK, "alias": _ALIAS, "key": _KEY, "method": _METHOD,
+                    "digest": _DIGEST, "file": _FILE}.items()}
+
 _ASCII_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import io
 import json
+import math
+import os
 import struct
 from collections.abc import Mapping
 from pathlib import Path
@@ -21,35 +23,83 @@ from .errors import InvalidAdapter
 _MAX_HEADER = 100 * 1024 * 1024
 
 
+# Bits per element of each safetensors dtype.
+DTYPE_BITS = {"BOOL": 8, "U8": 8, "I8": 8, "F8_E5M2": 8, "F8_E4M3": 8, "F8_E8M0": 8,
+              "I16": 16, "U16": 16, "F16": 16, "BF16": 16, "I32": 32, "U32": 32, "F32": 32,
+              "I64": 64, "U64": 64, "F64": 64, "C64": 64, "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6}
+
+
+def _bad(path: Path, why: str) -> InvalidAdapter:
+    return InvalidAdapter(f"{path} is not a loadable safetensors file: {why}")
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
 def read_safetensors_header(path: str | Path, data: bytes | None = None
                             ) -> dict[str, dict[str, Any]]:
     """Return {tensor_name: {"dtype": str, "shape": [int, ...]}} from a safetensors file
-    (or from ``data``, the file's bytes already read; ``path`` then only names it)."""
+    (or from ``data``, the file's bytes already read; ``path`` then only names it).
+
+    The header is checked against the file as a loader would: every dtype known, every
+    shape a list of non-negative integers, each tensor's byte range the size its dtype and
+    shape say, the ranges contiguous and covering the data exactly. Anything else raises
+    InvalidAdapter with one line saying what is wrong.
+    """
     path = Path(path)
     try:
         with (io.BytesIO(data) if data is not None else path.open("rb")) as f:
             raw = f.read(8)
             if len(raw) != 8:
-                raise InvalidAdapter(f"{path} is not a safetensors file: shorter than 8 bytes")
+                raise _bad(path, "shorter than 8 bytes")
             (n,) = struct.unpack("<Q", raw)
             if n > _MAX_HEADER:
-                raise InvalidAdapter(f"{path} is not a safetensors file: header of {n} bytes")
+                raise _bad(path, f"header of {n} bytes")
             body = f.read(n)
             if len(body) != n:
-                raise InvalidAdapter(f"{path} is not a safetensors file: the header says {n} "
-                                     f"bytes, the file has {len(body)} after the length")
+                raise _bad(path, f"the header says {n} bytes, the file has {len(body)} after "
+                           "the length")
+            size = len(data) if data is not None else os.fstat(f.fileno()).st_size
             header = json.loads(body)
+    except RecursionError:
+        raise _bad(path, "the header is nested too deeply") from None
     except (OSError, ValueError, UnicodeDecodeError) as e:
         raise InvalidAdapter(f"cannot read safetensors header of {path}: {e}") from e
     if not isinstance(header, dict):
-        raise InvalidAdapter(f"{path} is not a safetensors file: header is not an object")
+        raise _bad(path, "the header is not a JSON object")
     out: dict[str, dict[str, Any]] = {}
+    spans = []
     for name, info in header.items():
         if name == "__metadata__":
             continue
         if not isinstance(info, dict) or not isinstance(info.get("shape"), list):
             raise InvalidAdapter(f"{path}: tensor {name!r} has no shape in the header")
-        out[name] = {"dtype": info.get("dtype"), "shape": [int(d) for d in info["shape"]]}
+        shape, dtype, offsets = info["shape"], info.get("dtype"), info.get("data_offsets")
+        if not all(_is_int(d) and d >= 0 for d in shape):
+            raise _bad(path, f"tensor {name!r} has shape {shape!r}; dimensions must be "
+                       "non-negative integers")
+        if dtype not in DTYPE_BITS:
+            raise _bad(path, f"tensor {name!r} has unknown dtype {dtype!r}")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(map(_is_int, offsets))
+                and 0 <= offsets[0] <= offsets[1]):
+            raise _bad(path, f"tensor {name!r} has data_offsets {offsets!r}; expected "
+                       "[begin, end] integers")
+        bits = math.prod(shape) * DTYPE_BITS[dtype]
+        if bits != 8 * (offsets[1] - offsets[0]):
+            raise _bad(path, f"tensor {name!r} is {dtype} {shape} ({bits / 8:g} bytes) but "
+                       f"its data_offsets span {offsets[1] - offsets[0]} bytes")
+        spans.append((offsets[0], offsets[1], name))
+        out[name] = {"dtype": dtype, "shape": list(shape)}
+    end = 0
+    for begin, stop, name in sorted(spans):
+        if begin != end:
+            raise _bad(path, f"tensor {name!r} starts at byte {begin} of the data, expected "
+                       f"{end} (the data must be contiguous)")
+        end = stop
+    if end != size - 8 - n:
+        raise _bad(path, f"the tensors cover {end} bytes of data but the file holds "
+                   f"{size - 8 - n} after the header")
     return out
 
 

@@ -8,13 +8,17 @@ blobs, which gc removes; there is never a version row without its bytes.
 from __future__ import annotations
 
 import json
+import os
+import secrets
+import shutil
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, delete, func, insert, select, update
+from sqlalchemy import bindparam, delete, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError as SqlIntegrityError
@@ -22,14 +26,15 @@ from sqlalchemy.exc import IntegrityError as SqlIntegrityError
 from . import db, names
 from .adapter import CONFIG_FILE, WEIGHTS_FILE, AdapterFolder, scan_adapter
 from .blobs import BlobStore, open_blob_store
-from .config import default_blob_uri, default_db_url
+from .config import busy_timeout_ms, default_blob_uri, default_db_url
 from .engine import create_registry_engine, raw_write_tx, read_tx, upgrade, write_tx
 from .errors import (BasePinMismatch, Conflict, InvalidAdapter, InvalidArgument, LintError,
                      NotFound)
+from .jsonlimits import check_text, check_value
 from .lint import LintReport, lint_adapter
 from .query import (GET_BY_ALIAS, GET_BY_VERSION, GET_LATEST, build_search, decode_token,
                     encode_token, sort_key)
-from .rawsql import RawTx
+from .rawsql import Prepared, RawTx
 from .shapes import module_shapes_from_state_dict, read_safetensors_header
 from .types import AdapterVersion, BaseModel, ExportedAdapter, Page, TaskInfo
 
@@ -38,20 +43,22 @@ _dumps = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode
 _loads = json.loads
 _PUBLISH_RETRIES = 8
 
-# Statements built once and run with bound parameters (see query.py for why).
+# Statements built once and run with bound parameters (see query.py for why). Process-wide
+# state: each Prepared one keeps its rendered SQL per dialect for the life of the process.
 # The task row and, in the same statement, the version that already holds this content
 # (if any): one round trip on the publish path instead of two.
 _EXISTING = select(db.versions.c.version).where(
     db.versions.c.task_id == db.tasks.c.id,
     db.versions.c.adapter_id == bindparam("aid")).scalar_subquery()
-_TASK_FOR_UPDATE = select(db.tasks.c.id, db.tasks.c.base_digest, db.tasks.c.latest_version,
-                          _EXISTING.label("existing")
-                          ).where(db.tasks.c.name == bindparam("name")).with_for_update()
-_INSERT_VERSION = insert(db.versions).returning(db.versions.c.id)
-_INSERT_TASK = {"sqlite": sqlite_insert(db.tasks).on_conflict_do_nothing(index_elements=["name"]),
-                "postgresql": pg_insert(db.tasks).on_conflict_do_nothing(index_elements=["name"])}
-_LOCK_SHARED = select(db.lock.c.id).where(db.lock.c.id == 1).with_for_update(read=True)
-_LOCK_EXCLUSIVE = select(db.lock.c.id).where(db.lock.c.id == 1).with_for_update()
+_TASK_FOR_UPDATE = Prepared(select(
+    db.tasks.c.id, db.tasks.c.base_digest, db.tasks.c.latest_version,
+    _EXISTING.label("existing")).where(db.tasks.c.name == bindparam("name")).with_for_update())
+_INSERT_VERSION = Prepared(insert(db.versions).returning(db.versions.c.id))
+_INSERT_TASK = {
+    "sqlite": Prepared(sqlite_insert(db.tasks).on_conflict_do_nothing(index_elements=["name"])),
+    "postgresql": Prepared(pg_insert(db.tasks).on_conflict_do_nothing(index_elements=["name"]))}
+_LOCK_SHARED = Prepared(select(db.lock.c.id).where(db.lock.c.id == 1).with_for_update(read=True))
+_LOCK_EXCLUSIVE = Prepared(select(db.lock.c.id).where(db.lock.c.id == 1).with_for_update())
 _T = db.tasks
 _TASK_COLS = (_T.c.id, _T.c.name, _T.c.base_digest, _T.c.latest_version, _T.c.n_versions,
               _T.c.created_at, _T.c.updated_at)
@@ -64,19 +71,29 @@ _TASK_ALIASES = select(db.aliases.c.task_id, db.aliases.c.alias, db.versions.c.v
     db.versions, db.versions.c.id == db.aliases.c.version_id).join(
     _T, _T.c.id == db.aliases.c.task_id).where(
     _T.c.name >= bindparam("lo"), _T.c.name <= bindparam("hi"))
-_INSERT_TAG = insert(db.tags)
-_INSERT_METRIC = insert(db.metrics)
+_INSERT_TAG = Prepared(insert(db.tags))
+_INSERT_METRIC = Prepared(insert(db.metrics))
 _A = db.aliases
-_ALIAS_HOLDER = select(_A.c.version_id).where(_A.c.task_id == bindparam("tid"),
-                                              _A.c.alias == bindparam("alias"))
-_ALIAS_DELETE = delete(_A).where(_A.c.task_id == bindparam("tid"), _A.c.alias == bindparam("alias"))
-_ALIAS_INSERT = insert(_A)
-_VERSION_ALIASES = select(db.versions.c.aliases).where(db.versions.c.id == bindparam("vid"))
-_SET_VERSION_ALIASES = update(db.versions).where(db.versions.c.id == bindparam("vid")).values(
-    aliases=bindparam("b_aliases"))
-_BUMP_TASK = update(db.tasks).where(db.tasks.c.id == bindparam("b_tid")).values(
+_ALIAS_HOLDER = Prepared(select(_A.c.version_id).where(_A.c.task_id == bindparam("tid"),
+                                                       _A.c.alias == bindparam("alias")))
+_ALIAS_DELETE = Prepared(delete(_A).where(_A.c.task_id == bindparam("tid"),
+                                          _A.c.alias == bindparam("alias")))
+_ALIAS_INSERT = Prepared(insert(_A))
+_VERSION_ALIASES = Prepared(select(db.versions.c.aliases).where(
+    db.versions.c.id == bindparam("vid")))
+_SET_VERSION_ALIASES = Prepared(update(db.versions).where(
+    db.versions.c.id == bindparam("vid")).values(aliases=bindparam("b_aliases")))
+_BUMP_TASK = Prepared(update(db.tasks).where(db.tasks.c.id == bindparam("b_tid")).values(
     latest_version=bindparam("b_version"), n_versions=db.tasks.c.n_versions + 1,
-    updated_at=bindparam("b_now"))
+    updated_at=bindparam("b_now")))
+# Tags of a version, set inside the publish transaction (re-publishing identical content).
+_TAG_DELETE = Prepared(delete(db.tags).where(db.tags.c.version_id == bindparam("vid"),
+                                             db.tags.c.key == bindparam("key")))
+_VERSION_TAGS = Prepared(select(db.versions.c.tags).where(db.versions.c.id == bindparam("vid")))
+_SET_VERSION_TAGS = Prepared(update(db.versions).where(
+    db.versions.c.id == bindparam("vid")).values(tags=bindparam("b_tags")))
+_VERSION_ID = Prepared(select(db.versions.c.id, db.versions.c.status).where(
+    db.versions.c.task_id == bindparam("tid"), db.versions.c.version == bindparam("ver")))
 
 
 @dataclass(frozen=True)
@@ -165,13 +182,17 @@ class Registry:
     # ------------------------------------------------------------------ lifecycle
     @classmethod
     def open(cls, db_url: str | None = None, blob_uri: str | None = None, *,
-             migrate: bool = True, blob_store: BlobStore | None = None) -> "Registry":
+             migrate: bool = True, blob_store: BlobStore | None = None,
+             busy_timeout_s: float | None = None) -> "Registry":
         """Open (creating if needed) a registry; runs the schema migrations to head.
 
         db_url: SQLAlchemy URL, sqlite:///path (default under $PEFTOPS_HOME) or
-        postgresql://... . blob_uri: file:///dir or s3://bucket/prefix.
+        postgresql://... . blob_uri: file:///dir or s3://bucket/prefix. busy_timeout_s: how
+        long a SQLite writer waits for another's lock before StorageUnavailable (default
+        PEFTOPS_REGISTRY_BUSY_TIMEOUT, else 60).
         """
-        engine = create_registry_engine(db_url or default_db_url())
+        timeout_ms = busy_timeout_ms() if busy_timeout_s is None else int(busy_timeout_s * 1000)
+        engine = create_registry_engine(db_url or default_db_url(), busy_timeout_ms=timeout_ms)
         if migrate:
             upgrade(engine)
         blobs = blob_store or open_blob_store(blob_uri or default_blob_uri())
@@ -266,7 +287,8 @@ class Registry:
 
         Blobs are uploaded and verified first, then the version is recorded in one
         transaction. Identical content (same adapter id) already in the task returns the
-        existing version unchanged. Refused with BasePinMismatch if the task or the
+        existing version, its metrics and lineage unchanged; the tags and aliases given are
+        set on it in the same transaction. Refused with BasePinMismatch if the task or the
         lineage names another base, and with LintError if the adapter does not fit the
         base (or, with strict_lint, if vLLM would not serve it).
         """
@@ -332,10 +354,13 @@ class Registry:
                 for k, v in (r.tags or {}).items()}
         aliases = tuple(sorted({names.alias_name(a) for a in r.aliases}))
         lineage = _check_lineage(r.lineage or {})
+        check_value(lineage, "lineage")
         try:
-            lineage_json = _dumps(lineage)
+            lineage_json = check_text(_dumps(lineage), "lineage")
         except (TypeError, ValueError) as e:
             raise InvalidArgument(f"lineage must be JSON-serialisable: {e}") from e
+        tags_json = check_text(_dumps(tags), "tags")
+        metrics_json = check_text(_dumps(metrics), "metrics")
         claimed = lineage.get("base_digest")
         if claimed is not None and claimed != base_digest:
             raise BasePinMismatch(f"lineage says the adapter was trained on base {claimed}, "
@@ -360,7 +385,7 @@ class Registry:
         row = dict(adapter_id=folder.adapter_id, base_digest=base_digest, method=method,
                    status="active", vllm_servable=report.vllm_servable, created_at=_utcnow(),
                    files=_dumps(folder.files), lint=_dumps(report.recorded()),
-                   lineage=lineage_json, tags=_dumps(tags), metrics=_dumps(metrics),
+                   lineage=lineage_json, tags=tags_json, metrics=metrics_json,
                    aliases=_dumps([]))
         return _Prepared(task, row, folder, tags, metrics, aliases, lineage, report)
 
@@ -391,6 +416,7 @@ class Registry:
                 f"task {task!r} is pinned to base {pinned}; this adapter targets "
                 f"{row['base_digest']}. Publish it under a task for that base")
         if existing is not None:
+            self._update_existing(tx, task_id, existing, p)
             return existing, False
         # gc may have removed a blob between upload and this transaction (it holds the
         # exclusive lock while deleting); put it back now, under our shared lock.
@@ -409,6 +435,27 @@ class Registry:
         for a in p.aliases:
             self._move_alias(tx, task_id, a, vid)
         return version, True
+
+    def _update_existing(self, tx: RawTx, task_id: int, version: int, p: _Prepared) -> None:
+        """Identical content re-published: set the request's tags and aliases on the version
+        that holds it, in the publish transaction (its metrics and lineage stay as first
+        recorded)."""
+        if not p.tags and not p.aliases:
+            return
+        vid, status = tx.first(_VERSION_ID, {"tid": task_id, "ver": version})
+        if p.tags:
+            for k, v in p.tags.items():
+                tx.run(_TAG_DELETE, {"vid": vid, "key": k})
+            tx.many(_INSERT_TAG, [{"version_id": vid, "key": k, "value": v}
+                                  for k, v in p.tags.items()])
+            cur = _loads(tx.scalar(_VERSION_TAGS, {"vid": vid}))
+            cur.update(p.tags)
+            tx.run(_SET_VERSION_TAGS, {"vid": vid, "b_tags": _dumps(cur)})
+        if p.aliases and status != "active":
+            raise Conflict(f"{p.task} v{version} already holds this content and is {status}; "
+                           f"reactivate it before pointing {list(p.aliases)} at it")
+        for a in p.aliases:
+            self._move_alias(tx, task_id, a, vid)
 
     # ------------------------------------------------------------------ reads
     def get(self, task: str, version: int | None = None,
@@ -635,8 +682,9 @@ class Registry:
             conn.execute(update(db.tasks).where(db.tasks.c.id == row.task_id).values(
                 n_versions=db.tasks.c.n_versions - 1, updated_at=_utcnow()))
 
-    def gc(self) -> int:
-        """Delete blobs no version references; return how many were removed.
+    def gc(self, *, temp_grace_s: float = 3600.0) -> int:
+        """Delete blobs no version references, and temporary files older than
+        ``temp_grace_s`` (left by writers that were killed); return how many were removed.
 
         Holds the registry's exclusive write lock meanwhile, so a concurrent publish
         either committed before (its blobs are referenced) or re-uploads after.
@@ -644,14 +692,49 @@ class Registry:
         removed = 0
         with write_tx(self.engine) as conn:
             self._lock(RawTx.of(conn), exclusive=True)
-            referenced: set[str] = set()
-            for (files,) in conn.execute(select(db.versions.c.files)):
-                referenced.update(e["sha256"] for e in _loads(files).values())
+            referenced = self._referenced(conn)
             for digest, _mtime in list(self.blobs.list()):
                 if digest not in referenced:
                     self.blobs.delete(digest)
                     removed += 1
+        cutoff = time.time() - temp_grace_s
+        for name, mtime in list(self.blobs.list_temp()):
+            if mtime <= cutoff:
+                self.blobs.delete_temp(name)
+                removed += 1
         return removed
+
+    @staticmethod
+    def _referenced(conn) -> dict[str, list[str]]:
+        """sha256 -> the versions ('task-vN') whose files use it."""
+        out: dict[str, list[str]] = {}
+        q = select(db.tasks.c.name, db.versions.c.version, db.versions.c.files).join(
+            db.tasks, db.tasks.c.id == db.versions.c.task_id)
+        for task, version, files in conn.execute(q):
+            for entry in _loads(files).values():
+                out.setdefault(entry["sha256"], []).append(f"{task}-v{version}")
+        return out
+
+    def verify(self, *, check_bytes: bool = True) -> dict[str, list[str]]:
+        """Check the registry against its blob store; every list empty means all is well.
+
+        missing: blobs a version references that are not stored; corrupt: stored blobs
+        whose bytes do not hash to their address (with check_bytes, which reads every
+        byte); unreferenced: blobs no version uses (gc removes them); temp: leftover
+        temporary files (gc removes them after its grace period).
+        """
+        with read_tx(self.engine) as conn:
+            referenced = self._referenced(conn)
+        stored = {d for d, _ in self.blobs.list()}
+        report: dict[str, list[str]] = {"missing": [], "corrupt": [], "unreferenced": [],
+                                        "temp": sorted(n for n, _ in self.blobs.list_temp())}
+        for digest, users in sorted(referenced.items()):
+            if digest not in stored:
+                report["missing"].append(f"{digest} (used by {', '.join(users)})")
+            elif check_bytes and not self.blobs.intact(digest):
+                report["corrupt"].append(f"{digest} (used by {', '.join(users)})")
+        report["unreferenced"] = sorted(stored - referenced.keys())
+        return report
 
     # ------------------------------------------------------------------ fetch / export
     def fetch(self, task: str, version: int | None = None, alias: str | None = None, *,
@@ -669,9 +752,24 @@ class Registry:
             raise BasePinMismatch(
                 f"{v.name} was trained on base {v.base_digest}, not on {base_digest}; "
                 "loading it there would silently compute something else")
-        dest.mkdir(parents=True, exist_ok=True)
-        for fname, entry in v.files.items():
-            self.blobs.get(entry["sha256"], dest / names.file_name(fname))
+        # Every file lands in a hidden sibling folder first and moves into dest only once
+        # all of them verified: a failed fetch leaves nothing at dest.
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        stage = dest.parent / f".{dest.name}.fetch-{os.getpid()}-{secrets.token_hex(4)}"
+        stage.mkdir()
+        created = not dest.exists()
+        try:
+            for fname, entry in v.files.items():
+                self.blobs.get(entry["sha256"], stage / names.file_name(fname))
+            dest.mkdir(exist_ok=True)
+            for f in stage.iterdir():
+                os.replace(f, dest / f.name)
+        except BaseException:
+            if created and dest.is_dir() and not any(dest.iterdir()):
+                dest.rmdir()
+            raise
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
         return dest
 
     def export(self, items: Iterable[Any], out_dir: Path, *,

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+from .lazyfields import LazyJSON as _LazyJSON, RawJSON
 
 
 def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
@@ -38,45 +39,6 @@ class BaseModel:
             d.pop("module_shapes")
             d["n_modules"] = len(self.module_shapes)
         return d
-
-
-_scan = json.JSONDecoder().scan_once
-
-
-class RawJSON(str):
-    """Stored JSON text of a field, decoded on first read (see AdapterVersion)."""
-
-    __slots__ = ()
-
-
-class _LazyJSON:
-    """Data descriptor behind AdapterVersion's JSON-backed fields.
-
-    A page of 100 versions is mostly read for a few columns; decoding every JSON document
-    up front was most of the cost of a search. Values given as RawJSON are decoded on
-    first access and cached; other values are stored as they are. Because it is a field
-    of the dataclass, dataclasses.asdict() and == still see the decoded values.
-    """
-
-    def __init__(self, convert=None):
-        self.convert = convert
-
-    def __set_name__(self, owner, name):
-        self.name, self.slot = name, "_" + name
-
-    def __get__(self, obj, owner=None):
-        if obj is None:  # dataclass asks for a default: there is none
-            raise AttributeError(self.name)
-        value = obj.__dict__[self.slot]
-        if type(value) is RawJSON:
-            value = _scan(value, 0)[0]
-            if self.convert is not None:
-                value = self.convert(value)
-            obj.__dict__[self.slot] = value
-        return value
-
-    def __set__(self, obj, value):
-        obj.__dict__[self.slot] = value
 
 
 @dataclass(frozen=True, repr=False)

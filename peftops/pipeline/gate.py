@@ -80,7 +80,7 @@ def publish_gated(params: PipelineParams, home: str | Path | None = None, method
     baseline's runs; ``min_pct`` and ``alias`` to ``params.gate``. Returns the registry
     version (with its aliases as they are after the decision) and the decision.
     """
-    from peftops.stages import Layout, registry_locations, stage_publish
+    from peftops.stages import Layout, stage_publish
 
     gate = params.gate
     min_pct = gate.min_pct_of_full if min_pct is None else min_pct
@@ -100,22 +100,13 @@ def publish_gated(params: PipelineParams, home: str | Path | None = None, method
     all_metrics = dict(metrics or {})
     if decision.pct is not None:
         all_metrics.setdefault("pct_of_full", decision.pct)
+    # One registry call, one transaction: the version, the decision's tags and (when it
+    # passes) the alias. Identical content already published gets the latest decision.
     version = stage_publish(params, home, method_name, metrics=all_metrics,
                             lineage={**(lineage or {}), "gate": gate_record},
                             tags={**(tags or {}), "gate": "promoted" if decision.promote else "refused",
-                                  "gate_reason": decision.reason[:1024]})
-    from registry import Registry
-
-    with Registry.open(**registry_locations(home)) as reg:
-        # Identical content publishes as the existing version: its tags carry the latest decision.
-        gate_tags = {"gate": "promoted" if decision.promote else "refused", "gate_reason": decision.reason[:1024]}
-        if any(version.tags.get(k) != v for k, v in gate_tags.items()):
-            for k, v in gate_tags.items():
-                reg.set_tag(version.task, version.version, k, v)
-        if decision.promote:
-            version = reg.set_alias(version.task, alias, version.version)
-        else:
-            version = reg.get(version.task, version.version)
+                                  "gate_reason": decision.reason[:1024]},
+                            aliases=[alias] if decision.promote else [])
     if tracker is not None and run_id is not None:
         tracker.set_tags(run_id, {"gate.promoted": str(decision.promote).lower(), "gate.reason": decision.reason})
         if decision.pct is not None:

@@ -4,17 +4,22 @@ import socket
 
 import pytest
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-os.environ.setdefault("DO_NOT_TRACK", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+from regtestlib import DIGEST, make_base
 
-from regtestlib import DIGEST, make_base  # noqa: E402
-
-from registry import Registry  # noqa: E402
+from registry import Registry
 
 PG_ADMIN = os.environ.get("PEFTOPS_TEST_PG_ADMIN_URL",
                           "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _offline_env():
+    """No telemetry or hub access from libraries the tests load (restored afterwards)."""
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in {"HF_HUB_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true",
+                     "DO_NOT_TRACK": "1", "TRANSFORMERS_OFFLINE": "1"}.items():
+            mp.setenv(k, os.environ.get(k, v))
+        yield
 
 
 @pytest.fixture

@@ -71,8 +71,8 @@ def test_corrupt_blob_is_an_error_never_a_silent_load(reg, tmp_path):
     dest = tmp_path / "out"
     with pytest.raises(CorruptBlob, match="corrupt"):
         reg.fetch("t", 1, dest=dest)
-    assert not (dest / "adapter_model.safetensors").exists()
-    assert not [p for p in dest.iterdir() if p.name.startswith(".tmp-")]
+    assert not dest.exists()  # nothing at the destination, not even the folder
+    assert not [p for p in tmp_path.iterdir() if ".fetch-" in p.name]
     # Publishing the good bytes again repairs the stored blob.
     reg.publish("t", make_adapter(tmp_path / "a", seed=1), base_digest=DIGEST, method="lora")
     reg.fetch("t", 1, dest=dest)

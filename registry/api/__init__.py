@@ -1,0 +1,118 @@
+"""HTTP API of the registry (FastAPI; the OpenAPI schema is at /openapi.json).
+
+Writes need `Authorization: Bearer <write token>`; reads are open unless a read token is
+configured, in which case either token may read (the schema and the docs pages too). Tokens
+and body sizes are checked before a body is read (guard.py). Endpoints are plain `def`s:
+FastAPI runs them in its thread pool, and the registry is safe to share between threads.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ..errors import (BasePinMismatch, Conflict, CorruptBlob, InvalidAdapter, InvalidArgument,
+                      InvalidName, LintError, NotFound, RegistryError, StorageUnavailable)
+from ..store import Registry
+from .deps import AUTH_FAILURES_PER_MINUTE, MAX_BODY_BYTES, ApiSettings
+from .guard import RequestGuard
+from .routes import admin, aliases, bases, files, tasks, versions
+from .schemas import ErrorOut
+
+__all__ = ["ApiSettings", "create_app"]
+
+_STATUS = [(NotFound, 404), (BasePinMismatch, 409), (Conflict, 409), (LintError, 422),
+           (InvalidName, 422), (InvalidArgument, 422), (InvalidAdapter, 422),
+           (StorageUnavailable, 503), (CorruptBlob, 500)]
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorOut, "description": text} for code, text in [
+        (401, "missing or invalid token"), (403, "writes are disabled"),
+        (404, "not found"), (409, "conflicts with what is stored"),
+        (413, "request body too large"), (422, "invalid request"),
+        (429, "too many failed authentications"), (503, "a storage backend is unavailable")]}
+# An absolute path (or a file:// or sqlite:/// URL of one) in a message: shown as its last
+# component. Network URLs (s3://bucket/..., http://host/...) are left as they are.
+_PATH = re.compile(r"(?<![\w:/.])(?:[A-Za-z][\w+.-]*:/{2,3})?(?:/[\w.@+-]+)+/?")
+
+
+def scrub(text: str) -> str:
+    """A message without the server's file system paths in it."""
+    return _PATH.sub(lambda m: m.group(0).rstrip("/").rsplit("/", 1)[-1] or "/", text)
+
+
+def _error(status: int, error: str, detail: str, **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": error, "detail": scrub(detail), **extra}, status_code=status)
+
+
+def _install_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RegistryError)
+    def _registry_error(_request: Request, exc: RegistryError) -> JSONResponse:
+        code = next((c for cls, c in _STATUS if isinstance(exc, cls)), 400)
+        extra = {"problems": [scrub(p) for p in exc.problems]} if isinstance(exc, LintError) \
+            else {}
+        return _error(code, type(exc).__name__, str(exc).split("\n", 1)[0], **extra)
+
+    @app.exception_handler(RequestValidationError)
+    def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = [f"{'.'.join(str(x) for x in e.get('loc', ()))}: {e.get('msg', '')}"
+                    for e in exc.errors()]
+        names_only = all(e.get("type") == "string_pattern_mismatch" for e in exc.errors())
+        return _error(422, "InvalidName" if names_only else "InvalidArgument",
+                      "; ".join(problems) or "invalid request", problems=problems)
+
+    @app.exception_handler(StarletteHTTPException)
+    def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        resp = _error(exc.status_code, type(exc).__name__ if exc.status_code >= 500 else
+                      {401: "Unauthorized", 403: "Forbidden", 404: "NotFound",
+                       405: "MethodNotAllowed"}.get(exc.status_code, "HTTPError"),
+                      str(exc.detail))
+        resp.headers.update(getattr(exc, "headers", None) or {})
+        return resp
+
+    @app.exception_handler(Exception)
+    def _unexpected(_request: Request, _exc: Exception) -> JSONResponse:
+        return _error(500, "InternalError", "internal error; see the server log")
+
+
+def _install_docs(app: FastAPI) -> None:
+    """/docs from the Swagger UI files of the pinned swagger-ui-bundle package (no CDN)."""
+    from swagger_ui_bundle import swagger_ui_path
+
+    app.mount("/docs-assets", StaticFiles(directory=swagger_ui_path), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title=app.title + " - docs",
+                                   swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+                                   swagger_css_url="/docs-assets/swagger-ui.css",
+                                   swagger_favicon_url="/docs-assets/favicon-32x32.png")
+
+    @app.get("/redoc", include_in_schema=False)
+    def redoc() -> RedirectResponse:  # ReDoc has no pinned offline bundle: the same docs
+        return RedirectResponse("/docs")
+
+
+def create_app(registry: Registry, write_token: str | None = None,
+               read_token: str | None = None, *, max_body_bytes: int = MAX_BODY_BYTES,
+               auth_failures_per_minute: int = AUTH_FAILURES_PER_MINUTE) -> FastAPI:
+    """The HTTP API over `registry`. Without a write token every write is refused."""
+    app = FastAPI(title="peftops adapter registry", version="1",
+                  description="Versioned PEFT adapters for pinned base models.",
+                  docs_url=None, redoc_url=None, responses=_ERRORS)
+    settings = ApiSettings(write_token or None, read_token or None, max_body_bytes,
+                           auth_failures_per_minute)
+    app.state.registry = registry
+    app.state.settings = settings
+    _install_handlers(app)
+    _install_docs(app)
+    for module in (admin, bases, tasks, versions, aliases, files):
+        app.include_router(module.router)
+    app.add_middleware(RequestGuard, settings=settings)
+    return app
