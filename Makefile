@@ -1,4 +1,4 @@
-# make demo | make test | make bench-train | make bench-registry | make bench-latency
+# make demo | make test | make bench-train | make bench-registry | make bench-latency | make fuzz | make faults
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -14,7 +14,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DVC_NO_ANALYTICS := 1
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: install demo test test-fast bench-train bench-registry bench-latency clean data
+.PHONY: install demo test test-fast bench-train bench-registry bench-latency fuzz faults clean data
 
 # torch first and alone: the CPU wheel on local disk; a plain `torch` would pull a CUDA build.
 $(STAMP): pyproject.toml
@@ -51,6 +51,14 @@ bench-registry: $(STAMP)
 
 bench-latency: $(STAMP)
 	$(PY) bench/latency_bench.py
+
+# Long runs of what `make test` runs at a small size: schemathesis over every operation of the
+# registry's HTTP API, and the fault-injection suite (kill -9 of publishers, S3 stopped and frozen).
+fuzz: $(STAMP)
+	PEFTOPS_FUZZ_EXAMPLES=500 $(PY) -m pytest -q -p no:cacheprovider tests/registry/test_registry_fuzz.py
+
+faults: $(STAMP)
+	PEFTOPS_FAULT_KILLS=27 $(PY) -m pytest -q -p no:cacheprovider tests/registry/test_registry_faults.py
 
 clean:
 	rm -rf .peftops
