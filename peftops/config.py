@@ -124,7 +124,10 @@ def config_error(err: ValidationError, model_cls: type, prefix: str = "", source
     elif kind == "string_too_short":
         message, show = "must be a non-empty string", False
     elif kind in _BOUNDS:
-        message = f"must be {_BOUNDS[kind]} {next(iter(ctx.values()))}"
+        bound = next(iter(ctx.values()))
+        if isinstance(bound, float) and bound.is_integer():
+            bound = int(bound)
+        message = f"must be {_BOUNDS[kind]} {bound}"
     elif kind in ("model_type", "dict_type", "dataclass_type"):
         message, show = f"expected a mapping, got {type(value).__name__}", False
     elif kind in _TYPE_WORDS:
