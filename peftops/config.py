@@ -16,8 +16,10 @@ unknown key lists the valid ones. Building a model directly (``TrainConfig(steps
 the same error, named by the model's ``config_prefix``. Inside a validator, raise
 :class:`FieldError` to blame another field of the same model (a cross-field check).
 
-YAML is read by :func:`load_yaml` only: aliases and anchors are refused (a few lines of aliases
-can expand to gigabytes), and so are files over :data:`MAX_YAML_BYTES`.
+YAML is read by :func:`load_yaml` (or :func:`parse_yaml`) only: a document whose aliases expand
+it past :data:`MAX_YAML_NODES` values is refused before anything is built (a few lines of
+aliases can expand to gigabytes), and so are recursive aliases and files over :data:`MAX_YAML_BYTES`.
+Aliases within that bound are fine (``yaml.safe_dump`` writes them for shared values).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from peftops.errors import ConfigError
 
 DEFAULT_HOME = ".peftops"
 MAX_YAML_BYTES = 8 * 1024 * 1024  # a params file or a task manifest is a few kB
+MAX_YAML_NODES = 100_000  # values of a YAML document with its aliases expanded
 _MAX_VALUE_REPR = 60  # a rejected value is shown cut to this many characters
 
 
@@ -183,22 +186,44 @@ class Config(BaseModel):
 # ---------------------------------------------------------------- YAML
 
 
-class _NoAliasLoader(yaml.SafeLoader):
-    """PyYAML's safe loader with anchors and aliases refused before anything is built."""
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader that refuses a document whose aliases expand it past
+    :data:`MAX_YAML_NODES` nodes, or that refers to itself, before any object is built."""
 
-    def compose_node(self, parent, index):  # type: ignore[override]
-        if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()
-            raise yaml.MarkedYAMLError(problem="YAML aliases (*name) are not allowed", problem_mark=event.start_mark)
-        event = self.peek_event()
-        if getattr(event, "anchor", None) is not None:
-            raise yaml.MarkedYAMLError(problem="YAML anchors (&name) are not allowed", problem_mark=event.start_mark)
-        return super().compose_node(parent, index)
+    def compose_document(self):  # type: ignore[override]
+        node = super().compose_document()
+        sizes: dict[int, int] = {}
+
+        def size(n, path: frozenset) -> int:
+            if id(n) in path:
+                raise yaml.MarkedYAMLError(problem="a YAML alias refers to a node that contains it",
+                                           problem_mark=n.start_mark)
+            if id(n) not in sizes:
+                if isinstance(n, yaml.SequenceNode):
+                    kids = n.value
+                elif isinstance(n, yaml.MappingNode):
+                    kids = [x for pair in n.value for x in pair]
+                else:
+                    kids = []
+                inner = path | {id(n)}
+                total = 1
+                for kid in kids:
+                    total += size(kid, inner)
+                    if total > MAX_YAML_NODES:
+                        raise yaml.MarkedYAMLError(
+                            problem=f"YAML aliases expand this document past {MAX_YAML_NODES:,} values",
+                            problem_mark=kid.start_mark)
+                sizes[id(n)] = total
+            return sizes[id(n)]
+
+        if node is not None:
+            size(node, frozenset())
+        return node
 
 
 def load_yaml(path: str | os.PathLike, what: str) -> Any:
-    """Parse a YAML config file (``what`` names it in errors: 'params', 'manifest'); aliases,
-    anchors, files over :data:`MAX_YAML_BYTES`, directories and unreadable files are one line."""
+    """Parse a YAML config file (``what`` names it in errors: 'params', 'manifest'); an alias
+    bomb, a file over :data:`MAX_YAML_BYTES`, a directory or an unreadable file is one line."""
     p = Path(path)
     try:
         with open(p, "rb") as fh:
@@ -219,9 +244,9 @@ def load_yaml(path: str | os.PathLike, what: str) -> Any:
 
 
 def parse_yaml(text: str, what: str, source: str | None = None) -> Any:
-    """Parse YAML text with the rules of :func:`load_yaml` (aliases and anchors refused)."""
+    """Parse YAML text with the rules of :func:`load_yaml` (alias expansion bounded)."""
     try:
-        return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
+        return yaml.load(text, Loader=_BoundedLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         line = f"line {mark.line + 1}" if mark else "unknown line"
