@@ -22,7 +22,6 @@ scale-out: the ``fleet-task`` deployment in ``prefect.yaml`` runs one task per w
 from __future__ import annotations
 
 import contextvars
-import dataclasses
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -135,7 +134,7 @@ def retrain(since: str, repo: str = ".", methods: list[str] | tuple[str, ...] = 
 
     params = load_params(params_file)
     if data_dir:
-        params = dataclasses.replace(params, data=dataclasses.replace(params.data, data_root=data_dir))
+        params = params.model_copy(update={"data": params.data.model_copy(update={"data_root": data_dir})})
     affected = affected_since(since, repo, params_file=params_file, manifest=params.data.manifest,
                               data_dir=params.data.data_root)
     note = {"since": since, "affected": affected, "dry_run": dry_run}

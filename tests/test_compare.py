@@ -136,9 +136,9 @@ def test_compare_runs_every_registered_method(prefect_harness, tiny_params, comp
     write_snapshot(Gemma3ForCausalLM(config).eval(), tok, snapshot_dir("gemma-3-270m", home), "gemma-3-270m")
     methods = parse_methods("all")
     assert set(methods) == set(available_methods()) and methods[-1] == "full"
-    params = dataclasses.replace(tiny_params, train=dataclasses.replace(tiny_params.train, steps=3),
-                                 methods={**tiny_params.methods, "prompt": {"num_virtual_tokens": 4},
-                                          "prefix": {"num_virtual_tokens": 4}})
+    params = tiny_params.model_copy(update={
+        "train": tiny_params.train.model_copy(update={"steps": 3}),
+        "methods": {**tiny_params.methods, "prompt": {"num_virtual_tokens": 4}, "prefix": {"num_virtual_tokens": 4}}})
     cfg = dataclasses.replace(compare_cfg, methods=methods, latency_batch_sizes=(1,), latency_batches=1)
     result = run_compare(params, cfg, home, progress=False)
     rows = {r.method: r for r in result.rows}

@@ -58,14 +58,13 @@ def test_lora_merge_parity_and_export_loads_as_plain_gemma(tiny_params, tiny_hom
 
 
 def test_merge_refuses_above_tolerance(tiny_params, tiny_home, tmp_path):
-    import dataclasses
 
     from peftops.config import MergeConfig
 
     home, _ = tiny_home
     P.stage_prepare(tiny_params, home)
     P.stage_train(tiny_params, "lora", home, progress=False)
-    strict = dataclasses.replace(tiny_params, merge=MergeConfig(tolerance=1e-30))
+    strict = tiny_params.model_copy(update={"merge": MergeConfig(tolerance=1e-30)})
     with pytest.raises(ParityError, match="tolerance"):
         P.stage_merge(strict, home, "lora", export_dir=tmp_path / "merged")
     assert not (tmp_path / "merged").exists()

@@ -1,6 +1,5 @@
 """Merge with a parity certificate: LoRA and BitFit fold into a plain Gemma 3; the export is re-checked."""
 
-import dataclasses
 import json
 
 import pytest
@@ -50,7 +49,7 @@ def test_lora_export_carries_weights_config_tokenizer_and_its_certificate(tiny_p
 
 def test_bitfit_attention_biases_merge_into_plain_gemma3_with_parity(tiny_params, tiny_home, tmp_path):
     home, _ = tiny_home
-    params = dataclasses.replace(tiny_params, methods={**tiny_params.methods, "bitfit": BITFIT_ATTENTION})
+    params = tiny_params.model_copy(update={"methods": {**tiny_params.methods, "bitfit": BITFIT_ATTENTION}})
     _train(params, home, "bitfit")
     cert = P.stage_merge(params, home, "bitfit", export_dir=tmp_path / "merged")
     assert cert.passed and cert.method == "bitfit"
@@ -63,7 +62,7 @@ def test_bitfit_attention_biases_merge_into_plain_gemma3_with_parity(tiny_params
 
 def test_bitfit_mlp_biases_have_no_slot_in_gemma3_so_the_export_is_refused(tiny_params, tiny_home, tmp_path):
     home, _ = tiny_home
-    params = dataclasses.replace(tiny_params, methods={**tiny_params.methods, "bitfit": {"lr": 2e-2}})  # all-linear
+    params = tiny_params.model_copy(update={"methods": {**tiny_params.methods, "bitfit": {"lr": 2e-2}}})  # all-linear
     _train(params, home, "bitfit")
     cert = P.stage_merge(params, home, "bitfit")  # in memory the merge is exact...
     assert cert.passed and cert.export_dir is None
@@ -74,7 +73,7 @@ def test_bitfit_mlp_biases_have_no_slot_in_gemma3_so_the_export_is_refused(tiny_
 
 def test_methods_that_cannot_merge_are_refused_clearly(tiny_params, tiny_home):
     home, _ = tiny_home
-    params = dataclasses.replace(tiny_params, methods={**tiny_params.methods, "prompt": {"num_virtual_tokens": 4}})
+    params = tiny_params.model_copy(update={"methods": {**tiny_params.methods, "prompt": {"num_virtual_tokens": 4}}})
     _train(params, home, "prompt")
     with pytest.raises(PeftopsError, match="method 'prompt' cannot be merged"):
         P.stage_merge(params, home, "prompt")

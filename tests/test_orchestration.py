@@ -49,7 +49,6 @@ def fleet_env(tmp_path_factory):
 
 
 def test_stage_keys_follow_exactly_their_inputs(fleet_env, tmp_path):
-    import dataclasses
 
     from peftops.pipeline import caching
 
@@ -58,15 +57,15 @@ def test_stage_keys_follow_exactly_their_inputs(fleet_env, tmp_path):
     assert data != caching.data_digest(params, "beta")
     moved = tmp_path / "elsewhere"
     shutil.copytree(root, moved)  # the same bytes elsewhere: the same digest
-    assert caching.data_digest(dataclasses.replace(params, data=dataclasses.replace(
-        params.data, data_root=str(moved))), "alpha") == data
+    moved_params = params.model_copy(update={"data": params.data.model_copy(update={"data_root": str(moved)})})
+    assert caching.data_digest(moved_params, "alpha") == data
 
     def key(stage, p=params, code="c1"):
         return caching.stage_key(stage, p, "alpha", "lora", data, "sha256:base", code=code)
 
-    more_steps = dataclasses.replace(params, train=dataclasses.replace(params.train, steps=5))
-    other_r = dataclasses.replace(params, methods={"lora": {**params.methods["lora"], "r": 8}})
-    looser = dataclasses.replace(params, merge=dataclasses.replace(params.merge, tolerance=1e-2))
+    more_steps = params.model_copy(update={"train": params.train.model_copy(update={"steps": 5})})
+    other_r = params.model_copy(update={"methods": {"lora": {**params.methods["lora"], "r": 8}}})
+    looser = params.model_copy(update={"merge": params.merge.model_copy(update={"tolerance": 1e-2})})
     assert key("train") != key("train", more_steps) != key("train", other_r)
     assert key("train") != key("train", code="c2")
     assert key("train") == key("train", looser) and key("merge") != key("merge", looser)
@@ -154,11 +153,10 @@ def test_fleet_one_failing_task_does_not_stop_the_others(prefect_harness, fleet_
     from flows.fleet import FleetFailed, fleet
 
     home, root, params = fleet_env
-    import dataclasses
 
     manifest = write_manifest(tmp_path / "tasks.yaml", {"alpha": "alpha/glue/SST-2", "broken": "late/glue/SST-2",
                                                         "beta": "beta/glue/SST-2"})
-    p = dataclasses.replace(params, data=dataclasses.replace(params.data, manifest=str(manifest)))
+    p = params.model_copy(update={"data": params.data.model_copy(update={"manifest": str(manifest)})})
     state = fleet(methods=["lora"], home=str(home), params=p, max_concurrency=2, return_state=True)
     assert state.is_failed()
     with pytest.raises(FleetFailed, match="1 of 3 tasks failed .*broken"):

@@ -1,35 +1,55 @@
 """The task manifest: which files make a task, how their fields fill the prompt template, the
 label verbalizers and the metric. ``peftops/data/tasks.yaml`` ships the GLUE tasks; a user's
-manifest is ``data.manifest`` in params.yaml. Every entry is validated; an error names the
-manifest, the entry and the field."""
+manifest is ``data.manifest`` in params.yaml. Every entry is validated (:class:`TaskSpec`); an
+error names the manifest, the entry and the field.
+
+Paths: an absolute ``train``/``dev`` path is used as is; a relative one is resolved against the
+data root and must stay inside it (``../`` that climbs out is refused; see :func:`data_path`).
+"""
 
 from __future__ import annotations
 
-import csv
-import io
-import json
-import random
+import os
 import string
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal
 
-import yaml
+from pydantic import field_validator, model_validator
 
-from peftops.config import DataConfig, default_data_root
-from peftops.digest import canonical_json, file_sha256, text_sha256
+from peftops.config import Config, FieldError, default_data_root, load_yaml, unknown_key_message, validate
 from peftops.errors import ConfigError, DataError
-from peftops.fsutil import write_text_atomic
 
 EMBEDDED_MANIFEST = Path(__file__).with_name("tasks.yaml")
 FORMATS = ("tsv", "csv", "jsonl")
 METRICS = ("accuracy", "f1", "matthews")
 
 
-@dataclass(frozen=True)
-class TaskSpec:
+def data_path(rel: str | os.PathLike, data_root: str | os.PathLike | None = None) -> Path:
+    """Where a manifest (or config) path points: an absolute path as is; a relative one under the
+    data root (``data_root``, else :func:`~peftops.config.default_data_root`), which it must not
+    climb out of (checked on the path's text, so symlinks inside the root may point anywhere)."""
+    path = Path(rel)
+    if path.is_absolute():
+        return path
+    root = Path(data_root) if data_root else default_data_root()
+    joined = Path(os.path.normpath(root / path))
+    if os.path.commonpath([os.path.normpath(root), joined]) != os.path.normpath(root):
+        raise DataError(str(rel), f"a relative data path must stay inside the data root {root}; "
+                        "give an absolute path to use a file elsewhere")
+    return joined
+
+
+def _column(where: str, col: Any) -> str | int:
+    if isinstance(col, bool) or not isinstance(col, (str, int)) or (isinstance(col, int) and col < 0):
+        raise FieldError(where, f"{col!r} must be a column name or a 0-based column index")
+    return col
+
+
+class TaskSpec(Config):
     """One manifest entry, validated."""
 
+    internal_fields: ClassVar[tuple[str, ...]] = ("name", "source")
+    key_word: ClassVar[str] = "field"
     name: str
     train: str
     dev: str
@@ -37,13 +57,105 @@ class TaskSpec:
     labels: dict[str, str]  # raw label value (as text) -> verbalizer continuation
     label_field: str | int
     fields: dict[str, str | int]  # template placeholder -> column name (or 0-based index)
-    format: str = "tsv"
+    format: Literal["tsv", "csv", "jsonl"] = "tsv"
     header: bool = True
-    metric: str = "accuracy"
+    metric: Literal["accuracy", "f1", "matthews"] = "accuracy"
     metrics: tuple[str, ...] = ()
     max_length: int | None = None
     description: str = ""
     source: str = ""  # manifest file this entry came from
+
+    @classmethod
+    def error_prefix(cls, data: Any) -> str:
+        return f"tasks.{data.get('name', '?')}"
+
+    @field_validator("train", "dev", mode="before")
+    @classmethod
+    def _path(cls, value: Any) -> str:
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError("must be a file path (relative to the data root, or absolute)")
+        if "\x00" in value:
+            raise ValueError("must not contain a NUL byte")
+        return value
+
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _labels(cls, labels: Any) -> dict[str, str]:
+        if not isinstance(labels, dict) or len(labels) < 2:
+            raise ValueError("must map at least two label values to verbalizers")
+        for k in labels:
+            if isinstance(k, bool):  # YAML 1.1 reads bare yes/no/true/false as booleans
+                raise ValueError(f"label value {k!r} was read as a boolean; quote it "
+                                 "(e.g. \"yes\": \" yes\") so it matches the text in the file")
+            if not isinstance(k, (str, int)):
+                raise ValueError(f"label value {k!r} must be text or an integer")
+            if str(k) != str(k).strip() or not str(k):
+                raise ValueError(f"label value {str(k)!r} is empty or has surrounding whitespace; labels in "
+                                 "data files are compared with surrounding whitespace removed")
+        labels = {str(k): v for k, v in labels.items()}
+        for k, v in labels.items():
+            if not isinstance(v, str) or not v.strip():
+                raise FieldError(f"labels.{k}", "verbalizer must be a non-empty string")
+        if len(set(labels.values())) != len(labels):
+            raise ValueError("verbalizers must be distinct")
+        return labels
+
+    @field_validator("fields", mode="before")
+    @classmethod
+    def _fields(cls, fields_: Any) -> dict[str, str | int]:
+        if not isinstance(fields_, dict) or not fields_:
+            raise ValueError("must map template placeholders to columns")
+        return {str(k): _column(f"fields.{k}", v) for k, v in fields_.items()}
+
+    @field_validator("label_field", mode="before")
+    @classmethod
+    def _label_field(cls, col: Any) -> str | int:
+        return _column("label_field", col)
+
+    @field_validator("template", mode="before")
+    @classmethod
+    def _template(cls, template: Any) -> str:
+        if not isinstance(template, str):
+            raise ValueError("must be a string")
+        try:
+            list(string.Formatter().parse(template))
+        except ValueError as err:
+            raise ValueError(f"bad placeholder syntax: {err}") from None
+        return template
+
+    @field_validator("metrics", mode="before")
+    @classmethod
+    def _metrics(cls, extra: Any) -> tuple[str, ...]:
+        extra = () if extra is None else extra
+        if isinstance(extra, str) or not isinstance(extra, (list, tuple)):
+            raise ValueError("must be a list of metric names")
+        for m in extra:
+            if m not in METRICS:
+                raise ValueError(f"{m!r} is not one of {', '.join(METRICS)}")
+        return tuple(extra)
+
+    @field_validator("max_length", mode="before")
+    @classmethod
+    def _max_length(cls, value: Any) -> int | None:
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 8):
+            raise ValueError("must be an integer >= 8")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TaskSpec:
+        placeholders = {p for _, p, _, _ in string.Formatter().parse(self.template) if p is not None}
+        missing = placeholders - set(self.fields)
+        if missing:
+            raise FieldError("template", f"placeholder {{{sorted(missing)[0]}}} has no entry in 'fields'")
+        for where, col in [(f"fields.{k}", v) for k, v in self.fields.items()] + [("label_field", self.label_field)]:
+            if self.format == "jsonl" and not isinstance(col, str):
+                raise FieldError(where, f"column {col!r} must be a key name: JSON lines are objects")
+            if not self.header and self.format != "jsonl" and not isinstance(col, int):
+                raise FieldError(where, f"column {col!r} must be a 0-based index when header is false")
+        if len(self.labels) != 2 and "f1" in (self.metric, *self.metrics):
+            raise FieldError("metric" if self.metric == "f1" else "metrics",
+                             f"'f1' (of the second label) needs exactly two labels; this task has {len(self.labels)}")
+        return self
 
     @property
     def verbalizers(self) -> list[str]:
@@ -53,100 +165,29 @@ class TaskSpec:
     def label_values(self) -> list[str]:
         return list(self.labels.keys())
 
+    def entry(self) -> dict[str, Any]:
+        """The manifest entry's values that shape a prepared split (not where it came from)."""
+        return {k: v for k, v in self.to_dict().items() if k not in ("source", "description")}
 
-def _entry_error(source: str, task: str, fieldname: str, message: str) -> ConfigError:
-    return ConfigError(f"tasks.{task}.{fieldname}", message, source)
 
-
-def parse_task(name: str, entry: dict[str, Any], source: str) -> TaskSpec:
+def parse_task(name: str, entry: Any, source: str) -> TaskSpec:
     """Validate one manifest entry; errors name the manifest, the entry and the field."""
+    prefix = f"tasks.{name}"
     if not isinstance(entry, dict):
-        raise _entry_error(source, name, "", "expected a mapping")
-    allowed = {f for f in TaskSpec.__dataclass_fields__ if f not in ("name", "source")}
-    for key in entry:
-        if key not in allowed:
-            raise _entry_error(source, name, key, f"unknown field; valid fields are {', '.join(sorted(allowed))}")
-    for req in ("train", "dev", "template", "labels", "label_field", "fields"):
-        if req not in entry:
-            raise _entry_error(source, name, req, "required field is missing")
-    for key in ("train", "dev"):
-        if not isinstance(entry[key], str) or not entry[key].strip():
-            raise _entry_error(source, name, key, "must be a file path (relative to the data root, or absolute)")
-    fmt = entry.get("format", "tsv")
-    if fmt not in FORMATS:
-        raise _entry_error(source, name, "format", f"{fmt!r} is not one of {', '.join(FORMATS)}")
-    header = entry.get("header", True)
-    if not isinstance(header, bool):
-        raise _entry_error(source, name, "header", "must be true or false")
-    labels = entry["labels"]
-    if not isinstance(labels, dict) or len(labels) < 2:
-        raise _entry_error(source, name, "labels", "must map at least two label values to verbalizers")
-    for k in labels:
-        if isinstance(k, bool):  # YAML 1.1 reads bare yes/no/true/false as booleans
-            raise _entry_error(source, name, "labels", f"label value {k!r} was read as a boolean; quote it "
-                               "(e.g. \"yes\": \" yes\") so it matches the text in the file")
-    labels = {str(k): v for k, v in labels.items()}
-    for k, v in labels.items():
-        if not isinstance(v, str) or not v.strip():
-            raise _entry_error(source, name, f"labels.{k}", "verbalizer must be a non-empty string")
-    if len(set(labels.values())) != len(labels):
-        raise _entry_error(source, name, "labels", "verbalizers must be distinct")
-    fields_ = entry["fields"]
-    if not isinstance(fields_, dict) or not fields_:
-        raise _entry_error(source, name, "fields", "must map template placeholders to columns")
-    template = entry["template"]
-    if not isinstance(template, str):
-        raise _entry_error(source, name, "template", "must be a string")
-    try:
-        placeholders = {p for _, p, _, _ in string.Formatter().parse(template) if p is not None}
-    except ValueError as err:
-        raise _entry_error(source, name, "template", f"bad placeholder syntax: {err}") from None
-    missing = placeholders - set(fields_)
-    if missing:
-        raise _entry_error(source, name, "template", f"placeholder {{{sorted(missing)[0]}}} has no entry in 'fields'")
-    cols = [(f"fields.{k}", v) for k, v in fields_.items()] + [("label_field", entry["label_field"])]
-    for where, col in cols:
-        if isinstance(col, bool) or not isinstance(col, (str, int)) or (isinstance(col, int) and col < 0):
-            raise _entry_error(source, name, where, f"{col!r} must be a column name or a 0-based column index")
-        if fmt == "jsonl" and not isinstance(col, str):
-            raise _entry_error(source, name, where, f"column {col!r} must be a key name: JSON lines are objects")
-        if not header and fmt != "jsonl" and not isinstance(col, int):
-            raise _entry_error(source, name, where, f"column {col!r} must be a 0-based index when header is false")
-    metric = entry.get("metric", "accuracy")
-    if metric not in METRICS:
-        raise _entry_error(source, name, "metric", f"{metric!r} is not one of {', '.join(METRICS)}")
-    extra = entry.get("metrics", ()) or ()
-    if isinstance(extra, str) or not isinstance(extra, (list, tuple)):
-        raise _entry_error(source, name, "metrics", "must be a list of metric names")
-    extra = tuple(extra)
-    for m in extra:
-        if m not in METRICS:
-            raise _entry_error(source, name, "metrics", f"{m!r} is not one of {', '.join(METRICS)}")
-    if len(labels) != 2 and "f1" in (metric, *extra):
-        raise _entry_error(source, name, "metric" if metric == "f1" else "metrics",
-                           f"'f1' (of the second label) needs exactly two labels; this task has {len(labels)}")
-    max_length = entry.get("max_length")
-    if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 8):
-        raise _entry_error(source, name, "max_length", "must be an integer >= 8")
-    return TaskSpec(
-        name=name, train=str(entry["train"]), dev=str(entry["dev"]), template=template, labels=labels,
-        label_field=entry["label_field"], fields=dict(fields_), format=fmt, header=header, metric=metric,
-        metrics=extra, max_length=max_length, description=str(entry.get("description", "")), source=source,
-    )
+        raise ConfigError(prefix, "expected a mapping", source)
+    for key in TaskSpec.internal_fields:
+        if key in entry:
+            raise ConfigError(f"{prefix}.{key}", unknown_key_message(TaskSpec), source)
+    return validate(TaskSpec, {**entry, "name": str(name), "source": source}, prefix, source)
 
 
 def load_manifest(path: str | Path | None = None) -> dict[str, TaskSpec]:
     """Read and validate a task manifest (the embedded one when ``path`` is None)."""
     p = Path(path) if path else EMBEDDED_MANIFEST
-    if not p.exists():
-        raise ConfigError("manifest", f"task manifest not found: {p}")
-    try:
-        raw = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError("manifest", f"not valid YAML: {err}", str(p)) from None
+    raw = load_yaml(p, "manifest")
     if not isinstance(raw, dict) or not isinstance(raw.get("tasks"), dict):
         raise ConfigError("tasks", "the manifest needs a top-level 'tasks' mapping", str(p))
-    return {name: parse_task(name, entry, str(p)) for name, entry in raw["tasks"].items()}
+    return {str(name): parse_task(str(name), entry, str(p)) for name, entry in raw["tasks"].items()}
 
 
 def get_task(name: str, manifest: str | Path | None = None) -> TaskSpec:
@@ -155,4 +196,3 @@ def get_task(name: str, manifest: str | Path | None = None) -> TaskSpec:
     if name not in tasks:
         raise ConfigError("data.task", f"unknown task {name!r}; the manifest has {', '.join(sorted(tasks))}")
     return tasks[name]
-

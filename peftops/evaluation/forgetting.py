@@ -13,42 +13,36 @@ method that prepends virtual tokens (prompt or prefix tuning) is measured on the
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, ClassVar
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
 from peftops.training.batching import IGNORE, build_batch, forward_logits
-from peftops.config import default_data_root
+from peftops.config import Config
+from peftops.data.manifest import data_path
+from peftops.data.reading import decode_text, jsonl_rows, read_source
 from peftops.digest import canonical_json, text_sha256
-from peftops.errors import ConfigError, DataError
+from peftops.errors import DataError
 
 SEED_TASKS = "instruct/self_instruct_seed_tasks.jsonl"
 
 
-@dataclass(frozen=True)
-class ForgettingConfig:
+class ForgettingConfig(Config):
     """Which general texts, how many, and how they are batched."""
 
+    config_prefix: ClassVar[str] = "forgetting"
     source: str = SEED_TASKS  # relative to the data root, or absolute
-    size: int = 32  # texts in the held-out set
-    max_tokens: int = 96  # texts longer than this (with BOS) are skipped, never cut
+    size: Annotated[int, Field(ge=1)] = 32  # texts in the held-out set
+    max_tokens: Annotated[int, Field(ge=8)] = 96  # texts longer than this (with BOS) are skipped, never cut
     seed: int = 0
-    batch_size: int = 4
-
-    def __post_init__(self) -> None:
-        if self.size < 1:
-            raise ConfigError("forgetting.size", "must be >= 1")
-        if self.max_tokens < 8:
-            raise ConfigError("forgetting.max_tokens", "must be >= 8")
-        if self.batch_size < 1:
-            raise ConfigError("forgetting.batch_size", "must be >= 1")
+    batch_size: Annotated[int, Field(ge=1)] = 4
 
 
 @dataclass
@@ -82,23 +76,12 @@ def seed_task_text(row: dict[str, Any]) -> str:
 def build_general_set(tokenizer, cfg: ForgettingConfig = ForgettingConfig(),
                       data_root: str | Path | None = None) -> GeneralTextSet:
     """The fixed held-out set: a seeded sample of seed tasks that fit ``cfg.max_tokens``."""
-    path = Path(cfg.source)
-    if not path.is_absolute():
-        path = Path(data_root or default_data_root()) / cfg.source
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise DataError(path, "general text file not found (needed for the forgetting measure)") from None
+    path = data_path(cfg.source, data_root)
+    data = read_source(path, missing="general text file not found (needed for the forgetting measure)")
     rows = []
-    for i, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DataError(path, f"invalid JSON: {err.msg}", line=i) from None
-        if not isinstance(row, dict) or "instruction" not in row:
-            raise DataError(path, "expected an object with an 'instruction'", line=i, field="instruction")
+    for i, row in jsonl_rows(decode_text(data, path), path):
+        if not isinstance(row.get("instruction"), str):
+            raise DataError(path, "expected an object with an 'instruction' text", line=i, field="instruction")
         rows.append((str(row.get("id", i)), seed_task_text(row)))
     encoded = tokenizer([t for _, t in rows], add_special_tokens=True)["input_ids"]
     fitting = [(rid, list(map(int, ids))) for (rid, _), ids in zip(rows, encoded) if 2 <= len(ids) <= cfg.max_tokens]

@@ -1,13 +1,13 @@
 """PEFT methods, one package each, registered by name (``get_method('lora')``).
 
-Each package has ``config.py`` (a validated dataclass) and the code that applies it.
+Each package has ``config.py`` (a validated, frozen config model) and the code that applies it.
 """
 
 from __future__ import annotations
 
-import typing
 from typing import Any
 
+from peftops.config import validate
 from peftops.errors import ConfigError
 from peftops.methods.base import METHOD_FILE, Method, MethodConfig, read_method_file
 
@@ -48,12 +48,9 @@ def get_method(name: str) -> Method:
 
 def make_config(name: str, values: dict[str, Any] | None = None) -> Any:
     """Build and validate method ``name``'s config from a mapping (e.g. a params.yaml block)."""
-    from peftops.config import build_dataclass
-
     method = get_method(name)
-    return build_dataclass(method.config_cls, dict(values or {}), f"methods.{name}")
+    return validate(method.config_cls, values, f"methods.{name}")
 
 
 __all__ = ["METHOD_FILE", "Method", "MethodConfig", "available_methods", "get_method", "make_config",
            "read_method_file", "register"]
-_ = typing

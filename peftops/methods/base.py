@@ -2,37 +2,43 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import Annotated, Any, ClassVar, Protocol
 
 import torch
+from pydantic import Field
 
+from peftops.config import Config
 from peftops.errors import ConfigError, PeftopsError
 
 METHOD_FILE = "peftops_method.json"
 
 
-@dataclass(frozen=True)
-class MethodConfig:
-    """Fields every method has. ``lr`` lives here: the best rate differs by method."""
-
-    lr: float = 1e-4
-
-    def __post_init__(self) -> None:
-        check(self, "lr", self.lr > 0 and self.lr < 1, "must be in (0, 1)")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+LearningRate = Annotated[float, Field(gt=0, lt=1)]
 
 
-def check(cfg: Any, fieldname: str, ok: bool, message: str) -> None:
-    """Raise a ``ConfigError`` naming ``<method>.<field>`` unless ``ok``."""
-    if not ok:
-        method = getattr(cfg, "method_name", type(cfg).__name__)
-        raise ConfigError(f"methods.{method}.{fieldname}", f"{message} (got {getattr(cfg, fieldname)!r})")
+class MethodConfig(Config):
+    """Fields every method has. ``lr`` lives here: the best rate differs by method.
+
+    A method's config is the one place its defaults live; ``make_config(name, values)`` builds it
+    from a params.yaml block and errors name ``methods.<name>.<field>``.
+    """
+
+    method_name: ClassVar[str] = "method"
+    lr: LearningRate = 1e-4
+
+    @classmethod
+    def error_prefix(cls, data: Any) -> str:
+        return f"methods.{cls.method_name}"
+
+
+def all_linear_or_names(value: str | list[str]) -> str | list[str]:
+    """``'all-linear'`` or a non-empty list of module names, else a ``ValueError``."""
+    if value != "all-linear" and (isinstance(value, str) or not value
+                                  or not all(isinstance(m, str) and m for m in value)):
+        raise ValueError("must be 'all-linear' or a non-empty list of module names")
+    return value
 
 
 class Method(Protocol):

@@ -20,16 +20,15 @@ DVC) or deleted make the stage run again.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
+import hashlib
 import json
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from peftops.config import PipelineParams, default_data_root, to_dict
+from peftops.config import PipelineParams, to_dict
 from peftops.digest import canonical_json, combine, file_sha256, text_sha256
-from peftops.errors import DataError
 from peftops.fsutil import write_json_atomic
 
 # The package root (this file is peftops/pipeline/caching.py).
@@ -78,33 +77,24 @@ def code_version(package_dir: Path = PACKAGE_DIR) -> str:
     return combine(named)
 
 
-def split_source(rel: str, data_root: str | Path | None) -> Path:
-    """Where a manifest path points: absolute as is, else under the data root."""
-    path = Path(rel)
-    return path if path.is_absolute() else Path(data_root or default_data_root()) / rel
-
-
 def task_sources(params: PipelineParams, task: str) -> dict[str, Path]:
     """The raw train and dev files of ``task`` under ``params``' manifest and data root."""
-    from peftops.data.manifest import get_task
+    from peftops.data.manifest import data_path, get_task
 
     spec = get_task(task, params.data.manifest)
-    return {"train": split_source(spec.train, params.data.data_root),
-            "dev": split_source(spec.dev, params.data.data_root)}
+    return {"train": data_path(spec.train, params.data.data_root),
+            "dev": data_path(spec.dev, params.data.data_root)}
 
 
 def data_digest(params: PipelineParams, task: str) -> str:
     """sha256 of the task's raw files, its manifest entry and the data config (not the paths)."""
     from peftops.data.manifest import get_task
+    from peftops.data.reading import read_source
 
     spec = get_task(task, params.data.manifest)
-    entry = {k: v for k, v in dataclasses.asdict(spec).items() if k not in ("source", "description")}
-    named = {"entry": text_sha256(canonical_json(entry))}
+    named = {"entry": text_sha256(canonical_json(spec.entry()))}
     for split, path in task_sources(params, task).items():
-        try:
-            named[split] = file_sha256(path)
-        except FileNotFoundError:
-            raise DataError(path, "data file not found") from None
+        named[split] = hashlib.sha256(read_source(path)).hexdigest()
     data_cfg = {k: v for k, v in to_dict(params.data).items() if k not in ("task", "manifest", "data_root")}
     named["data"] = text_sha256(canonical_json(data_cfg))
     return combine(named)

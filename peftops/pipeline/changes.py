@@ -20,8 +20,7 @@ from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-import yaml
-
+from peftops.config import load_yaml, parse_yaml
 from peftops.pipeline.caching import affects_outputs
 from peftops.errors import PeftopsError
 
@@ -117,11 +116,11 @@ def _repo_rel(repo: Path, path: str | Path | None) -> str | None:
 def _yaml_at(repo: Path, rev: str, rel: str | None) -> Any:
     """A YAML file as of ``rev`` (None when outside the repository or absent there)."""
     text = _git(repo, "show", f"{rev}:{rel}", check=False) if rel else ""
-    return yaml.safe_load(text) if text else None
+    return parse_yaml(text, "config", f"{rev}:{rel}") if text else None
 
 
 def _yaml(path: str | Path | None) -> Any:
-    return yaml.safe_load(Path(path).read_text()) if path and Path(path).exists() else None
+    return load_yaml(path, "config") if path and Path(path).exists() else None
 
 
 def affected_since(since: str, repo: str | Path = ".", *, params_file: str | Path | None = None,

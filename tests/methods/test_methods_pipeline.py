@@ -1,6 +1,5 @@
 """The new methods through the pipeline stages (train -> train.json -> evaluate) on a tiny snapshot."""
 
-import dataclasses
 import json
 
 import pytest
@@ -13,8 +12,8 @@ METHODS = {"adapter": {"lr": 1e-2, "bottleneck": 4}, "bitfit": {"lr": 5e-2},
 
 
 def _params(tiny_params, name, values):
-    return dataclasses.replace(tiny_params, methods={**tiny_params.methods, name: values},
-                               train=dataclasses.replace(tiny_params.train, steps=3))
+    return tiny_params.model_copy(update={"methods": {**tiny_params.methods, name: values},
+                                          "train": tiny_params.train.model_copy(update={"steps": 3})})
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
-from peftops.methods.base import MethodConfig, check
+from pydantic import Field, field_validator
+
+from peftops.methods.base import LearningRate, MethodConfig, all_linear_or_names
 from peftops.methods.lora.config import GEMMA3_LINEAR
 
 
-@dataclass(frozen=True)
 class BitFitConfig(MethodConfig):
     """Zero-initialised biases on the ``targets`` linear layers, plus the norm weights.
 
@@ -19,21 +19,15 @@ class BitFitConfig(MethodConfig):
     """
 
     method_name: ClassVar[str] = "bitfit"
-    lr: float = 1e-3
+    lr: LearningRate = 1e-3
     targets: str | list[str] = "all-linear"
     train_norms: bool = True
     lm_head: bool = False
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if isinstance(self.targets, str):
-            check(self, "targets", self.targets == "all-linear", "must be 'all-linear' or a list of module names")
-        else:
-            check(self, "targets", isinstance(self.targets, (list, tuple)) and len(self.targets) > 0 and all(
-                isinstance(m, str) and m for m in self.targets), "must be a non-empty list of module names")
-            object.__setattr__(self, "targets", list(self.targets))
-        check(self, "train_norms", isinstance(self.train_norms, bool), "must be true or false")
-        check(self, "lm_head", isinstance(self.lm_head, bool), "must be true or false")
+    @field_validator("targets")
+    @classmethod
+    def _targets(cls, value: str | list[str]) -> str | list[str]:
+        return all_linear_or_names(value)
 
     def target_names(self) -> list[str]:
         """The short module names that get a bias."""

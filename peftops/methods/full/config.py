@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import ClassVar
 
-from peftops.methods.base import MethodConfig
+from peftops.methods.base import LearningRate, MethodConfig
 
 
-@dataclass(frozen=True)
 class FullConfig(MethodConfig):
     """Every parameter trains; only the learning rate is the method's own."""
 
     method_name: ClassVar[str] = "full"
-    lr: float = 2e-5
+    lr: LearningRate = 2e-5

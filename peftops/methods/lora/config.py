@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
-from peftops.methods.base import MethodConfig, check
+from pydantic import Field, field_validator
+
+from peftops.methods.base import LearningRate, MethodConfig, all_linear_or_names
 
 # Gemma 3's linear layers, by the names peft matches on.
 GEMMA3_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
-@dataclass(frozen=True)
 class LoraMethodConfig(MethodConfig):
     """Rank ``r``, scale ``alpha/r`` (or ``alpha/sqrt(r)`` with rsLoRA), dropout and targets.
 
@@ -20,26 +20,18 @@ class LoraMethodConfig(MethodConfig):
     """
 
     method_name: ClassVar[str] = "lora"
-    lr: float = 5e-4
-    r: int = 16
-    alpha: float = 32.0
-    dropout: float = 0.05
+    lr: LearningRate = 5e-4
+    r: Annotated[int, Field(ge=1, le=4096)] = 16
+    alpha: Annotated[float, Field(gt=0)] = 32.0
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.05
     target_modules: str | list[str] = "all-linear"
     use_dora: bool = False
     use_rslora: bool = False
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check(self, "r", isinstance(self.r, int) and 1 <= self.r <= 4096, "must be an integer in [1, 4096]")
-        check(self, "alpha", self.alpha > 0, "must be > 0")
-        check(self, "dropout", 0 <= self.dropout < 1, "must be in [0, 1)")
-        if isinstance(self.target_modules, str):
-            check(self, "target_modules", self.target_modules == "all-linear",
-                  "must be 'all-linear' or a list of module names")
-        else:
-            check(self, "target_modules", len(self.target_modules) > 0 and all(
-                isinstance(m, str) and m for m in self.target_modules), "must be a non-empty list of names")
-            object.__setattr__(self, "target_modules", list(self.target_modules))
+    @field_validator("target_modules")
+    @classmethod
+    def _targets(cls, value: str | list[str]) -> str | list[str]:
+        return all_linear_or_names(value)
 
     def peft_targets(self) -> list[str]:
         """Explicit module names (peft's 'all-linear' needs a model; the names are fixed)."""
