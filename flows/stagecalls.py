@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from peftops.config import PipelineParams
+from peftops.data.manifest import data_path
 from peftops.digest import file_sha256
 from peftops.evaluation.measure import MeasureConfig
 from peftops.pipeline import caching
@@ -88,7 +89,7 @@ def measure_settings(params: PipelineParams, cfg: MeasureConfig, threads: int) -
     eval batch size, and the device and thread count that latencies are taken with."""
     from peftops.stages import pick_device
 
-    source = caching.split_source(cfg.forgetting.source, params.data.data_root)
+    source = data_path(cfg.forgetting.source, params.data.data_root)
     try:
         source_digest = file_sha256(source)
     except OSError:

@@ -86,11 +86,11 @@ def test_compare_writes_one_table_with_every_field_and_logs_mlflow(prefect_harne
     # Unchanged inputs with reuse: nothing is trained again and the numbers are the same.
     train_json = home / "runs" / "sst2" / "lora" / "train.json"
     mtime = train_json.stat().st_mtime_ns
-    again = run_compare(tiny_params, CompareConfig(**{**compare_cfg.__dict__, "reuse": True}), home, progress=False)
+    again = run_compare(tiny_params, compare_cfg.model_copy(update={"reuse": True}), home, progress=False)
     assert train_json.stat().st_mtime_ns == mtime
     assert [r.to_dict() for r in again.rows] == [r.to_dict() for r in result.rows]
     # A changed measurement setting re-measures without retraining.
-    remeasured = run_compare(tiny_params, CompareConfig(**{**compare_cfg.__dict__, "reuse": True, "latency_batches": 1}),
+    remeasured = run_compare(tiny_params, compare_cfg.model_copy(update={"reuse": True, "latency_batches": 1}),
                              home, progress=False)
     assert train_json.stat().st_mtime_ns == mtime
     assert remeasured.row("lora").train_time_s == result.row("lora").train_time_s
@@ -118,8 +118,6 @@ def test_compare_cli_rejects_an_unknown_method_in_one_line(tmp_path):
 
 
 def test_compare_runs_every_registered_method(prefect_harness, tiny_params, compare_cfg, tmp_path):
-    import dataclasses
-
     import torch
     from transformers import Gemma3ForCausalLM
 
@@ -139,7 +137,7 @@ def test_compare_runs_every_registered_method(prefect_harness, tiny_params, comp
     params = tiny_params.model_copy(update={
         "train": tiny_params.train.model_copy(update={"steps": 3}),
         "methods": {**tiny_params.methods, "prompt": {"num_virtual_tokens": 4}, "prefix": {"num_virtual_tokens": 4}}})
-    cfg = dataclasses.replace(compare_cfg, methods=methods, latency_batch_sizes=(1,), latency_batches=1)
+    cfg = compare_cfg.model_copy(update={"methods": methods, "latency_batch_sizes": (1,), "latency_batches": 1})
     result = run_compare(params, cfg, home, progress=False)
     rows = {r.method: r for r in result.rows}
     assert set(rows) == {"base", *methods}

@@ -34,7 +34,7 @@ def test_a_fleet_after_a_compare_of_the_same_task_trains_nothing(prefect_harness
     assert outcome["registry"]["version"] == 1
 
     # and a comparison after the fleet measures again only what it had not measured
-    again = run_compare(tiny_params, CompareConfig(**{**cfg.__dict__, "reuse": True}), home, progress=False)
+    again = run_compare(tiny_params, cfg.model_copy(update={"reuse": True}), home, progress=False)
     assert again.cached["train.lora"] and again.cached["measure.lora"]
     assert [r.to_dict() for r in again.rows] == [r.to_dict() for r in first.rows]
 

@@ -5,36 +5,27 @@ read the records."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any, ClassVar
 
 import torch
+from pydantic import Field
 
+from peftops.config import Config
 from peftops.data.prepared import PreparedSplit
-from peftops.errors import ConfigError
 from peftops.evaluation.evaluate import latency_per_example
 from peftops.evaluation.forgetting import ForgettingConfig, GeneralTextSet, general_nll
 
 
-@dataclass(frozen=True)
-class MeasureConfig:
+BatchSizes = Annotated[tuple[Annotated[int, Field(ge=1)], ...], Field(min_length=1)]
+
+
+class MeasureConfig(Config):
     """How latency and forgetting are measured."""
 
-    latency_batch_sizes: tuple[int, ...] = (1, 16)
-    latency_batches: int = 3  # timed batches per batch size, after one warm-up (the median is reported)
-    forgetting: ForgettingConfig = field(default_factory=ForgettingConfig)
-
-    def __post_init__(self) -> None:
-        if not self.latency_batch_sizes or any(b < 1 for b in self.latency_batch_sizes):
-            raise ConfigError("compare.latency_batch_sizes", "must be batch sizes >= 1")
-        if self.latency_batches < 1:
-            raise ConfigError("compare.latency_batches", "must be >= 1")
-
-    def to_dict(self) -> dict[str, Any]:
-        from peftops.config import to_dict
-
-        return {"latency_batch_sizes": list(self.latency_batch_sizes), "latency_batches": self.latency_batches,
-                "forgetting": to_dict(self.forgetting)}
+    config_prefix: ClassVar[str] = "compare"
+    latency_batch_sizes: BatchSizes = (1, 16)
+    latency_batches: Annotated[int, Field(ge=1)] = 3  # timed batches per size after one warm-up (median reported)
+    forgetting: ForgettingConfig = ForgettingConfig()
 
 
 def measure_model(model: torch.nn.Module, dev: PreparedSplit, texts: GeneralTextSet, *, pad_id: int,

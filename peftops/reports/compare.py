@@ -11,45 +11,46 @@ held-out general text). The flow that runs it is ``flows.compare``; the files it
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any, ClassVar
 
-from peftops.errors import ConfigError
+from pydantic import Field, field_validator
+
+from peftops.config import Config, FieldError
 from peftops.evaluation.forgetting import ForgettingConfig
-from peftops.evaluation.measure import MeasureConfig
-from peftops.methods import available_methods, get_method
+from peftops.evaluation.measure import BatchSizes, MeasureConfig
+from peftops.methods import available_methods
 from peftops.reports.tables import CompareRow
 
 DEFAULT_METHODS = ("lora", "adapter", "bitfit", "prompt", "prefix", "full")
 
 
-@dataclass(frozen=True)
-class CompareConfig:
+class CompareConfig(Config):
     """What to compare and how to measure it."""
 
+    config_prefix: ClassVar[str] = "compare"
     task: str
-    methods: tuple[str, ...] = DEFAULT_METHODS
+    methods: Annotated[tuple[str, ...], Field(min_length=1)] = DEFAULT_METHODS
     out_dir: str = "reports"
     baseline: str = "full"
     include_base: bool = True  # a zero-shot row for the untouched base model
-    latency_batch_sizes: tuple[int, ...] = (1, 16)
-    latency_batches: int = 3  # timed batches per batch size, after one warm-up (the median is reported)
-    forgetting: ForgettingConfig = field(default_factory=ForgettingConfig)
+    latency_batch_sizes: BatchSizes = (1, 16)
+    latency_batches: Annotated[int, Field(ge=1)] = 3  # timed batches per size after one warm-up (median reported)
+    forgetting: ForgettingConfig = ForgettingConfig()
     reuse: bool = False  # take the stages' cache hits (else every stage runs again)
     experiment: str = "peftops-compare"
-    threads: int | None = None  # torch intra-op threads (None: torch's default); recorded with the numbers
+    threads: Annotated[int, Field(ge=1)] | None = None  # torch intra-op threads (None: torch's default)
     command: str = ""  # the command line that produced this comparison, recorded with it
 
-    def __post_init__(self) -> None:
-        if not self.methods:
-            raise ConfigError("compare.methods", "name at least one method")
-        if len(set(self.methods)) != len(self.methods):
-            raise ConfigError("compare.methods", f"a method is listed twice: {', '.join(self.methods)}")
-        for m in self.methods:
-            get_method(m)  # an unknown name lists the known ones
-        self.measure  # the measurement settings validate themselves
-        if self.threads is not None and self.threads < 1:
-            raise ConfigError("compare.threads", "must be >= 1")
+    @field_validator("methods")
+    @classmethod
+    def _known_once(cls, methods: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(methods)) != len(methods):
+            raise FieldError("methods", f"a method is listed twice: {', '.join(methods)}")
+        known = available_methods()
+        for m in methods:
+            if m not in known:
+                raise FieldError("methods", f"unknown method {m!r}; available: {', '.join(known)}")
+        return methods
 
     @property
     def measure(self) -> MeasureConfig:
