@@ -15,6 +15,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from prefect import get_run_logger
+from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
 from flows.stagecalls import StageCalls
@@ -23,7 +25,7 @@ from peftops.evaluation.measure import MeasureConfig
 from peftops.pipeline.caching import method_settings
 from peftops.pipeline.tracking import Tracker
 from peftops.reports.tables import build_rows, markdown
-from peftops.stages import Layout
+from peftops.stages import Layout, git_commit
 from tasks import publish_task
 
 
@@ -92,11 +94,19 @@ def run_pipeline(params: PipelineParams, home: str | None, opts: PipelineOptions
         prep = stages.prepare()
     out = PipelineOutputs(params=params, snapshot=snap, prepared=prep)
     tracker = out.tracker = Tracker(experiment=opts.experiment or f"peftops-{task}", home=home)
+    if opts.experiment is None:
+        tracker.describe_experiment(f"peftops adapters for task `{task}` against the pinned base "
+                                    f"{snap.name} ({snap.digest}): one parent run per pipeline run, a child run "
+                                    "per method.")
     layout = Layout.of(home)
     flow_run_id = str(flow_run.id or "")
+    source_tags = {"mlflow.source.type": "LOCAL", "mlflow.source.name": f"peftops {opts.source}"}
+    commit = git_commit()
+    if commit:
+        source_tags["mlflow.source.git.commit"] = commit
     with tracker.run(f"{opts.source}-{task}", params=opts.parent_params or to_dict(params),
                      tags={"prefect.flow_run_id": flow_run_id, "base_digest": snap.digest,
-                           "data_digest": prep.digest, "task": task, **opts.parent_tags}) as parent:
+                           "data_digest": prep.digest, "task": task, **source_tags, **opts.parent_tags}) as parent:
         out.parent_run_id = parent
         with timer("evaluate"):
             out.evals["base"] = stages.evaluate(None)
@@ -106,7 +116,8 @@ def run_pipeline(params: PipelineParams, home: str | None, opts: PipelineOptions
         for name in opts.methods:
             with tracker.run(name, parent_id=parent,
                              params={"method": name, **method_settings(params, name), "train": to_dict(params.train)},
-                             tags={"task": task, "method": name, "prefect.flow_run_id": flow_run_id}) as child:
+                             tags={"task": task, "method": name, "prefect.flow_run_id": flow_run_id,
+                                   **source_tags}) as child:
                 out.child_run_ids[name] = child
                 _one_method(stages, out, name, child, opts, timer, layout)
         rows = build_rows(out.evals, out.trains,
@@ -132,22 +143,58 @@ def run_pipeline(params: PipelineParams, home: str | None, opts: PipelineOptions
             "mlflow": {"tracking_uri": tracker.tracking_uri, "experiment": tracker.experiment,
                        "parent_run_id": parent, "ui": tracker.ui_command()},
         }
-        tracker.log_text(parent, markdown(rows), "comparison.md")
+        table_md = markdown(rows)
+        tracker.log_text(parent, table_md, "comparison.md")
+        tracker.log_table(parent, summary["rows"], "results_table.json")
         tracker.log_json(parent, summary, f"{opts.source}-summary.json")
         tracker.log_metrics(parent, {f"stage_seconds.{k.replace(' ', '_')}": v for k, v in timer.stages.items()})
         if finish is not None:  # last, so that what it logs wins over the generic table
             finish(out)
+    _report_to_prefect(summary, table_md, opts)
     return summary
+
+
+def _report_to_prefect(summary: dict[str, Any], table_md: str, opts: PipelineOptions) -> None:
+    """What a reader of the flow run needs: which stages were cache hits, the result table (also a
+    Markdown artifact, with the MLflow run and the registry version it produced)."""
+    log = get_run_logger()
+    task = summary["task"]
+    hits = [k for k, hit in summary["cached"].items() if hit]
+    ran = [k for k, hit in summary["cached"].items() if not hit]
+    log.info("%s: cache hits: %s; ran: %s", task, ", ".join(hits) or "none", ", ".join(ran) or "none")
+    log.info("%s results:\n%s", task, table_md)
+    mlflow = summary["mlflow"]
+    lines = [f"# {opts.source}: {task}", "", table_md, "",
+             f"- MLflow: experiment `{mlflow['experiment']}`, parent run `{mlflow['parent_run_id']}` "
+             f"(`{mlflow['ui']}`)"]
+    reg, gate = summary.get("registry"), summary.get("gate")
+    if reg:
+        promoted = "promoted to production" if gate and gate.get("promote") else "not promoted"
+        lines.append(f"- Registry: `{reg['task']}` v{reg['version']} ({promoted}; "
+                     f"`peftops registry show {reg['task']} --version {reg['version']}`)")
+        log.info("%s: published %s v%s (%s)", task, reg["task"], reg["version"], promoted)
+    key = "".join(c if c.isalnum() else "-" for c in f"{opts.source}-{task}".lower())
+    create_markdown_artifact("\n".join(lines) + "\n", key=key, description=f"{opts.source} results for {task}")
 
 
 def _one_method(stages: StageCalls, out: PipelineOutputs, name: str, child: str, opts: PipelineOptions,
                 timer: _Timer, layout: Layout) -> None:
     """Train, evaluate, and (as asked) merge and measure one method, logging to its child run."""
     tracker = out.tracker
-    with timer("train"):
+    with timer("train"), tracker.system_metrics(child):
         tr = out.trains[name] = stages.train(name, opts.progress)
-    tracker.set_tags(child, {"peftops.train_cached": str(stages.hits[f"train.{name}"]).lower()})
+    cached = stages.hits[f"train.{name}"]
+    tracker.set_tags(child, {"peftops.train_cached": str(cached).lower()})
     tracker.log_history(child, tr.history)
+    prep = out.prepared
+    for split, path, size, context in (("train", prep.train_path, prep.train_size, "training"),
+                                       ("dev", prep.dev_path, prep.dev_size, "evaluation")):
+        tracker.log_dataset(child, f"{out.params.data.task}-{split}", prep.digest, str(path), context,
+                            {"examples": size, "split": split})
+    if not cached and name != "full":  # a trained adapter is a model of its run (FFT's 1 GB copy is not logged)
+        tracker.log_model(child, f"{out.params.data.task}-{name}", tr.adapter_dir,
+                          params={"method": name, **method_settings(out.params, name)},
+                          tags={"task": out.params.data.task, "base_digest": out.snapshot.digest})
     with timer("evaluate"):
         ev = out.evals[name] = stages.evaluate(name)
     tracker.log_metrics(child, {f"dev_{k}": v for k, v in ev.metrics.items()} | {

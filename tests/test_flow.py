@@ -5,8 +5,10 @@ import json
 from mlflow.tracking import MlflowClient
 
 
-def test_demo_flow_end_to_end(prefect_harness, tiny_home, tiny_params):
+def test_demo_flow_end_to_end(prefect_harness, tiny_home, tiny_params, monkeypatch):
     from flows.demo import demo_flow
+
+    monkeypatch.setenv("PEFTOPS_SYSTEM_METRICS_INTERVAL", "0.2")  # the tiny trainings take about a second
     from registry import Registry
 
     home, _ = tiny_home
@@ -57,3 +59,31 @@ def test_demo_flow_end_to_end(prefect_harness, tiny_home, tiny_params):
     assert lora.data.tags["gate.promoted"] == str(gate["promote"]).lower()
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"comparison.md", "demo-summary.json"} <= artifacts
+
+    # what an MLflow user expects of a run: datasets, system metrics, the source tags, a logged model
+    inputs = lora.inputs.dataset_inputs
+    contexts = {d.dataset.name: {t.value for t in d.tags if t.key == "mlflow.data.context"} for d in inputs}
+    assert contexts == {"sst2-train": {"training"}, "sst2-dev": {"evaluation"}}
+    assert all(d.dataset.digest == summary["data_digest"].split(":")[-1][:36] for d in inputs)
+    assert any(k.startswith("system/") for k in lora.data.metrics), sorted(lora.data.metrics)
+    assert lora.data.tags["mlflow.source.name"] == "peftops demo" and parent.data.tags["mlflow.source.git.commit"]
+    models = client.search_logged_models(experiment_ids=[exp.experiment_id])
+    by_run = {m.source_run_id: m for m in models}
+    assert "READY" in str(by_run[lora.info.run_id].status)
+    files = {a.path for a in client.list_logged_model_artifacts(by_run[lora.info.run_id].model_id)}
+    assert "adapter_model.safetensors" in files
+    assert by_name["full"].info.run_id not in by_run  # FFT's full copy is not logged as a model
+    assert "mlflow.note.content" in exp.tags
+
+    # Prefect: the flow run published its result table as a Markdown artifact
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    async def artifacts():
+        async with get_client() as pc:
+            return await pc.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["demo-sst2"])))
+
+    found = asyncio.run(artifacts())
+    assert found and "| lora |" in found[0].data and f"v{v.version}" in found[0].data

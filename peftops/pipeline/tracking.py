@@ -122,5 +122,65 @@ class Tracker:
             p.write_text(text)
             self.client.log_artifact(run_id, str(p))
 
+    def describe_experiment(self, text: str) -> None:
+        """The experiment's description (shown on its page in the MLflow UI)."""
+        self.client.set_experiment_tag(self.experiment_id, "mlflow.note.content", text)
+
+    def log_dataset(self, run_id: str, name: str, digest: str, source: str, context: str,
+                    profile: dict[str, Any] | None = None) -> None:
+        """Record a dataset the run used (``context``: training or evaluation): our content digest
+        (MLflow's field holds 36 characters; the full digest goes in the profile), where it came from."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        hexdigest = digest.split(":", 1)[-1]
+        ds = Dataset(name=name, digest=hexdigest[:36], source_type="local", source=json.dumps({"uri": source}),
+                     profile=json.dumps({"digest": digest, **(profile or {})}, default=str))
+        self.client.log_inputs(run_id, [DatasetInput(ds, [InputTag("mlflow.data.context", context)])])
+
+    @contextlib.contextmanager
+    def system_metrics(self, run_id: str, interval_s: float | None = None) -> Iterator[None]:
+        """MLflow's own system metrics (CPU, memory, disk, network; GPU where present) for the block."""
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        interval = interval_s or float(os.environ.get("PEFTOPS_SYSTEM_METRICS_INTERVAL", "5"))
+        monitor = SystemMetricsMonitor(run_id, sampling_interval=interval, samples_before_logging=1,
+                                       tracking_uri=self.tracking_uri)
+        monitor.start()
+        try:
+            yield
+        finally:
+            monitor.finish()
+
+    def log_model(self, run_id: str, name: str, local_dir: str | Path, params: dict[str, Any] | None = None,
+                  tags: dict[str, str] | None = None, model_type: str = "peft-adapter") -> str:
+        """Log ``local_dir`` as a model of the run (MLflow 3's logged models); returns its model id."""
+        from mlflow.entities import LoggedModelOutput
+
+        model = self.client.create_logged_model(self.experiment_id, name=name, source_run_id=run_id,
+                                                tags=tags, params=_flat(params or {}), model_type=model_type)
+        try:
+            self.client.log_model_artifacts(model.model_id, str(local_dir))
+        except BaseException:
+            self.client.finalize_logged_model(model.model_id, "FAILED")
+            raise
+        self.client.finalize_logged_model(model.model_id, "READY")
+        self.client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step=0)])
+        return model.model_id
+
+    def log_table(self, run_id: str, rows: list[dict[str, Any]], name: str) -> None:
+        """A table artifact (one column per key) that the MLflow UI renders and compares across runs."""
+        columns: dict[str, list[Any]] = {}
+        for row in rows:
+            for k in row:
+                columns.setdefault(k, [])
+        for row in rows:
+            for k, col in columns.items():
+                v = row.get(k)
+                col.append(v if isinstance(v, (int, float, str, bool)) or v is None else json.dumps(v, default=str))
+        self.client.log_table(run_id, columns, name)
+
+    def log_figure(self, run_id: str, figure: Any, name: str) -> None:
+        self.client.log_figure(run_id, figure, name)
+
     def ui_command(self) -> str:
         return f"mlflow ui --backend-store-uri {self.tracking_uri}"
