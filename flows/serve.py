@@ -9,13 +9,13 @@ must be running: Prefect's ephemeral mode cannot schedule.
 
 from __future__ import annotations
 
-import datetime as dt
+import asyncio
 import importlib
+import signal
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from peftops.config import load_yaml
 from peftops.errors import ConfigError
 
 
@@ -31,12 +31,21 @@ def api_url() -> str | None:
 
 
 def load_deployments(path: str | Path = "prefect.yaml", names: list[str] | None = None) -> list[dict[str, Any]]:
-    """The ``deployments`` entries of a prefect.yaml (only ``names`` when given)."""
+    """The ``deployments`` entries of a prefect.yaml (only ``names`` when given), validated by
+    Prefect's own model of the file (what ``prefect deploy`` reads)."""
+    from prefect.cli.deploy._models import PrefectYamlModel
+    from pydantic import ValidationError
+
     p = Path(path)
     if not p.exists():
         raise ConfigError("prefect.yaml", f"file not found: {p}")
-    raw = yaml.safe_load(p.read_text()) or {}
-    deps = raw.get("deployments") or []
+    raw = load_yaml(p, "deployments file") or {}
+    try:
+        model = PrefectYamlModel.model_validate(raw)
+    except ValidationError as err:
+        first = err.errors()[0]
+        raise ConfigError(".".join(str(x) for x in first["loc"]), first["msg"], str(p)) from None
+    deps = [d.model_dump(exclude_unset=True, mode="json") for d in model.deployments]
     known = [d.get("name") for d in deps]
     if names:
         missing = sorted(set(names) - set(known))
@@ -47,18 +56,14 @@ def load_deployments(path: str | Path = "prefect.yaml", names: list[str] | None 
 
 
 def schedule_of(spec: dict[str, Any]):
-    """One prefect.yaml schedule entry (cron, interval in seconds, or rrule) as a Prefect Schedule."""
-    from prefect.schedules import Cron, Interval, RRule
+    """One prefect.yaml schedule entry (cron, interval or rrule), converted as ``prefect deploy`` does."""
+    from prefect.cli.deploy._schedules import _schedule_config_to_deployment_schedule
+    from prefect.client.schemas.actions import DeploymentScheduleCreate
 
-    tz = spec.get("timezone")
-    common = {"active": spec.get("active", True), "parameters": spec.get("parameters") or {}}
-    if "cron" in spec:
-        return Cron(spec["cron"], timezone=tz, **common)
-    if "interval" in spec:
-        return Interval(dt.timedelta(seconds=float(spec["interval"])), timezone=tz, **common)
-    if "rrule" in spec:
-        return RRule(spec["rrule"], timezone=tz, **common)
-    raise ConfigError("schedules", f"a schedule needs cron, interval or rrule: {spec}")
+    try:
+        return DeploymentScheduleCreate(**_schedule_config_to_deployment_schedule(spec))
+    except ValueError as err:
+        raise ConfigError("schedules", f"{err}: {spec}") from None
 
 
 def load_flow(entrypoint: str):
@@ -82,14 +87,20 @@ def to_deployments(specs: list[dict[str, Any]]) -> list:
 
 
 def serve(path: str | Path = "prefect.yaml", names: list[str] | None = None, limit: int | None = 1) -> None:
-    """Serve the deployments until stopped (SIGTERM), at most ``limit`` flow runs at a time (one
-    by default: a training run already uses every core). Refuses without a Prefect server."""
+    """Serve the deployments until stopped (Ctrl-C or SIGTERM: a graceful stop either way), at
+    most ``limit`` flow runs at a time (one by default: a training run already uses every core).
+    Refuses without a Prefect server."""
     if not api_url():
         raise NoServer("no Prefect server configured: start one (`prefect server start --host 127.0.0.1`) and "
                        "set PREFECT_API_URL=http://127.0.0.1:4200/api; Prefect's ephemeral mode cannot schedule")
-    from prefect import serve as prefect_serve
+    from prefect.runner import Runner
 
-    prefect_serve(*to_deployments(load_deployments(path, names)), limit=limit)
+    runner = Runner(limit=limit)
+    for deployment in to_deployments(load_deployments(path, names)):
+        runner.add_deployment(deployment)
+    # Ctrl-C takes the same graceful path as SIGTERM (Prefect's runner handles only the latter).
+    signal.signal(signal.SIGINT, lambda *_: runner.handle_sigterm())
+    asyncio.run(runner.start())
 
 
 if __name__ == "__main__":

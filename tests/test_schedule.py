@@ -27,7 +27,7 @@ def test_prefect_yaml_declares_scheduled_deployments_of_real_flows():
     nightly = deps["nightly-fleet"]
     assert nightly["schedules"][0]["cron"] == "0 2 * * *"
     assert nightly["work_pool"]["name"] == "peftops-process"
-    assert schedule_of(nightly["schedules"][0]).cron == "0 2 * * *"
+    assert schedule_of(nightly["schedules"][0]).schedule.cron == "0 2 * * *"
     for d in deps.values():
         assert load_flow(d["entrypoint"]).name in ("fleet", "adapter-pipeline", "retrain")
 
@@ -124,6 +124,11 @@ def test_served_deployment_runs_on_its_schedule(tmp_path):
         print(f"\nserver healthy after {up_s:.1f}s; first scheduled run completed after {time.monotonic() - t0:.1f}s")
         assert done["auto_scheduled"] is True
         assert (home / "runs" / "sst2" / "lora" / "adapter").is_dir()
+        # Ctrl-C stops the served process gracefully, and promptly
+        t_int = time.monotonic()
+        os.killpg(served.pid, signal.SIGINT)
+        served.wait(timeout=30)
+        assert time.monotonic() - t_int < 10, serve_log.read_text()[-2000:]
     finally:
         if served is not None:
             _stop(served)
