@@ -1,4 +1,4 @@
-# make demo | make test | make bench-train | make bench-registry | make bench-latency | make fuzz | make faults
+# make demo | make test | make bench-train | make bench-registry | make bench-latency | make fuzz | make faults | make reliability
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -14,7 +14,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DVC_NO_ANALYTICS := 1
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: install demo test test-fast bench-train bench-registry bench-latency fuzz faults clean data
+.PHONY: install demo test test-fast bench-train bench-registry bench-latency fuzz faults reliability clean data
 
 # torch first and alone: the CPU wheel on local disk; a plain `torch` would pull a CUDA build.
 $(STAMP): pyproject.toml
@@ -59,6 +59,10 @@ fuzz: $(STAMP)
 
 faults: $(STAMP)
 	PEFTOPS_FAULT_KILLS=27 $(PY) -m pytest -q -p no:cacheprovider tests/registry/test_registry_faults.py
+
+# Hostile input, tallied through the real CLI (bad inputs tried / refused with one clear line / tracebacks).
+reliability: $(STAMP)
+	$(PY) bench/reliability.py
 
 clean:
 	rm -rf .peftops

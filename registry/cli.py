@@ -42,7 +42,7 @@ def _open(db: str | None, blobs: str | None) -> Iterator[Registry]:
         with Registry.open(db, blobs) as reg:
             yield reg
     except RegistryError as e:
-        _err.print(Text.assemble(("error:", "red"), f" {type(e).__name__}: {e}"))
+        _err.print(Text.assemble(("error:", "red"), f" {type(e).__name__}: {e}"), soft_wrap=True)
         raise typer.Exit(1) from None
 
 
