@@ -96,7 +96,8 @@ def run_peftops(args, method: str) -> dict:
     from peftops.model.snapshot import load_model, pad_token_id
     from peftops.data.prepared import load_prepared
     from peftops.methods import get_method, make_config
-    from peftops.training.loop import count_params, train
+    from peftops.model.params import count_params
+from peftops.training.loop import train
 
     params, snap, train_path, dev_path = _setup(args)
     pad_id = pad_token_id(snap)  # the data is tokenized already: no tokenizer in this process

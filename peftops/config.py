@@ -89,6 +89,9 @@ class TrainConfig:
     # Recompute each layer's activations in the backward pass instead of keeping them: far less
     # memory for ~1/3 more compute (TRL's SFTTrainer does this by default).
     activation_checkpointing: bool = False
+    # Numeric precision: fp32, bf16 (frozen base in bf16, trainable weights and optimizer state
+    # in fp32, products in bf16), or auto (bf16 where the CPU or GPU multiplies it natively).
+    precision: str = "fp32"  # auto | fp32 | bf16
 
     def __post_init__(self) -> None:
         if self.steps < 1:
@@ -111,6 +114,8 @@ class TrainConfig:
             raise ConfigError("train.eval_batch_size", "must be >= 1")
         if self.max_batch_tokens < 0:
             raise ConfigError("train.max_batch_tokens", "must be >= 0 (0 = no limit)")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ConfigError("train.precision", f"{self.precision!r} is not one of auto, fp32, bf16")
 
 
 @dataclass(frozen=True)
