@@ -8,6 +8,14 @@ master weights and computes in bf16 under the same autocast.
 ``auto`` picks bf16 where the hardware multiplies bf16 natively: a CUDA device that supports it,
 or a CPU with AMX-BF16 or AVX512-BF16 (oneDNN uses them by itself). Elsewhere it picks fp32 and
 says so once: bf16 arithmetic emulated in fp32 units is slower than fp32 itself.
+
+Autocast rather than explicit casts: on a 2-core AMD EPYC with AVX512-BF16, one LoRA forward +
+backward on a 4-layer body of Gemma 3 270M's widths took 419 ms in fp32, 195 ms under autocast
+(191 ms with peft's fp32 copy of LoRA's input) and 227 ms with the base in bf16 and no autocast,
+where peft then runs the LoRA path in fp32 (``python bench/precision_probe.py``, one run, median
+of 8 steps). Autocast also covers every method alike (adapters, BitFit's biases, soft prompts)
+without a cast in each. CUDA takes the same path (autocast with the device's type); it is not
+measured here.
 """
 
 from __future__ import annotations
