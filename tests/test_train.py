@@ -7,7 +7,8 @@ from peftops.config import TrainConfig
 from peftops.data.prepared import PreparedSplit
 from peftops.errors import TrainingError
 from peftops.methods import get_method, make_config
-from peftops.training.loop import Schedule, count_params, train
+from peftops.model.params import count_params
+from peftops.training.loop import Schedule, train
 from tiny import tiny_model
 
 

@@ -11,7 +11,8 @@ from peftops.training.batching import build_batch, forward_logits
 from peftops.config import TrainConfig
 from peftops.errors import ConfigError, PeftopsError
 from peftops.methods import available_methods, get_method, make_config
-from peftops.training.loop import count_params, train
+from peftops.model.params import count_params
+from peftops.training.loop import train
 
 PROBE = ([[2, 5, 20], [2, 8, 21, 30, 30, 30], [2, 11, 22, 30]], [[40], [41], [40]])
 

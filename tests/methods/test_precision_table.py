@@ -12,7 +12,8 @@ from peftops.config import TrainConfig
 from peftops.methods import get_method, make_config
 from peftops.methods.base import freeze_all
 from peftops.training.batching import build_batch, forward_logits
-from peftops.training.loop import count_params, train
+from peftops.model.params import count_params
+from peftops.training.loop import train
 from peftops.training.precision import autocast, keep_activation_dtype, place_parameters, storage_dtype
 
 PROBE = ([[2, 5, 20], [2, 8, 21, 30, 30, 30], [2, 11, 22, 30]], [[40], [41], [40]])
