@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from peftops import stages as P
-from peftops.evaluation.merge import BF16_TOLERANCE
+from peftops.evaluation.merge import tolerance_for
 from peftops.training import precision as prec
 
 
@@ -65,11 +65,13 @@ def test_bf16_lora_records_its_precision_and_merges_within_the_bf16_tolerance(ti
     assert ev.examples_per_s > 0
 
     cert = P.stage_merge(params, home, "lora", export_dir=tmp_path / "merged", export_dtype="bf16")
-    assert cert.passed and cert.precision == "bf16" and cert.tolerance == BF16_TOLERANCE
-    assert cert.max_abs_dlogit <= BF16_TOLERANCE and cert.export_max_abs_dlogit <= BF16_TOLERANCE
+    bf16_tol = tolerance_for("bf16", params.merge.tolerance)
+    assert bf16_tol == 1.0  # at the default merge.tolerance (1e-3)
+    assert cert.passed and cert.precision == "bf16" and cert.tolerance == bf16_tol
+    assert cert.max_abs_dlogit <= bf16_tol and cert.export_max_abs_dlogit <= bf16_tol
     assert cert.export_dtype == "bf16"
     on_disk = json.loads((run / "merge.json").read_text())
-    assert on_disk["precision"] == "bf16" and on_disk["tolerance"] == BF16_TOLERANCE
+    assert on_disk["precision"] == "bf16" and on_disk["tolerance"] == bf16_tol
     assert json.loads((tmp_path / "merged" / "config.json").read_text())["dtype"] == "bfloat16"
     from safetensors.torch import load_file
 

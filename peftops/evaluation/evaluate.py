@@ -16,7 +16,7 @@ import torch
 from peftops.training.batching import IGNORE, build_batch, forward_logits
 from peftops.data.prepared import PreparedSplit
 from peftops.evaluation.metrics import compute
-from peftops.training.precision import autocast
+from peftops.training.precision import autocast, model_precision
 
 
 @dataclass
@@ -61,14 +61,15 @@ def label_scores(model: torch.nn.Module, prompts: list[list[int]], label_ids: li
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, split: PreparedSplit, *, pad_id: int, batch_size: int = 16,
-             device: str | torch.device = "cpu", precision: str = "fp32") -> EvalResult:
+             device: str | torch.device = "cpu", precision: str | None = None) -> EvalResult:
     """Predict every example of ``split`` and compute the task's metrics.
 
-    ``precision`` is a resolved one (fp32 or bf16, the run's): bf16 runs the products under
-    autocast (the model loaded as ``peftops.stages.load_adapted`` does for it); the
-    log-probabilities are taken in fp32 either way.
+    ``precision`` is a resolved one (fp32 or bf16, the run's; default: the one the model is stored
+    for, see ``model_precision``): bf16 runs the products under autocast (the model loaded as
+    ``peftops.stages.load_adapted`` does for it); the log-probabilities are taken in fp32 either way.
     """
     device = torch.device(device)
+    precision = precision or model_precision(model)
     model.eval()
     order = sorted(range(len(split)), key=lambda i: len(split.input_ids[i]))  # less padding
     preds = [0] * len(split)
@@ -88,9 +89,11 @@ def evaluate(model: torch.nn.Module, split: PreparedSplit, *, pad_id: int, batch
 @torch.no_grad()
 def latency_per_example(model: torch.nn.Module, split: PreparedSplit, *, pad_id: int, batch_size: int,
                         device: str | torch.device = "cpu", n_batches: int = 5, warmup: int = 1,
-                        precision: str = "fp32") -> float:
-    """Median seconds per example of scoring ``batch_size`` prompts at a time, in ``precision``."""
+                        precision: str | None = None) -> float:
+    """Median seconds per example of scoring ``batch_size`` prompts at a time, in ``precision``
+    (default: the one the model is stored for)."""
     device = torch.device(device)
+    precision = precision or model_precision(model)
     model.eval()
     times = []
     for b in range(warmup + n_batches):

@@ -137,6 +137,12 @@ def keep_activation_dtype(model: torch.nn.Module, precision: str) -> torch.nn.Mo
     return model
 
 
+def model_precision(model: torch.nn.Module) -> Precision:
+    """The precision a model is stored for: bf16 when any of its parameters is bf16 (a bf16 run's
+    frozen base), else fp32. What evaluation uses when it is not told."""
+    return "bf16" if any(p.dtype == torch.bfloat16 for p in model.parameters()) else "fp32"
+
+
 def parameter_dtypes(model: torch.nn.Module) -> dict[str, set[str]]:
     """``{"trainable": {...}, "frozen": {...}}`` dtype names, for records and tests."""
     out: dict[str, set[str]] = {"trainable": set(), "frozen": set()}

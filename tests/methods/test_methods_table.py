@@ -39,7 +39,7 @@ def test_train_changes_only_intended_parameters_then_reloads_identically(tmp_pat
     assert trainable and trainable == {n for n, _ in model.named_parameters() if intended(n)}
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
 
-    r = train(model, method, cfg, overfit_split(), TrainConfig(steps=25, batch_size=8, warmup_steps=1),
+    r = train(model, method, cfg, overfit_split(), TrainConfig(steps=25, batch_size=8, warmup_steps=1, precision="fp32"),
               tmp_path, pad_id=0, base_params=base_params, progress=False)
 
     assert r.losses[-1] < 0.5 * r.losses[0], r.losses
