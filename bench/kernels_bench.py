@@ -1,4 +1,4 @@
-# .venv/bin/python bench/kernels_bench.py [--rounds 5] [--chunks 512,2048,8192]
+# .venv/bin/python bench/kernels_bench.py [--rounds 5] [--chunks 512,2048,8192] [--dtype fp32|bf16]
 """peftops' CPU kernels against the stock ops they replace, side by side in one process.
 
   dropout: ``MaskDropout`` against ``F.dropout``, forward + backward of one LoRA input of the
@@ -7,7 +7,8 @@
            hidden states, 8 label rows through a 262,144 x 640 head (random weights of the real
            shape: the cost is the shape's, not the values').
 
-One torch thread, as in ``make bench-train``. Each figure is the median of ``--rounds`` rounds,
+``--dtype bf16`` times both in bf16 (inputs and head weight in bf16; the stock pair's logits in
+bf16, then fp32 for the loss, as under autocast). One torch thread, as in ``make bench-train``. Each figure is the median of ``--rounds`` rounds,
 the two contenders alternating; the last line is one JSON object.
 """
 
@@ -41,14 +42,16 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--chunks", default=str(HEAD_CHUNK),
                     help="comma-separated head chunk sizes (vocabulary rows) to time")
+    ap.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
     a = ap.parse_args()
+    dt = torch.bfloat16 if a.dtype == "bf16" else torch.float32
     torch.set_num_threads(1)
     torch.manual_seed(0)
     out: dict[str, dict[str, float]] = {}
 
     drop = MaskDropout(0.05).train()
     for feats in (640, 2048):
-        x = torch.randn(8, 40, feats, requires_grad=True)
+        x = torch.randn(8, 40, feats, dtype=dt, requires_grad=True)
         g = torch.randn_like(x)
         fns = {"stock": lambda: F.dropout(x, 0.05, True).backward(g),
                "peftops": lambda: drop(x).backward(g)}
@@ -58,11 +61,11 @@ def main() -> None:
                 times[k].append(_ms(fn, 20))
         out[f"dropout_8x40x{feats}"] = {k: round(statistics.median(v), 3) for k, v in times.items()}
 
-    weight = torch.randn(262_144, 640) * 0.02
-    hidden = torch.randn(8, 640, requires_grad=True)
+    weight = (torch.randn(262_144, 640) * 0.02).to(dt)
+    hidden = torch.randn(8, 640, dtype=dt, requires_grad=True)
     targets = torch.randint(0, weight.shape[0], (8,))
     for chunk in (int(c) for c in a.chunks.split(",")):
-        fns = {"stock": lambda: F.cross_entropy(hidden @ weight.T, targets, reduction="sum").backward(),
+        fns = {"stock": lambda: F.cross_entropy((hidden @ weight.T).float(), targets, reduction="sum").backward(),
                "peftops": lambda: head_cross_entropy(hidden, weight, targets, chunk).backward()}
         times = {k: [] for k in fns}
         for _ in range(a.rounds):
@@ -74,7 +77,7 @@ def main() -> None:
     for name, r in out.items():
         r["speedup"] = round(r["stock"] / r["peftops"], 2)
         print(f"{name:28} {r['stock']:9.3f} {r['peftops']:9.3f} {r['speedup']:5.2f}x")
-    print(json.dumps(out))
+    print(json.dumps({"dtype": a.dtype, **out}))
 
 
 if __name__ == "__main__":

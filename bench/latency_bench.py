@@ -39,23 +39,27 @@ from peftops.config import for_task  # noqa: E402
 from peftops.config import load_params  # noqa: E402
 from peftops.data.prepared import load_prepared  # noqa: E402
 from peftops.evaluation.evaluate import latency_per_example  # noqa: E402
+from peftops.training.precision import keep_activation_dtype, resolve_precision, storage_dtype  # noqa: E402
 from peftops.fsutil import write_json_atomic, write_text_atomic  # noqa: E402
 from peftops.methods import available_methods, get_method, make_config  # noqa: E402
 
 
-def build_variants(params, home, task: str) -> tuple[dict[str, torch.nn.Module], dict[str, str]]:
-    """name -> model (eval mode, CPU) and name -> where its weights came from."""
+def build_variants(params, home, task: str, precision: str = "fp32") -> tuple[dict[str, torch.nn.Module], dict[str, str]]:
+    """name -> model (eval mode, CPU, stored for ``precision``) and name -> where its weights came from."""
     snap = P._snapshot(params, home)
     layout = P.Layout.of(home)
-    models, origin = {"base": load_model(snap)}, {"base": "pinned base snapshot"}
+    dtype = storage_dtype(precision)
+    models, origin = {"base": load_model(snap, dtype=dtype)}, {"base": "pinned base snapshot"}
 
     def adapted(method: str) -> tuple[torch.nn.Module, str]:
         trained = layout.run(task, method) / "adapter"
         m = get_method(method)
         if trained.exists():
-            return m.load(load_model(snap), trained).eval(), str(trained.relative_to(layout.home))
+            return P.load_adapted(snap, method, trained, torch.device("cpu"), precision).eval(), \
+                str(trained.relative_to(layout.home))
         cfg = make_config(method, params.methods.get(method))
-        return m.apply(load_model(snap), cfg).eval(), f"fresh {method} ({cfg.to_dict()})"
+        model = keep_activation_dtype(m.apply(load_model(snap, dtype=dtype), cfg), precision)
+        return model.eval(), f"fresh {method} ({cfg.to_dict()})"
 
     lora, src = adapted("lora")
     models["lora (unmerged)"], origin["lora (unmerged)"] = lora, src
@@ -70,7 +74,8 @@ def build_variants(params, home, task: str) -> tuple[dict[str, torch.nn.Module],
     return models, origin
 
 
-def measure(models, split, pad_id: int, batch_sizes: list[int], rounds: int, batches: dict[int, int]):
+def measure(models, split, pad_id: int, batch_sizes: list[int], rounds: int, batches: dict[int, int],
+            precision: str = "fp32"):
     """{name: {bs: [ms per example, one per round]}} in interleaved, rotated order."""
     names = list(models)
     out = {n: {bs: [] for bs in batch_sizes} for n in names}
@@ -80,7 +85,7 @@ def measure(models, split, pad_id: int, batch_sizes: list[int], rounds: int, bat
             for bs in batch_sizes:
                 for n in order:
                     sec = latency_per_example(models[n], split, pad_id=pad_id, batch_size=bs, n_batches=batches[bs],
-                                              warmup=1)
+                                              warmup=1, precision=precision)
                     out[n][bs].append(1000.0 * sec)
             print(f"round {r + 1}/{rounds}: " + ", ".join(
                 f"{n} b{bs} {out[n][bs][-1]:.1f}" for bs in batch_sizes for n in names), flush=True)
@@ -115,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batches-b16", type=int, default=3, help="timed batches of 16 per round")
     ap.add_argument("--out", default=str(REPO / "reports" / "latency"))
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    ap.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=None,
+                    help="default: the run's (train.json of the LoRA run), else train.precision")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -125,13 +132,17 @@ def main(argv: list[str] | None = None) -> int:
     prep = P.stage_prepare(params, args.home)
     split = load_prepared(prep.dev_path)
     pad_id = pad_token_id(P._snapshot(params, args.home))
-    models, origin = build_variants(params, args.home, args.task)
+    cpu = torch.device("cpu")
+    precision = (resolve_precision(args.precision, cpu) if args.precision else
+                 P.run_precision(params, P.Layout.of(args.home).run(args.task, "lora"), cpu))
+    models, origin = build_variants(params, args.home, args.task, precision)
     sizes = [1, 16]
-    samples = measure(models, split, pad_id, sizes, args.rounds, {1: args.batches_b1, 16: args.batches_b16})
+    samples = measure(models, split, pad_id, sizes, args.rounds, {1: args.batches_b1, 16: args.batches_b16},
+                      precision)
     res, table = report(samples, sizes, origin)
     merged = res["variants"]["lora (merged)"]
     res.update({
-        "task": args.task, "dev_prompts": len(split), "rounds": args.rounds,
+        "task": args.task, "dev_prompts": len(split), "rounds": args.rounds, "precision": precision,
         "timed_batches": {"b1": args.batches_b1, "b16": args.batches_b16},
         "target": "merged LoRA latency / base latency <= 1.02",
         "target_met": all(merged[f"b{bs}"]["ratio_to_base"] <= 1.02 for bs in sizes),

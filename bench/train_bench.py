@@ -1,25 +1,31 @@
-# make bench-train   (or: .venv/bin/python bench/train_bench.py [--steps 30] [--dev 200])
-"""Training throughput, memory and accuracy: TRL SFTTrainer + peft LoRA against peftops.
+# make bench-train   (or: .venv/bin/python bench/train_bench.py [--steps 30] [--dev 200] [--smoke])
+"""Training throughput, memory and accuracy: TRL SFTTrainer + peft LoRA against peftops, in fp32 and bf16.
 
 One after the other, on the same pinned Gemma 3 270M snapshot, the same prepared SST-2 splits,
 batch size, step count and hyperparameters:
 
   (a) peer:    trl.SFTTrainer + peft LoRA (r=16, alpha=32, dropout 0.05, all linear layers),
-               prompt-completion data, ``completion_only_loss=True`` — what a user would pick;
-  (b) peftops: the same LoRA through ``peftops.training.loop.train``;
-  (c) full:    full fine-tuning through ``peftops.training.loop.train`` (the memory reference).
+               prompt-completion data, ``completion_only_loss=True`` — what a user would pick; in
+               fp32 (``bf16=False``) and with ``bf16=True`` (CPU autocast: its best CPU configuration);
+  (b) peftops: the same LoRA through ``peftops.training.loop.train``, ``train.precision`` fp32 and bf16
+               (frozen base in bf16, LoRA weights and AdamW state in fp32, products in bf16);
+  (c) full:    full fine-tuning through ``peftops.training.loop.train`` (the memory reference), fp32
+               and bf16 (fp32 master weights, bf16 products).
 
 Each contender runs in its own process, so neither its peak memory nor its allocator state leaks
 into the next. Every contender gets the same number of torch threads (``--threads``, default 1) and
 the same memory strategy: activations are recomputed in the backward pass, TRL's default
 (``gradient_checkpointing=True``) and peftops' ``train.activation_checkpointing`` (``--no-checkpointing``
-turns it off in both). Precision is fp32 in both on CPU (TRL's bf16 default is switched off). Throughput counts the training loop only (model load and data tokenisation are
+turns it off in both). Throughput counts the training loop only (model load and data tokenisation are
 excluded); peak memory is the process's resident set sampled during the loop (CUDA max-allocated on
 a GPU). Every resulting model is scored by the same evaluator (``peftops.evaluation.evaluate.evaluate``) on the
 same dev examples. With 30 steps a run's dev accuracy depends strongly on the seed (LoRA init, data
 order, dropout) for both contenders, so each LoRA contender runs once per seed (``--seeds``, default
 0,1,2; peer and peftops interleaved) and the JSON reports means over seeds, with every run listed.
-A table goes to stdout and, as the last line, one JSON object.
+Evaluation speed is the evaluator's examples/s on the dev split in the run's precision. The LoRA
+contenders (peer and peftops, both precisions) run once per seed, interleaved; FFT runs once per
+precision. ``--smoke`` is a short run to prove the bench works (4 steps, one seed, 16 dev
+examples): its figures mean nothing. A table goes to stdout and, as the last line, one JSON object.
 """
 
 from __future__ import annotations
@@ -46,13 +52,23 @@ LORA = {"lr": 5e-4, "r": 16, "alpha": 32, "dropout": 0.05, "target_modules": "al
 FULL = {"lr": 2e-5}
 
 
-def _params(args):
+CONTENDERS = {  # name -> (label, runner, precision)
+    "peer": ("TRL SFTTrainer + peft LoRA", "peer", "fp32"),
+    "peer-bf16": ("TRL SFTTrainer + peft LoRA bf16", "peer", "bf16"),
+    "lora": ("peftops LoRA fp32", "lora", "fp32"),
+    "lora-bf16": ("peftops LoRA bf16", "lora", "bf16"),
+    "full": ("peftops FFT fp32", "full", "fp32"),
+    "full-bf16": ("peftops FFT bf16", "full", "bf16"),
+}
+
+
+def _params(args, precision: str = "fp32"):
     from peftops.config import DataConfig, PipelineParams, TrainConfig
 
     return PipelineParams(data=DataConfig(task="sst2", train_size=args.train, dev_size=args.dev),
                           train=TrainConfig(steps=args.steps, batch_size=args.batch, warmup_steps=args.warmup,
                                             schedule="linear", max_grad_norm=1.0, weight_decay=0.0, seed=args.seed,
-                                            activation_checkpointing=args.checkpointing))
+                                            activation_checkpointing=args.checkpointing, precision=precision))
 
 
 def _data_dir(args) -> Path:
@@ -72,38 +88,41 @@ def prepare_once(args) -> None:
     prepare(params.data, load_tokenizer(snap), _data_dir(args))
 
 
-def _setup(args):
+def _setup(args, precision: str = "fp32"):
     """Child: the verified snapshot and the prepared splits."""
     from peftops.model.snapshot import open_snapshot
     from peftops.stages import Layout
 
-    params = _params(args)
+    params = _params(args, precision)
     snap = open_snapshot(Layout.of(args.home).base(params.base.name), params.base.expected_digest)
     return params, snap, _data_dir(args) / "train.json", _data_dir(args) / "dev.json"
 
 
-def _score(model, dev_path, pad_id):
+def _score(model, dev_path, pad_id, precision: str = "fp32"):
+    """The evaluator's result on the dev split, in ``precision`` (a resolved one)."""
     from peftops.data.prepared import load_prepared
     from peftops.evaluation.evaluate import evaluate
 
-    return evaluate(model, load_prepared(dev_path), pad_id=pad_id, batch_size=16).score
+    return evaluate(model, load_prepared(dev_path), pad_id=pad_id, batch_size=16, precision=precision)
 
 
-def run_peftops(args, method: str) -> dict:
-    """Child: train ``method`` with the peftops loop, then score it."""
+def run_peftops(args, method: str, precision: str) -> dict:
+    """Child: train ``method`` with the peftops loop in ``precision``, then score it in the same."""
     import torch
 
-    from peftops.model.snapshot import load_model, pad_token_id
     from peftops.data.prepared import load_prepared
     from peftops.methods import get_method, make_config
-    from peftops.training.loop import count_params, train
+    from peftops.model.params import count_params
+    from peftops.model.snapshot import load_model, pad_token_id
+    from peftops.training.loop import train
+    from peftops.training.precision import storage_dtype
 
-    params, snap, train_path, dev_path = _setup(args)
+    params, snap, train_path, dev_path = _setup(args, precision)
     pad_id = pad_token_id(snap)  # the data is tokenized already: no tokenizer in this process
     split = load_prepared(train_path)
-    base = load_model(snap)
-    base_params = count_params(base)
     m = get_method(method)
+    base = load_model(snap, dtype=storage_dtype(precision, m))
+    base_params = count_params(base)
     cfg = make_config(method, LORA if method == "lora" else FULL)
     torch.manual_seed(args.seed)
     model = m.apply(base, cfg)
@@ -112,14 +131,16 @@ def run_peftops(args, method: str) -> dict:
         r = train(model, m, cfg, split, params.train, Path(tmp), pad_id=pad_id, base_params=base_params,
                   progress=False)
         cpu = time.process_time() - cpu0
-    acc = _score(model, dev_path, pad_id)
+    ev = _score(model, dev_path, pad_id, r.precision)
     return {"examples_per_s": r.examples_per_s, "peak_mb": r.peak_memory_mb, "train_s": r.train_time_s, "cpu_s": cpu,
-            "dev_acc": acc, "final_loss": r.losses[-1], "trainable": r.trainable_params,
-            "tokens_per_s": r.tokens_per_s, "memory_kind": r.memory_kind}
+            "dev_acc": ev.score, "eval_examples_per_s": ev.examples_per_s, "final_loss": r.losses[-1],
+            "trainable": r.trainable_params, "tokens_per_s": r.tokens_per_s, "memory_kind": r.memory_kind,
+            "precision": r.precision}
 
 
-def run_peer(args) -> dict:
-    """Child: trl.SFTTrainer + peft LoRA on the same data and hyperparameters, then our evaluator."""
+def run_peer(args, precision: str) -> dict:
+    """Child: trl.SFTTrainer + peft LoRA on the same data and hyperparameters (``bf16=True`` for
+    bf16: TRL's CPU autocast), then our evaluator (fp32: the peer's model is an fp32 model)."""
     import torch
     from datasets import Dataset
     from peft import LoraConfig
@@ -144,7 +165,7 @@ def run_peer(args) -> dict:
         gradient_accumulation_steps=1, max_steps=t.steps, learning_rate=LORA["lr"], lr_scheduler_type="linear",
         warmup_steps=t.warmup_steps, max_grad_norm=t.max_grad_norm, weight_decay=t.weight_decay,
         completion_only_loss=True, report_to=[], use_cpu=not torch.cuda.is_available(), save_strategy="no",
-        logging_steps=max(1, t.steps // 3), dataloader_num_workers=0, seed=args.seed, bf16=torch.cuda.is_available(),
+        logging_steps=max(1, t.steps // 3), dataloader_num_workers=0, seed=args.seed, bf16=precision == "bf16",
         disable_tqdm=True, gradient_checkpointing=args.checkpointing,
     )
     peft_cfg = LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
@@ -157,10 +178,10 @@ def run_peer(args) -> dict:
         wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     peft_model = trainer.model
     trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
-    acc = _score(peft_model.eval(), dev_path, tok.pad_token_id)
+    ev = _score(peft_model.eval(), dev_path, tok.pad_token_id)
     return {"examples_per_s": t.steps * t.batch_size / wall, "peak_mb": mem.peak_mb, "train_s": wall, "cpu_s": cpu,
-            "dev_acc": acc, "final_loss": float(out.training_loss), "trainable": trainable,
-            "memory_kind": mem.kind}
+            "dev_acc": ev.score, "eval_examples_per_s": ev.examples_per_s, "final_loss": float(out.training_loss),
+            "trainable": trainable, "memory_kind": mem.kind, "precision": precision}
 
 
 def child(args) -> None:
@@ -169,10 +190,8 @@ def child(args) -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.run == "peer":
-        res = run_peer(args)
-    else:
-        res = run_peftops(args, args.run)
+    _, runner, precision = CONTENDERS[args.run]
+    res = run_peer(args, precision) if runner == "peer" else run_peftops(args, runner, precision)
     res["ru_maxrss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     res["threads"] = torch.get_num_threads()
     print(json.dumps(res), flush=True)
@@ -209,34 +228,40 @@ def main() -> None:
                     help="keep activations instead of recomputing them, in every contender (TRL's default "
                          "and this bench's default is to recompute)")
     ap.add_argument("--seeds", default="0,1,2",
-                    help="comma-separated seeds; peer and peftops LoRA run once per seed (init, data order, "
+                    help="comma-separated seeds; the LoRA contenders run once per seed (init, data order, "
                          "dropout) and the figures are means over seeds (peaks: the largest); FFT runs once")
+    ap.add_argument("--smoke", action="store_true",
+                    help="prove the bench runs: 4 steps, 1 warmup step, seed 0, 16 dev examples (figures meaningless)")
     ap.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)  # a child's seed
     ap.add_argument("--home", default=None, help="state directory (default: $PEFTOPS_HOME or ./.peftops)")
-    ap.add_argument("--run", choices=["peer", "lora", "full"], help=argparse.SUPPRESS)
+    ap.add_argument("--run", choices=sorted(CONTENDERS), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.run:
         return child(args)
+    if args.smoke:
+        args.steps, args.warmup, args.seeds, args.dev = 4, 1, "0", 16
 
     prepare_once(args)
     seeds = [int(x) for x in args.seeds.split(",")]
     load_before = os.getloadavg()
-    runs: dict[str, list[dict]] = {"peer": [], "lora": []}
-    for seed in seeds:  # interleaved, so drifting load hits both contenders alike
-        for who in ("peer", "lora"):
+    lora_like = ("peer", "peer-bf16", "lora", "lora-bf16")
+    runs: dict[str, list[dict]] = {who: [] for who in CONTENDERS}
+    for seed in seeds:  # interleaved, so drifting load hits every contender alike
+        for who in lora_like:
             runs[who].append(spawn(argparse.Namespace(**{**vars(args), "seed": seed}), who))
-    full = spawn(argparse.Namespace(**{**vars(args), "seed": seeds[0]}), "full")
+    for who in ("full", "full-bf16"):
+        runs[who].append(spawn(argparse.Namespace(**{**vars(args), "seed": seeds[0]}), who))
     load_after = os.getloadavg()
-    names = {"peer": "TRL SFTTrainer + peft LoRA", "lora": "peftops LoRA", "full": "peftops FFT"}
     print(f"\nSST-2, batch {args.batch}, {args.steps} steps, dev {args.dev}; LoRA r=16 alpha=32 all linear, "
           f"lr {LORA['lr']}, FFT lr {FULL['lr']}; seeds {seeds}; {os.cpu_count()} CPUs, "
           f"load {load_before[0]:.2f} -> {load_after[0]:.2f}")
-    print(f"{'contender':28} {'seed':>4} {'examples/s':>10} {'peak MB':>9} {'dev acc':>8} {'train s':>8} "
-          f"{'CPU s':>8} {'final loss':>10}")
-    rows = [(who, seed, r) for who in ("peer", "lora") for seed, r in zip(seeds, runs[who])]
-    for who, seed, r in rows + [("full", seeds[0], full)]:
-        print(f"{names[who]:28} {seed:4d} {r['examples_per_s']:10.2f} {r['peak_mb']:9.0f} {r['dev_acc']:8.3f} "
-              f"{r['train_s']:8.1f} {r['cpu_s']:8.1f} {r['final_loss']:10.4f}")
+    print(f"{'contender':32} {'seed':>4} {'examples/s':>10} {'peak MB':>9} {'dev acc':>8} {'eval ex/s':>9} "
+          f"{'train s':>8} {'CPU s':>8} {'final loss':>10}")
+    for who in CONTENDERS:
+        for seed, r in zip(seeds, runs[who]):
+            print(f"{CONTENDERS[who][0]:32} {seed:4d} {r['examples_per_s']:10.2f} {r['peak_mb']:9.0f} "
+                  f"{r['dev_acc']:8.3f} {r['eval_examples_per_s']:9.1f} {r['train_s']:8.1f} {r['cpu_s']:8.1f} "
+                  f"{r['final_loss']:10.4f}")
 
     def mean(who: str, key: str) -> float:
         return statistics.fmean(r[key] for r in runs[who])
@@ -245,29 +270,52 @@ def main() -> None:
         return max(r["peak_mb"] for r in runs[who])
 
     ours_ex, peer_ex = mean("lora", "examples_per_s"), mean("peer", "examples_per_s")
+    bf16_ex, peer_bf16_ex = mean("lora-bf16", "examples_per_s"), mean("peer-bf16", "examples_per_s")
+    peer_best = max(peer_ex, peer_bf16_ex)
+    full, full_bf16 = runs["full"][0], runs["full-bf16"][0]
     summary = {
+        "bf16_examples_per_s": round(bf16_ex, 3),
+        "fp32_examples_per_s": round(ours_ex, 3),
+        "bf16_speedup_vs_fp32": round(bf16_ex / ours_ex, 2),
         "peer_examples_per_s": round(peer_ex, 3),
+        "peer_bf16_examples_per_s": round(peer_bf16_ex, 3),
+        "speedup_vs_peer_best": round(bf16_ex / peer_best, 2),
+        "bf16_peak_mb": round(peak("lora-bf16")),
+        "fp32_peak_mb": round(peak("lora")),
+        "bf16_memory_ratio": round(peak("lora-bf16") / peak("lora"), 3),
+        "bf16_dev_acc_mean": round(mean("lora-bf16", "dev_acc"), 4),
+        "fp32_dev_acc_mean": round(mean("lora", "dev_acc"), 4),
+        "eval_speedup_bf16": round(mean("lora-bf16", "eval_examples_per_s") / mean("lora", "eval_examples_per_s"), 2),
+        "bf16_eval_examples_per_s": round(mean("lora-bf16", "eval_examples_per_s"), 2),
+        "fp32_eval_examples_per_s": round(mean("lora", "eval_examples_per_s"), 2),
         "peftops_examples_per_s": round(ours_ex, 3),
         "speedup": round(ours_ex / peer_ex, 2),
         "peer_peak_mb": round(peak("peer")),
+        "peer_bf16_peak_mb": round(peak("peer-bf16")),
         "peftops_peak_mb": round(peak("lora")),
         "memory_ratio": round(peak("lora") / peak("peer"), 3),
         "peer_dev_acc": round(mean("peer", "dev_acc"), 4),
+        "peer_bf16_dev_acc": round(mean("peer-bf16", "dev_acc"), 4),
         "peftops_dev_acc": round(mean("lora", "dev_acc"), 4),
         "full_examples_per_s": round(full["examples_per_s"], 3),
         "full_peak_mb": round(full["peak_mb"]),
         "full_dev_acc": round(full["dev_acc"], 4),
+        "full_bf16_examples_per_s": round(full_bf16["examples_per_s"], 3),
+        "full_bf16_peak_mb": round(full_bf16["peak_mb"]),
+        "full_bf16_dev_acc": round(full_bf16["dev_acc"], 4),
+        "full_bf16_speedup_vs_fp32": round(full_bf16["examples_per_s"] / full["examples_per_s"], 2),
         "lora_vs_full_memory_ratio": round(peak("lora") / full["peak_mb"], 3),
         "cpu_speedup": round(mean("peer", "cpu_s") / mean("lora", "cpu_s"), 2),
         "seeds": seeds,
         "per_seed": {who: [{"seed": sd, "examples_per_s": round(r["examples_per_s"], 3),
                             "peak_mb": round(r["peak_mb"]), "dev_acc": r["dev_acc"],
+                            "eval_examples_per_s": round(r["eval_examples_per_s"], 2),
                             "cpu_s": round(r["cpu_s"], 1)} for sd, r in zip(seeds, runs[who])]
-                     for who in ("peer", "lora")},
+                     for who in CONTENDERS},
         "steps": args.steps, "batch_size": args.batch, "dev_examples": args.dev,
         "threads": runs["lora"][0]["threads"], "activation_checkpointing": args.checkpointing,
-        "memory_kind": runs["lora"][0]["memory_kind"], "load_avg_before": round(load_before[0], 2),
-        "load_avg_after": round(load_after[0], 2),
+        "memory_kind": runs["lora"][0]["memory_kind"], "smoke": args.smoke,
+        "load_avg_before": round(load_before[0], 2), "load_avg_after": round(load_after[0], 2),
     }
     print(json.dumps(summary))
 

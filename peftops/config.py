@@ -303,8 +303,9 @@ class TrainConfig(Config):
     # Recompute each layer's activations in the backward pass instead of keeping them: far less
     # memory for ~1/3 more compute (TRL's SFTTrainer does this by default).
     activation_checkpointing: bool = False
-    # Numeric precision of training: fp32 everywhere, bf16, or auto (bf16 where the hardware has it).
-    precision: Literal["auto", "fp32", "bf16"] = "fp32"
+    # Numeric precision: fp32, bf16 (frozen base in bf16, trainable weights and optimizer state
+    # in fp32, products in bf16), or auto (bf16 where the CPU or GPU multiplies it natively).
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
 
     @model_validator(mode="after")
     def _warmup_within_run(self) -> TrainConfig:

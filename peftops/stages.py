@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from peftops.model.params import count_params
 from peftops.model.snapshot import (BaseSnapshot, import_base, load_model, load_tokenizer, open_snapshot, pad_token_id,
                           snapshot_dir)
 from peftops.config import PipelineParams, state_home, to_dict
@@ -26,8 +27,9 @@ from peftops.evaluation.evaluate import EvalResult, evaluate
 from peftops.fsutil import write_json_atomic
 from peftops.evaluation.merge import ParityCertificate, merge_adapter
 from peftops.methods import get_method, make_config
+from peftops.training.loop import TrainResult, train
 from peftops.training.memory import release_memory
-from peftops.training.loop import TrainResult, count_params, train
+from peftops.training.precision import keep_activation_dtype, resolve_precision, storage_dtype
 
 if TYPE_CHECKING:
     from peftops.evaluation.measure import MeasureConfig
@@ -98,7 +100,8 @@ def stage_train(params: PipelineParams, method_name: str, home: str | Path | Non
     split = load_prepared(layout.data(params.data.task) / "train.json")
     pad_id = pad_token_id(snap)  # the split is already tokenized: no tokenizer needed
     device = pick_device()
-    base = load_model(snap, device)
+    precision = resolve_precision(params.train.precision, device)
+    base = load_model(snap, device, storage_dtype(precision, method))
     base_params = count_params(base)
     torch.manual_seed(params.train.seed)  # reproducible initialisation (LoRA A, adapters, soft prompts)
     model = method.apply(base, mcfg)
@@ -109,20 +112,33 @@ def stage_train(params: PipelineParams, method_name: str, home: str | Path | Non
         summary = result.to_dict()
         summary.pop("trained_names")
         summary.update({"method_config": mcfg.to_dict(), "base_digest": snap.digest,
+                        "requested_precision": params.train.precision,
                         "data_digest": split.digest, "trained_parameter_names": result.trained_names})
         write_json_atomic(result.adapter_dir.parent / "train.json", summary)
     return result
 
 
+def run_precision(params: PipelineParams, run_dir: Path | None, device: torch.device) -> str:
+    """The precision a run trained in (its ``train.json``), else ``train.precision`` resolved for
+    ``device`` (the base model, or a run trained before precisions were recorded: fp32)."""
+    info = Path(run_dir) / "train.json" if run_dir is not None else None
+    if info is not None and info.exists():
+        return json.loads(info.read_text()).get("precision", "fp32")
+    return resolve_precision(params.train.precision, device)
+
+
 def load_adapted(snap: BaseSnapshot, method_name: str | None, adapter_dir: Path | None,
-                 device: torch.device) -> torch.nn.Module:
-    """The base model, with ``adapter_dir`` applied when a method is given."""
-    model = load_model(snap, device)
-    if method_name is None:
+                 device: torch.device, precision: str = "fp32") -> torch.nn.Module:
+    """The base model, with ``adapter_dir`` applied when a method is given, stored for
+    ``precision`` (a resolved one): a bf16 PEFT model has its base in bf16 and the trained
+    tensors in fp32, as in training; run it under ``peftops.training.precision.autocast``."""
+    method = get_method(method_name) if method_name is not None else None
+    model = load_model(snap, device, storage_dtype(precision, method))
+    if method is None:
         return model
     if adapter_dir is None or not Path(adapter_dir).exists():
         raise PeftopsError(f"{adapter_dir}: no trained adapter; run `peftops train --method {method_name}` first")
-    return get_method(method_name).load(model, Path(adapter_dir)).to(device)
+    return keep_activation_dtype(method.load(model, Path(adapter_dir)).to(device), precision)
 
 
 def stage_evaluate(params: PipelineParams, method_name: str | None, home: str | Path | None = None,
@@ -136,22 +152,26 @@ def stage_evaluate(params: PipelineParams, method_name: str | None, home: str | 
     name = method_name or "base"
     if method_name and adapter_dir is None:
         adapter_dir = layout.run(params.data.task, method_name) / "adapter"
-    model = load_adapted(snap, method_name, adapter_dir, device)
+    precision = run_precision(params, Path(adapter_dir).parent if method_name else None, device)
+    model = load_adapted(snap, method_name, adapter_dir, device, precision)
     result = evaluate(model, split, pad_id=tokenizer.pad_token_id, batch_size=params.train.eval_batch_size,
-                      device=device)
+                      device=device, precision=precision)
     write_json_atomic(layout.run(params.data.task, name) / "eval.json",
                       {**result.to_dict(), "dev_digest": split.digest, "base_digest": snap.digest})
     return result
 
 
 def stage_merge(params: PipelineParams, home: str | Path | None = None, method_name: str = "lora",
-                export_dir: Path | None = None) -> ParityCertificate:
-    """Merge the trained adapter and certify parity on the dev prompts; writes ``merge.json``."""
+                export_dir: Path | None = None, export_dtype: str = "fp32") -> ParityCertificate:
+    """Merge the trained adapter and certify parity on the dev prompts, in the run's precision;
+    writes ``merge.json``. ``export_dtype`` (fp32 | bf16) is the dtype of the exported weights."""
     layout = Layout.of(home)
     snap = _snapshot(params, home)
     probe = load_prepared(layout.data(params.data.task) / "dev.json")
     run = layout.run(params.data.task, method_name)
-    cert = merge_adapter(snap, run / "adapter", probe, params.merge, export_dir)
+    precision = run_precision(params, run, pick_device())
+    cert = merge_adapter(snap, run / "adapter", probe, params.merge, export_dir, precision=precision,
+                         export_dtype=export_dtype)
     write_json_atomic(run / "merge.json", cert.to_dict())
     return cert
 
@@ -192,6 +212,7 @@ def stage_publish(params: PipelineParams, home: str | Path | None = None, method
     lin: dict[str, Any] = {
         "data_digest": prepared_digest(params, home), "git_commit": git_commit(), "method": method_name,
         "hyperparameters": {"method": train_info["method_config"], "train": to_dict(params.train)},
+        "precision": train_info.get("precision", "fp32"),
         "libraries": library_versions(),
     }
     if lin["git_commit"] is None:  # not in a git checkout (or no commit yet): say nothing rather than null
@@ -232,11 +253,13 @@ def stage_measure(params: PipelineParams, method_name: str | None, cfg: "Measure
     device = pick_device()
     name = method_name or "base"
     adapter_dir = layout.run(params.data.task, method_name) / "adapter" if method_name else None
-    model = load_adapted(snap, method_name, adapter_dir, device)
-    rec = measure_model(model, dev, texts, pad_id=tokenizer.pad_token_id, cfg=cfg, device=device)
+    precision = run_precision(params, adapter_dir.parent if adapter_dir else None, device)
+    model = load_adapted(snap, method_name, adapter_dir, device, precision)
+    rec = measure_model(model, dev, texts, pad_id=tokenizer.pad_token_id, cfg=cfg, device=device,
+                        precision=precision)
     del model
     release_memory()
-    rec.update({"dev_digest": dev.digest, "base_digest": snap.digest, "device": device.type,
+    rec.update({"dev_digest": dev.digest, "base_digest": snap.digest, "device": device.type, "precision": precision,
                 "torch_threads": torch.get_num_threads(),
                 "general_set": {"digest": texts.digest, "texts": len(texts), "tokens": texts.n_tokens,
                                 "source": Path(texts.source).name}})

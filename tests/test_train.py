@@ -7,7 +7,8 @@ from peftops.config import TrainConfig
 from peftops.data.prepared import PreparedSplit
 from peftops.errors import TrainingError
 from peftops.methods import get_method, make_config
-from peftops.training.loop import Schedule, count_params, train
+from peftops.model.params import count_params
+from peftops.training.loop import Schedule, train
 from tiny import tiny_model
 
 
@@ -34,7 +35,7 @@ def test_loss_falls_and_only_intended_parameters_change(tmp_path, name):
     base_params = count_params(base)
     model = method.apply(base, cfg)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    r = train(model, method, cfg, overfit_split(), TrainConfig(steps=25, batch_size=8, warmup_steps=1),
+    r = train(model, method, cfg, overfit_split(), TrainConfig(steps=25, batch_size=8, warmup_steps=1, precision="fp32"),
               tmp_path, pad_id=0, base_params=base_params, progress=False)
     assert r.losses[-1] < 0.5 * r.losses[0]
     changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
@@ -49,7 +50,7 @@ def test_loss_falls_and_only_intended_parameters_change(tmp_path, name):
 
 def test_resume_after_interruption_gives_identical_weights(tmp_path):
     cfg = make_config("lora", {"lr": 1e-2, "r": 4, "alpha": 8, "dropout": 0.1})  # dropout: RNG must resume too
-    tcfg = TrainConfig(steps=8, batch_size=4, warmup_steps=2, checkpoint_every=3, schedule="cosine")
+    tcfg = TrainConfig(steps=8, batch_size=4, warmup_steps=2, checkpoint_every=3, schedule="cosine", precision="fp32")
     method = get_method("lora")
 
     def run(directory, interrupt_after=None):

@@ -36,7 +36,7 @@ def test_split_batches_train_like_whole_ones(tmp_path, name, values):
     for budget in (0, 8):
         torch.manual_seed(0)
         model = method.apply(tiny_model(seed=0), cfg)
-        tcfg = TrainConfig(steps=6, batch_size=8, warmup_steps=1, max_batch_tokens=budget)
+        tcfg = TrainConfig(steps=6, batch_size=8, warmup_steps=1, max_batch_tokens=budget, precision="fp32")
         results.append(train(model, method, cfg, overfit_split(), tcfg, tmp_path / str(budget), pad_id=0,
                              base_params=1, progress=False))
         models.append(model)
@@ -58,7 +58,7 @@ def test_activation_checkpointing_trains_like_keeping_activations(tmp_path, name
         torch.manual_seed(0)
         model = method.apply(tiny_model(seed=0), cfg)
         train(model, method, cfg, overfit_split(), TrainConfig(steps=4, batch_size=8, warmup_steps=1,
-                                                               activation_checkpointing=ckpt),
+                                                               activation_checkpointing=ckpt, precision="fp32"),
               tmp_path / str(ckpt), pad_id=0, base_params=1, progress=False)
         models.append(model)
     inner = hf_model(models[1])

@@ -80,12 +80,17 @@ def evaluate(method: Optional[str] = typer.Option(None, "--method", "-m", help="
 @user_errors
 def merge(method: str = typer.Option("lora", "--method", "-m"), params: Optional[Path] = ParamsOpt,
           home: Optional[Path] = HomeOpt, task: Optional[str] = TaskOpt,
-          export: Optional[Path] = typer.Option(None, help="write the merged model here"),
+          export: Optional[Path] = typer.Option(None, help="write the merged model here (safetensors)"),
+          dtype: str = typer.Option("fp32", "--dtype", help="dtype of the exported weights: fp32 (default) or "
+                                    "bf16; the weights are folded in fp32 either way"),
           as_json: bool = typer.Option(False, "--json")) -> None:
     """Merge the adapter into the base weights, refusing above the parity tolerance."""
+    from peftops.errors import ConfigError
     from peftops.stages import stage_merge
 
-    emit(stage_merge(load_cli_params(params, task), home, method, export).to_dict(), as_json)
+    if dtype not in ("fp32", "bf16"):
+        raise ConfigError("--dtype", f"{dtype!r} is not one of fp32, bf16")
+    emit(stage_merge(load_cli_params(params, task), home, method, export, export_dtype=dtype).to_dict(), as_json)
 
 
 @app.command()

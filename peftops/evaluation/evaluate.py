@@ -7,7 +7,6 @@ label's continuation is computed and the largest wins. When every verbalizer is 
 
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +16,7 @@ import torch
 from peftops.training.batching import IGNORE, build_batch, forward_logits
 from peftops.data.prepared import PreparedSplit
 from peftops.evaluation.metrics import compute
+from peftops.training.precision import autocast, model_precision
 
 
 @dataclass
@@ -29,10 +29,16 @@ class EvalResult:
     n: int
     predictions: list[int] = field(repr=False, default_factory=list)
     eval_time_s: float = 0.0
+    precision: str = "fp32"
+
+    @property
+    def examples_per_s(self) -> float:
+        return self.n / self.eval_time_s if self.eval_time_s > 0 else 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {"metric": self.metric, "score": self.score, "metrics": self.metrics, "n": self.n,
-                "eval_time_s": self.eval_time_s}
+                "eval_time_s": self.eval_time_s, "examples_per_s": self.examples_per_s,
+                "precision": self.precision}
 
 
 @torch.no_grad()
@@ -55,16 +61,20 @@ def label_scores(model: torch.nn.Module, prompts: list[list[int]], label_ids: li
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, split: PreparedSplit, *, pad_id: int, batch_size: int = 16,
-             device: str | torch.device = "cpu") -> EvalResult:
-    """Predict every example of ``split`` and compute the task's metrics."""
+             device: str | torch.device = "cpu", precision: str | None = None) -> EvalResult:
+    """Predict every example of ``split`` and compute the task's metrics.
+
+    ``precision`` is a resolved one (fp32 or bf16, the run's; default: the one the model is stored
+    for, see ``model_precision``): bf16 runs the products under autocast (the model loaded as
+    ``peftops.stages.load_adapted`` does for it); the log-probabilities are taken in fp32 either way.
+    """
     device = torch.device(device)
+    precision = precision or model_precision(model)
     model.eval()
     order = sorted(range(len(split)), key=lambda i: len(split.input_ids[i]))  # less padding
     preds = [0] * len(split)
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
-                else contextlib.nullcontext())
     t0 = time.perf_counter()
-    with autocast:
+    with autocast(device, precision):
         for start in range(0, len(order), batch_size):
             rows = order[start:start + batch_size]
             scores = label_scores(model, [split.input_ids[i] for i in rows], split.label_token_ids, pad_id, device)
@@ -73,14 +83,17 @@ def evaluate(model: torch.nn.Module, split: PreparedSplit, *, pad_id: int, batch
     names = [split.metric, *[m for m in split.metrics if m != split.metric]]
     metrics = compute(names, preds, split.labels)
     return EvalResult(metric=split.metric, score=metrics[split.metric], metrics=metrics, n=len(split),
-                      predictions=preds, eval_time_s=time.perf_counter() - t0)
+                      predictions=preds, eval_time_s=time.perf_counter() - t0, precision=precision)
 
 
 @torch.no_grad()
 def latency_per_example(model: torch.nn.Module, split: PreparedSplit, *, pad_id: int, batch_size: int,
-                        device: str | torch.device = "cpu", n_batches: int = 5, warmup: int = 1) -> float:
-    """Median seconds per example of scoring ``batch_size`` prompts at a time."""
+                        device: str | torch.device = "cpu", n_batches: int = 5, warmup: int = 1,
+                        precision: str | None = None) -> float:
+    """Median seconds per example of scoring ``batch_size`` prompts at a time, in ``precision``
+    (default: the one the model is stored for)."""
     device = torch.device(device)
+    precision = precision or model_precision(model)
     model.eval()
     times = []
     for b in range(warmup + n_batches):
@@ -89,7 +102,8 @@ def latency_per_example(model: torch.nn.Module, split: PreparedSplit, *, pad_id:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         t0 = time.perf_counter()
-        label_scores(model, prompts, split.label_token_ids, pad_id, device)
+        with autocast(device, precision):
+            label_scores(model, prompts, split.label_token_ids, pad_id, device)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         if b >= warmup:

@@ -14,6 +14,7 @@ from peftops.config import Config
 from peftops.data.prepared import PreparedSplit
 from peftops.evaluation.evaluate import latency_per_example
 from peftops.evaluation.forgetting import ForgettingConfig, GeneralTextSet, general_nll
+from peftops.training.precision import autocast, model_precision
 
 
 BatchSizes = Annotated[tuple[Annotated[int, Field(ge=1)], ...], Field(min_length=1)]
@@ -29,12 +30,15 @@ class MeasureConfig(Config):
 
 
 def measure_model(model: torch.nn.Module, dev: PreparedSplit, texts: GeneralTextSet, *, pad_id: int,
-                  cfg: MeasureConfig, device: torch.device) -> dict[str, Any]:
-    """``{"latency_ms": {batch size: median ms per example}, "general_nll": nats per token}``."""
+                  cfg: MeasureConfig, device: torch.device, precision: str | None = None) -> dict[str, Any]:
+    """``{"latency_ms": {batch size: median ms per example}, "general_nll": nats per token}``, in the
+    run's ``precision`` (default: the one the model is stored for)."""
+    precision = precision or model_precision(model)
     latency = {}
     for bs in cfg.latency_batch_sizes:
         sec = latency_per_example(model, dev, pad_id=pad_id, batch_size=bs, device=device,
-                                  n_batches=cfg.latency_batches, warmup=1)
+                                  n_batches=cfg.latency_batches, warmup=1, precision=precision)
         latency[str(bs)] = 1000.0 * sec
-    nll = general_nll(model, texts, pad_id=pad_id, batch_size=cfg.forgetting.batch_size, device=device)
+    with autocast(device, precision):
+        nll = general_nll(model, texts, pad_id=pad_id, batch_size=cfg.forgetting.batch_size, device=device)
     return {"latency_ms": latency, "general_nll": nll}

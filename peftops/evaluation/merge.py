@@ -8,10 +8,20 @@ With an export directory the check is made twice: on the merged model in memory,
 exported files reloaded with ``transformers.AutoModelForCausalLM.from_pretrained`` as a plain
 Gemma 3, which is what a deployment loads. Anything the export cannot hold (for example a
 bias that the architecture has no slot for) shows up there, and the export is removed.
+
+Precision. The certificate is made in the run's precision and says which. The merged weights
+are always folded in fp32 (the adapter applied to an fp32 base, then merged), so a bf16 run's
+merge loses nothing to the fold itself. For bf16, parity compares the adapter-applied model as
+the run computes it (bf16 base, fp32 adapter tensors, products under autocast) with the merged
+weights rounded to bf16 under the same autocast: what a bf16 deployment of the merge computes.
+Two bf16 models that round at different places (``W x + B A x`` against ``(W + B A) x``) differ
+by rounding, not by the merge, so bf16 has its own tolerance (``tolerance_for``). The export is
+fp32 safetensors unless ``export_dtype="bf16"``; its reloaded check runs in the run's precision.
 """
 
 from __future__ import annotations
 
+import copy
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -27,6 +37,23 @@ from peftops.data.prepared import PreparedSplit
 from peftops.errors import ParityError, PeftopsError
 from peftops.fsutil import write_json_atomic
 from peftops.methods import get_method, read_method_file
+from peftops.training.precision import autocast, dtype_of, keep_activation_dtype, place_parameters, storage_dtype
+
+# Max |Δlogit| allowed between a bf16 adapter-applied model and its bf16-rounded merge. bf16 keeps
+# 8 significant bits: one rounding step is 2**-8 (0.4 %) relative, 0.06 on a logit of 16, and the
+# two models round at different places in each of 18 layers. Measured on Gemma 3 270M, 32 SST-2-
+# shaped prompts, an r=16 LoRA on all linear layers (``python bench/merge_bf16_probe.py``): max
+# |Δlogit| 0.41 (mean KL 2.0e-3) between the bf16 adapter-applied model and its merge, while the
+# bf16 base itself differs from the fp32 base by 0.39 (mean KL 1.1e-3; largest |logit| 20.8). The
+# merge adds about bf16's own rounding and no more; 1.0 leaves ~2.5x that. A bf16 run's tolerance is
+# ``merge.tolerance`` (for fp32 runs; default 1e-3, measured 2.4e-5 on the same probe) times
+# BF16_TOLERANCE_FACTOR: 1.0 at the default, and a stricter ``merge.tolerance`` is stricter in both.
+BF16_TOLERANCE_FACTOR = 1000.0
+
+
+def tolerance_for(precision: str, fp32_tolerance: float) -> float:
+    """The max |Δlogit| a merge certificate allows in ``precision``, from ``merge.tolerance``."""
+    return fp32_tolerance * BF16_TOLERANCE_FACTOR if precision == "bf16" else fp32_tolerance
 
 
 @dataclass
@@ -45,20 +72,24 @@ class ParityCertificate:
     export_max_abs_dlogit: float | None = None  # the reloaded export vs the adapter-applied model
     export_mean_kl: float | None = None
     base_digest: str = ""
+    precision: str = "fp32"  # the run's, in which both sides of the comparison were computed
+    export_dtype: str | None = None  # the exported weights' dtype, when exported
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 @torch.no_grad()
-def last_logits(model: torch.nn.Module, prompts: list[list[int]], pad_id: int, batch_size: int = 16) -> torch.Tensor:
-    """(N, V) fp32 logits at each prompt's last position."""
+def last_logits(model: torch.nn.Module, prompts: list[list[int]], pad_id: int, batch_size: int = 16,
+                precision: str = "fp32") -> torch.Tensor:
+    """(N, V) logits at each prompt's last position, computed in ``precision``, returned in fp32."""
     device = next(model.parameters()).device
     out = []
-    for start in range(0, len(prompts), batch_size):
-        chunk = prompts[start:start + batch_size]
-        batch = build_batch(chunk, [[0]] * len(chunk), pad_id).to(device)
-        out.append(forward_logits(model, batch)[:, -1, :].float().cpu())
+    with autocast(device, precision):
+        for start in range(0, len(prompts), batch_size):
+            chunk = prompts[start:start + batch_size]
+            batch = build_batch(chunk, [[0]] * len(chunk), pad_id).to(device)
+            out.append(forward_logits(model, batch)[:, -1, :].float().cpu())
     return torch.cat(out)
 
 
@@ -71,55 +102,79 @@ def compare_logits(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
 
 
 def merge_adapter(snapshot: BaseSnapshot, adapter_dir: Path, probe: PreparedSplit, cfg: MergeConfig,
-                  export_dir: Path | None = None) -> ParityCertificate:
-    """Fold ``adapter_dir`` into the base, certify parity, optionally export the merged model.
+                  export_dir: Path | None = None, *, precision: str = "fp32",
+                  export_dtype: str = "fp32") -> ParityCertificate:
+    """Fold ``adapter_dir`` into the base (in fp32), certify parity in ``precision`` (fp32 | bf16,
+    the run's), optionally export the merged model with ``export_dtype`` (fp32 | bf16) weights.
 
-    Raises ``ParityError`` above ``cfg.tolerance`` (nothing is exported then).
+    Raises ``ParityError`` above the precision's tolerance (nothing is exported then).
     """
+    if export_dtype not in ("fp32", "bf16"):
+        raise PeftopsError(f"export dtype {export_dtype!r} is not one of fp32, bf16")
     record = read_method_file(adapter_dir)
     method = get_method(record["method"])
     if not method.mergeable:
         raise PeftopsError(f"{adapter_dir}: method {method.name!r} cannot be merged into the base weights")
     tokenizer = load_tokenizer(snapshot)
     prompts = probe.input_ids[: cfg.probe_size]
+    pad = tokenizer.pad_token_id
+    tolerance = tolerance_for(precision, cfg.tolerance)
     t0 = time.perf_counter()
-    adapted = method.load(load_model(snapshot), Path(adapter_dir))
-    before = last_logits(adapted, prompts, tokenizer.pad_token_id)
-    merged = method.merge(adapted)
-    after = last_logits(merged, prompts, tokenizer.pad_token_id)
+    adapted = method.load(load_model(snapshot, dtype=storage_dtype(precision, method)), Path(adapter_dir))
+    before = last_logits(keep_activation_dtype(adapted, precision), prompts, pad, precision=precision)
+    if storage_dtype(precision, method) == torch.float32:
+        merged = method.merge(adapted)  # the adapter-applied model is fp32: fold it in place
+    else:
+        del adapted
+        merged = method.merge(method.load(load_model(snapshot), Path(adapter_dir)))  # folded in fp32
+    low = dtype_of(precision)
+    # The merged model as the run's precision stores it (bf16: the fp32 fold's parameters rounded
+    # once; buffers such as RoPE's frequencies stay as loaded, as in a bf16 from_pretrained).
+    served = merged if low == torch.float32 else _rounded(merged)
+    after = last_logits(served, prompts, pad, precision=precision)
     max_abs, kl = compare_logits(before, after)
     cert = ParityCertificate(
-        max_abs_dlogit=max_abs, mean_kl=kl, n_probes=len(prompts), tolerance=cfg.tolerance,
-        passed=max_abs <= cfg.tolerance, probe_digest=probe.digest, method=method.name,
-        merge_time_s=time.perf_counter() - t0, base_digest=snapshot.digest,
+        max_abs_dlogit=max_abs, mean_kl=kl, n_probes=len(prompts), tolerance=tolerance,
+        passed=max_abs <= tolerance, probe_digest=probe.digest, method=method.name,
+        merge_time_s=time.perf_counter() - t0, base_digest=snapshot.digest, precision=precision,
     )
     if not cert.passed:
         raise ParityError(f"{adapter_dir}: merged model differs from the adapter by max |Δlogit| = "
-                          f"{max_abs:.3g} > tolerance {cfg.tolerance:g} on {len(prompts)} probes; not merging")
+                          f"{max_abs:.3g} > tolerance {tolerance:g} ({precision}) on {len(prompts)} probes; "
+                          "not merging")
     if export_dir is not None:
         export_dir = Path(export_dir)
-        merged.config.architectures = [type(merged).__name__]  # what serving stacks (vLLM) dispatch on
-        write_snapshot(merged, tokenizer, export_dir, f"{snapshot.name}+{Path(adapter_dir).name}")
-        del merged, adapted
-        exp_abs, exp_kl = compare_logits(before, last_logits(load_plain(export_dir), prompts, tokenizer.pad_token_id))
+        out = merged if export_dtype == "fp32" else (served if low == torch.bfloat16 else _rounded(merged))
+        out.config.architectures = [type(out).__name__]  # what serving stacks (vLLM) dispatch on
+        write_snapshot(out, tokenizer, export_dir, f"{snapshot.name}+{Path(adapter_dir).name}")
+        del merged, served, out
+        reloaded = load_plain(export_dir, storage_dtype(precision))
+        exp_abs, exp_kl = compare_logits(before, last_logits(reloaded, prompts, pad, precision=precision))
         cert.export_max_abs_dlogit, cert.export_mean_kl = exp_abs, exp_kl
+        cert.export_dtype = export_dtype
         cert.merge_time_s = time.perf_counter() - t0
-        if exp_abs > cfg.tolerance:
+        if exp_abs > tolerance:
             shutil.rmtree(export_dir, ignore_errors=True)
             cert.passed = False
             raise ParityError(f"{adapter_dir}: the exported model, reloaded as a plain {snapshot.name}, differs "
-                              f"from the adapter by max |Δlogit| = {exp_abs:.3g} > tolerance {cfg.tolerance:g} "
-                              f"on {len(prompts)} probes (the architecture cannot hold part of the "
-                              f"{method.name} update); export removed")
+                              f"from the adapter by max |Δlogit| = {exp_abs:.3g} > tolerance {tolerance:g} "
+                              f"({precision}) on {len(prompts)} probes (the architecture cannot hold part of "
+                              f"the {method.name} update); export removed")
         cert.export_dir = str(export_dir)
         write_json_atomic(export_dir / "parity.json", cert.to_dict())
     return cert
 
 
-def load_plain(path: Path) -> torch.nn.Module:
-    """An exported model loaded the way a deployment would: ``AutoModelForCausalLM``, fp32, no peftops code."""
+def _rounded(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of the (frozen) ``model`` with its parameters in bf16."""
+    return place_parameters(copy.deepcopy(model), "bf16")
+
+
+def load_plain(path: Path, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    """An exported model loaded the way a deployment would: ``AutoModelForCausalLM`` in ``dtype``
+    (fp32 by default), no peftops code."""
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
     model.eval()
     return model

@@ -103,8 +103,9 @@ def norm_parameters(model: torch.nn.Module) -> list[tuple[str, torch.nn.Paramete
 def load_named(model: torch.nn.Module, tensors: dict[str, torch.Tensor], where: Path) -> None:
     """Copy ``tensors`` into the parameters of ``model`` with the same names.
 
-    Every tensor must name an existing parameter of the same shape; anything else is an
-    ``AdapterError`` naming the file and the tensor (never a silent partial load).
+    A tensor stored in a wider float dtype than its parameter (fp32 trained tensors, a bf16 base)
+    replaces the parameter's data in its own dtype. Every tensor must name an existing parameter of
+    the same shape; anything else is an ``AdapterError`` naming the file and the tensor (never a silent partial load).
     """
     params = dict(model.named_parameters(remove_duplicate=False))
     with torch.no_grad():
@@ -114,4 +115,10 @@ def load_named(model: torch.nn.Module, tensors: dict[str, torch.Tensor], where: 
             if params[name].shape != value.shape:
                 raise AdapterError(f"{where}: tensor {name!r} has shape {tuple(value.shape)}, "
                                    f"the model expects {tuple(params[name].shape)}")
-            params[name].copy_(value.to(params[name].dtype))
+            param = params[name]
+            if param.is_floating_point() and value.is_floating_point() and value.dtype != param.dtype \
+                    and torch.finfo(value.dtype).bits > torch.finfo(param.dtype).bits:
+                # a trained fp32 tensor loaded into a bf16 base keeps its fp32 values (as in training)
+                param.data = value.to(param.device)
+            else:
+                param.copy_(value.to(param.dtype))

@@ -55,7 +55,8 @@ def write_snapshot(model: torch.nn.Module, tokenizer, out_dir: Path, name: str) 
 
     The weights are saved with ``safetensors`` directly: tied tensors (Gemma ties the output
     embedding to the input one) are stored once, and quantizer markers left by a GGUF load
-    are dropped from the config so the snapshot loads as a plain fp32 model.
+    are dropped from the config so the snapshot loads as a plain model of the weights' dtype
+    (fp32 for the base; a merge exported with bf16 weights says bfloat16).
     """
     with atomic_dir(Path(out_dir)) as tmp:
         state = model.state_dict()
@@ -74,7 +75,7 @@ def write_snapshot(model: torch.nn.Module, tokenizer, out_dir: Path, name: str) 
         cfg["pad_token_id"] = tokenizer.pad_token_id
         cfg.pop("quantization_config", None)
         cfg.pop("_name_or_path", None)
-        cfg["dtype"] = "float32"
+        cfg["dtype"] = str(next(iter(tensors.values())).dtype).removeprefix("torch.")
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
         tokenizer.save_pretrained(str(tmp))
         missing = [f for f in PINNED_FILES if not (tmp / f).exists()]
@@ -162,11 +163,14 @@ def import_base(cfg: BaseConfig = BaseConfig(), home: str | Path | None = None, 
     return snap
 
 
-def load_model(snapshot: BaseSnapshot, device: str | torch.device = "cpu") -> torch.nn.Module:
-    """Load the snapshot's weights as an fp32 causal LM (already verified by ``open_snapshot``)."""
+def load_model(snapshot: BaseSnapshot, device: str | torch.device = "cpu",
+               dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    """Load the snapshot's weights as a causal LM in ``dtype`` (fp32 by default; bf16 for a bf16
+    run's frozen base), already verified by ``open_snapshot``. The fp32 file is converted tensor by
+    tensor, so a bf16 load never holds the fp32 model."""
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(str(snapshot.path), dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(str(snapshot.path), dtype=dtype)
     model.to(device)
     model.eval()
     return model

@@ -108,6 +108,14 @@ def method_settings(params: PipelineParams, method: str) -> dict[str, Any]:
     return make_config(method, params.methods.get(method)).to_dict()
 
 
+def resolved_precision(params: PipelineParams) -> str:
+    """``train.precision`` as it resolves on this machine's device (fp32 or bf16)."""
+    from peftops.stages import pick_device
+    from peftops.training.precision import resolve_precision
+
+    return resolve_precision(params.train.precision, pick_device())
+
+
 def stage_key(stage: str, params: PipelineParams, task: str, method: str | None, data_digest: str,
               base_digest: str, code: str | None = None, measure: dict[str, Any] | None = None) -> str:
     """The cache key of one stage of one (task, method); ``method`` None is the base model.
@@ -121,6 +129,8 @@ def stage_key(stage: str, params: PipelineParams, task: str, method: str | None,
         raise ValueError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
     parts: dict[str, Any] = {"stage": stage, "task": task, "code": code or code_version(),
                              "base": base_digest, "data": data_digest}
+    if stage != "prepare":  # what ``train.precision`` resolves to here (auto: bf16 where native) shapes outputs
+        parts["precision"] = resolved_precision(params)
     if stage in ("train", "merge") or (stage in ("evaluate", "measure") and method is not None):
         if method is None:
             raise ValueError(f"stage {stage!r} needs a method")

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from peftops.methods import get_method, make_config
+from peftops.model.params import count_params
 
 # Gemma 3 270M's architecture (the fields that shape the parameter count), as in the snapshot.
 REFERENCE_CONFIG: dict[str, Any] = {
@@ -79,27 +80,15 @@ def meta_model(config) -> torch.nn.Module:
     return model
 
 
-def count_unique(model: torch.nn.Module, trainable_only: bool = False) -> int:
-    """Parameters counted once each, by identity (meta tensors have no storage to compare)."""
-    seen: set[int] = set()
-    total = 0
-    for p in model.parameters():
-        if (trainable_only and not p.requires_grad) or id(p) in seen:
-            continue
-        seen.add(id(p))
-        total += p.numel()
-    return total
-
-
 def measure(config, method: str, values: dict[str, Any]) -> tuple[int, int]:
     """(base parameters, trainable parameters) of ``method`` applied to a fresh model for ``config``."""
     model = meta_model(config)
-    base = count_unique(model)
+    base = count_params(model)
     m = get_method(method)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         adapted = m.apply(model, make_config(method, values))
-    return base, count_unique(adapted, trainable_only=True)
+    return base, count_params(adapted, trainable_only=True)
 
 
 def parameter_table(config=None, model_name: str = "Gemma 3 270M") -> list[ParamRow]:

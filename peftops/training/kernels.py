@@ -6,7 +6,8 @@ spent 8 % of its time in ``bernoulli_`` (dropout masks, drawn twice per step whe
 are recomputed), and the LM head's two matrix products each stream the whole 262,144 x 640 fp32
 embedding (671 MB) from memory: ~0.2 s of a ~2 s step. ``bench/kernels_bench.py`` times both
 against the stock ops. On CUDA both fall back to the stock ops,
-which are fused kernels there already.
+which are fused kernels there already. Both run in fp32 and in bf16 (see
+``peftops.training.precision``).
 """
 
 from __future__ import annotations
@@ -103,23 +104,33 @@ class _HeadCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
                 chunk: int) -> torch.Tensor:
+        # The products run in the weight's dtype (bf16 for a bf16 run: the chunk's logits come out
+        # rounded to bf16, as the unfused bf16 head's do); the running max, sum and the
+        # softmax-weighted sum of rows are fp32, so the loss is reduced in fp32 either way.
         rows = hidden.shape[0]
         want_grad = ctx.needs_input_grad[0]
-        run_max = hidden.new_full((rows,), float("-inf"))
-        run_sum = hidden.new_zeros(rows)
-        acc = hidden.new_zeros(hidden.shape) if want_grad else None
+        ctx.hidden_dtype = hidden.dtype
+        h = hidden.to(weight.dtype)
+        run_max = torch.full((rows,), float("-inf"), device=hidden.device)
+        run_sum = torch.zeros(rows, device=hidden.device)
+        acc = torch.zeros(hidden.shape, device=hidden.device) if want_grad else None
+        low = weight.dtype != torch.float32
         for start in range(0, weight.shape[0], chunk):
             w = weight[start:start + chunk]
-            z = hidden @ w.T
+            z = (h @ w.T).float()
             new_max = torch.maximum(run_max, z.amax(dim=1))
             rescale = torch.exp(run_max - new_max)
             z.sub_(new_max[:, None]).exp_()
             run_sum.mul_(rescale).add_(z.sum(dim=1))
             if acc is not None:
-                acc.mul_(rescale[:, None]).addmm_(z, w)
+                acc.mul_(rescale[:, None])
+                if low:
+                    acc.add_(z.to(weight.dtype) @ w)
+                else:
+                    acc.addmm_(z, w)
             run_max = new_max
-        w_target = weight[targets]
-        loss = run_max + torch.log(run_sum) - (hidden * w_target).sum(dim=1)
+        w_target = weight[targets].float()
+        loss = run_max + torch.log(run_sum) - (h.float() * w_target).sum(dim=1)
         if acc is not None:
             ctx.save_for_backward(acc.div_(run_sum[:, None]).sub_(w_target))
         return loss
@@ -127,14 +138,23 @@ class _HeadCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         (grad_hidden,) = ctx.saved_tensors
-        return grad[:, None] * grad_hidden, None, None, None
+        return (grad.float()[:, None] * grad_hidden).to(ctx.hidden_dtype), None, None, None
 
 
 def head_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
                        chunk: int = HEAD_CHUNK) -> torch.Tensor:
     """Summed cross-entropy of the logits ``hidden @ weight.T`` (rows x vocab, never formed)
-    against ``targets`` (one id per row), for a frozen ``weight``; computed in fp32."""
+    against ``targets`` (one id per row), for a frozen ``weight``.
+
+    The products run in the weight's dtype (fp32 or bf16: a bf16 head is read as it is stored,
+    half the bytes, never copied to fp32), the softmax statistics and the loss in fp32; the
+    gradient for ``hidden`` comes back in ``hidden``'s dtype. Autocast is switched off inside:
+    the dtypes are chosen here.
+    """
     if weight.requires_grad:
         raise ValueError("head_cross_entropy computes no gradient for the head weight; "
                          "use F.cross_entropy on the logits when the head is trained")
-    return _HeadCrossEntropy.apply(hidden.float(), weight.float(), targets, chunk).sum()
+    if weight.dtype not in (torch.float32, torch.bfloat16):
+        weight = weight.float()
+    with torch.autocast(device_type=hidden.device.type, enabled=False):
+        return _HeadCrossEntropy.apply(hidden, weight, targets, chunk).sum()

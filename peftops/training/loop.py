@@ -4,6 +4,8 @@
         take grad_accum length-bucketed micro-batches (each split into forwards of <= max_batch_tokens)
         logits at the supervised (label) positions only -> summed cross-entropy / label tokens
         (on CPU with a frozen head: head + loss fused, see peftops.training.kernels)
+        (bf16: frozen weights bf16, trainable ones fp32, products under autocast; see
+        peftops.training.precision)
         backward (optionally recomputing activations); stop on NaN/Inf; clip; AdamW step;
         warmup + linear/cosine decay
         every checkpoint_every steps: trainable weights, optimizer, scheduler, RNG, data position
@@ -14,7 +16,6 @@ run. Checkpoints are safetensors + JSON (never pickle), written atomically.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import shutil
@@ -27,6 +28,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from peftops.model.params import count_params
 from peftops.training.batching import (IGNORE, build_batch, hf_model, length_bucketed_batches, split_by_tokens,
                               supervised_loss)
 from peftops.config import TrainConfig
@@ -34,6 +36,7 @@ from peftops.data.prepared import PreparedSplit
 from peftops.errors import TrainingError
 from peftops.fsutil import atomic_dir
 from peftops.training.memory import PeakMemory, set_mmap_threshold, trim_heap
+from peftops.training.precision import autocast, place_parameters, resolve_precision
 
 
 @dataclass
@@ -55,6 +58,7 @@ class TrainResult:
     resumed_from: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
     trained_names: list[str] = field(default_factory=list)
+    precision: str = "fp32"  # resolved: fp32 or bf16
 
     @property
     def trainable_pct(self) -> float:
@@ -83,19 +87,6 @@ class Schedule:
         if self.kind == "cosine":
             return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
         return max(0.0, 1.0 - progress)
-
-
-def count_params(model: torch.nn.Module, trainable_only: bool = False) -> int:
-    """Parameters counted once each (tied weights share storage)."""
-    seen, total = set(), 0
-    for p in model.parameters():
-        if trainable_only and not p.requires_grad:
-            continue
-        if p.data_ptr() in seen:
-            continue
-        seen.add(p.data_ptr())
-        total += p.numel()
-    return total
 
 
 def dir_bytes(path: Path) -> int:
@@ -184,11 +175,15 @@ def train(model: torch.nn.Module, method: Any, method_cfg: Any, split: PreparedS
     """Train ``model`` (already prepared by ``method.apply``) and save the adapter.
 
     ``max_steps_this_call`` stops early after that many steps (after checkpointing), which is
-    how a test simulates an interrupted run.
+    how a test simulates an interrupted run. ``cfg.precision`` is resolved for ``device``; the
+    model's frozen parameters are put in its compute dtype and its trainable ones in fp32 (the
+    optimizer's state follows them) before the optimizer is built.
     """
     device = torch.device(device)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    precision = resolve_precision(cfg.precision, device)
+    place_parameters(model, precision)
     torch.manual_seed(cfg.seed)
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if not named:
@@ -222,7 +217,6 @@ def train(model: torch.nn.Module, method: Any, method_cfg: Any, split: PreparedS
                             [label_ids[split.labels[rows[j]]] for j in group], pad_id).to(device)
                 for group in split_by_tokens(widths, cfg.max_batch_tokens)]
 
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else None
     trim: Callable[[], None] = lambda: None
     if device.type == "cpu":
         set_mmap_threshold()
@@ -248,7 +242,7 @@ def train(model: torch.nn.Module, method: Any, method_cfg: Any, split: PreparedS
                 n_targets = sum(int((b.targets != IGNORE).sum()) for b in batches)
                 step_loss = 0.0
                 for b in batches:
-                    with autocast if autocast else contextlib.nullcontext():
+                    with autocast(device, precision):
                         # Only the summed loss leaves: no batch x 262k logits outlive the forward.
                         loss = supervised_loss(model, b) / n_targets
                     # The forward's temporaries are freed (recomputation keeps only each layer's
@@ -297,5 +291,5 @@ def train(model: torch.nn.Module, method: Any, method_cfg: Any, split: PreparedS
         examples_per_s=examples / wall if wall > 0 else 0.0, tokens_per_s=tokens / wall if wall > 0 else 0.0,
         peak_memory_mb=mem.peak_mb, memory_kind=mem.kind, trainable_params=count_params(model, True),
         base_params=base_params, adapter_bytes=dir_bytes(adapter_dir) if adapter_dir.exists() else 0,
-        resumed_from=resumed_from, history=history, trained_names=[n for n, _ in named],
+        resumed_from=resumed_from, history=history, trained_names=[n for n, _ in named], precision=precision,
     )

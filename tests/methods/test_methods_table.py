@@ -11,7 +11,8 @@ from peftops.training.batching import build_batch, forward_logits
 from peftops.config import TrainConfig
 from peftops.errors import ConfigError, PeftopsError
 from peftops.methods import available_methods, get_method, make_config
-from peftops.training.loop import count_params, train
+from peftops.model.params import count_params
+from peftops.training.loop import train
 
 PROBE = ([[2, 5, 20], [2, 8, 21, 30, 30, 30], [2, 11, 22, 30]], [[40], [41], [40]])
 
@@ -38,7 +39,7 @@ def test_train_changes_only_intended_parameters_then_reloads_identically(tmp_pat
     assert trainable and trainable == {n for n, _ in model.named_parameters() if intended(n)}
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
 
-    r = train(model, method, cfg, overfit_split(), TrainConfig(steps=25, batch_size=8, warmup_steps=1),
+    r = train(model, method, cfg, overfit_split(), TrainConfig(steps=25, batch_size=8, warmup_steps=1, precision="fp32"),
               tmp_path, pad_id=0, base_params=base_params, progress=False)
 
     assert r.losses[-1] < 0.5 * r.losses[0], r.losses

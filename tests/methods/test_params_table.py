@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 from methods_cases import tiny_wide
 from peftops.methods import get_method, make_config
 from peftops.reports.params_table import ROWS, REFERENCE_CONFIG, format_table, load_config, measure, parameter_table
-from peftops.training.loop import count_params
+from peftops.model.params import count_params
 
 
 def test_meta_counts_equal_counts_on_a_real_model():

@@ -22,16 +22,17 @@ def _env():
     return env
 
 
-def _run(run_dir: Path, method: str) -> str:
-    out = subprocess.run([sys.executable, str(DRIVER), str(run_dir), method], capture_output=True, text=True,
+def _run(run_dir: Path, method: str, precision: str) -> str:
+    out = subprocess.run([sys.executable, str(DRIVER), str(run_dir), method, "0", precision], capture_output=True,
+                         text=True,
                          env=_env(), timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     return out.stdout
 
 
-def _kill_after_a_checkpoint(run_dir: Path, method: str) -> int:
+def _kill_after_a_checkpoint(run_dir: Path, method: str, precision: str) -> int:
     """Start a slowed run, SIGKILL it mid-way past its first checkpoint; returns the last step seen."""
-    proc = subprocess.Popen([sys.executable, str(DRIVER), str(run_dir), method, "0.4"], stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, str(DRIVER), str(run_dir), method, "0.4", precision], stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, text=True, env=_env())
     last, deadline = 0, time.monotonic() + 300
     try:
@@ -49,15 +50,15 @@ def _kill_after_a_checkpoint(run_dir: Path, method: str) -> int:
     return last
 
 
-@pytest.mark.parametrize("method", ["lora", "adapter"])
-def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, method):
-    _run(tmp_path / "straight", method)
-    killed_at = _kill_after_a_checkpoint(tmp_path / "resumed", method)
+@pytest.mark.parametrize("method,precision", [("lora", "fp32"), ("adapter", "fp32"), ("lora", "bf16")])
+def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, method, precision):
+    _run(tmp_path / "straight", method, precision)
+    killed_at = _kill_after_a_checkpoint(tmp_path / "resumed", method, precision)
     assert 4 <= killed_at < 14
     assert not (tmp_path / "resumed" / "final.safetensors").exists()
     assert not (tmp_path / "resumed" / "adapter").exists()
 
-    out = _run(tmp_path / "resumed", method)
+    out = _run(tmp_path / "resumed", method, precision)
     resumed_from = int(out.strip().splitlines()[-1].split()[1])
     assert resumed_from in (3, 6, 9, 12) and resumed_from <= killed_at
 
@@ -65,4 +66,4 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, method):
     b = load_file(str(tmp_path / "resumed" / "final.safetensors"))
     assert a.keys() == b.keys() and a
     for k in a:
-        assert torch.equal(a[k], b[k]), k
+        assert a[k].dtype == torch.float32 and torch.equal(a[k], b[k]), k

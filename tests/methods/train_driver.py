@@ -1,10 +1,11 @@
-# python tests/methods/train_driver.py RUN_DIR METHOD [SECONDS_PER_STEP]
+# python tests/methods/train_driver.py RUN_DIR METHOD [SECONDS_PER_STEP [PRECISION]]
 """Train a tiny Gemma 3 with checkpoints in its own process (the resume-after-SIGKILL test kills it).
 
 Prints ``step N`` after every step, ``resumed_from N`` at the end, and writes the final trainable
 weights to ``RUN_DIR/final.safetensors``.
 """
 
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -32,6 +33,7 @@ TRAIN = TrainConfig(steps=14, batch_size=4, warmup_steps=2, checkpoint_every=3, 
 def main() -> None:
     run_dir, name = Path(sys.argv[1]), sys.argv[2]
     pause = float(sys.argv[3]) if len(sys.argv) > 3 else 0.0
+    precision = sys.argv[4] if len(sys.argv) > 4 else "fp32"
     torch.set_num_threads(1)
     method, cfg = get_method(name), make_config(name, VALUES[name])
     torch.manual_seed(0)
@@ -41,7 +43,7 @@ def main() -> None:
         print(f"step {step}", flush=True)
         time.sleep(pause)
 
-    result = train(model, method, cfg, overfit_split(12), TRAIN, run_dir, pad_id=0, base_params=1,
+    result = train(model, method, cfg, overfit_split(12), dataclasses.replace(TRAIN, precision=precision), run_dir, pad_id=0, base_params=1,
                    progress=False, on_step=on_step)
     save_file({n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad},
               str(run_dir / "final.safetensors"))

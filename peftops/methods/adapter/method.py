@@ -13,21 +13,18 @@ Adapters are serial, not parallel to a linear layer: they cannot be merged into 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 
 from peftops.errors import PeftopsError
 from peftops.methods import register
 from peftops.methods.adapter.config import AdapterConfig
-from peftops.methods.base import AdapterError, freeze_all, load_named, norm_parameters, write_method_file
+from peftops.methods.base import AdapterError, freeze_all, load_named, norm_parameters
+from peftops.methods.saved import open_saved, save_tensors
 
 PEFT_TYPE = "HOULSBY_ADAPTER"
-CONFIG_FILE = "adapter_config.json"
-WEIGHTS = "adapter_model.safetensors"
 ATTR = "houlsby"
 
 _ACT = {
@@ -115,10 +112,9 @@ class AdapterMethod:
 
     def save(self, model: torch.nn.Module, cfg: AdapterConfig, out_dir: Path) -> None:
         # The bottleneck tensors, plus the norm weights when they train: what differs from the base.
-        trained = {n: p.detach().contiguous() for n, p in model.named_parameters() if f".{ATTR}." in n}
+        trained = {n: p for n, p in model.named_parameters() if f".{ATTR}." in n}
         if cfg.train_norms:
-            trained.update({n: p.detach().contiguous() for n, p in norm_parameters(model)})
-        save_file(trained, str(Path(out_dir) / WEIGHTS), metadata={"format": "pt"})
+            trained.update(norm_parameters(model))
         config = {
             "peft_type": PEFT_TYPE, "bottleneck_size": cfg.bottleneck, "activation": cfg.activation,
             "init_std": cfg.init_std, "places": cfg.places, "insertion_points": _points_of(model),
@@ -127,22 +123,13 @@ class AdapterMethod:
             "base_model_class": type(model).__name__,
             "hidden_size": getattr(getattr(model, "config", None), "hidden_size", None),
         }
-        (Path(out_dir) / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-        write_method_file(out_dir, self.name, cfg)
+        save_tensors(out_dir, self.name, cfg, trained, config)
 
     def load(self, model: torch.nn.Module, adapter_dir: Path) -> torch.nn.Module:
-        adapter_dir = Path(adapter_dir)
-        cfg_path, weights = adapter_dir / CONFIG_FILE, adapter_dir / WEIGHTS
-        for f in (cfg_path, weights):
-            if not f.exists():
-                raise AdapterError(f"{f}: missing from the adapter directory")
-        config = json.loads(cfg_path.read_text())
-        if config.get("peft_type") != PEFT_TYPE:
-            raise AdapterError(f"{cfg_path}: peft_type is {config.get('peft_type')!r}, expected {PEFT_TYPE!r}")
+        config, tensors, weights = open_saved(adapter_dir, PEFT_TYPE)
         freeze_all(model)
         insert(model, list(config["insertion_points"]), int(config["bottleneck_size"]), config["activation"],
                float(config.get("init_std", 1e-2)))
-        tensors = load_file(str(weights))
         missing = [n for n, _ in model.named_parameters() if f".{ATTR}." in n and n not in tensors]
         if missing:
             raise AdapterError(f"{weights}: no tensor for {missing[0]!r} ({len(missing)} missing)")

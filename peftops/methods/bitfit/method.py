@@ -16,20 +16,17 @@ exactly. In memory every BitFit model merges exactly.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 
 from peftops.errors import PeftopsError
 from peftops.methods import register
-from peftops.methods.base import AdapterError, freeze_all, load_named, norm_parameters, write_method_file
+from peftops.methods.base import AdapterError, freeze_all, load_named, norm_parameters
 from peftops.methods.bitfit.config import BitFitConfig
+from peftops.methods.saved import open_saved, save_tensors
 
 PEFT_TYPE = "BITFIT"
-CONFIG_FILE = "adapter_config.json"
-WEIGHTS = "adapter_model.safetensors"
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 
 
@@ -93,28 +90,18 @@ class BitFitMethod:
     def save(self, model: torch.nn.Module, cfg: BitFitConfig, out_dir: Path) -> None:
         names = getattr(model, "peftops_bitfit_modules", None) or bias_modules(model, cfg)
         modules = dict(model.named_modules())
-        tensors = {f"{n}.bias": modules[n].bias.detach().contiguous() for n in names}
+        tensors = {f"{n}.bias": modules[n].bias for n in names}
         if cfg.train_norms:
-            tensors.update({n: p.detach().contiguous() for n, p in norm_parameters(model)})
-        save_file(tensors, str(Path(out_dir) / WEIGHTS), metadata={"format": "pt"})
+            tensors.update(norm_parameters(model))
         config = {"peft_type": PEFT_TYPE, "bias_modules": names, "norms_trained": cfg.train_norms,
                   "lm_head": cfg.lm_head, "trained_tensors": sorted(tensors),
                   "trainable_params": int(sum(t.numel() for t in tensors.values()))}
-        (Path(out_dir) / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-        write_method_file(out_dir, self.name, cfg)
+        save_tensors(out_dir, self.name, cfg, tensors, config)
 
     def load(self, model: torch.nn.Module, adapter_dir: Path) -> torch.nn.Module:
-        adapter_dir = Path(adapter_dir)
-        cfg_path, weights = adapter_dir / CONFIG_FILE, adapter_dir / WEIGHTS
-        for f in (cfg_path, weights):
-            if not f.exists():
-                raise AdapterError(f"{f}: missing from the adapter directory")
-        config = json.loads(cfg_path.read_text())
-        if config.get("peft_type") != PEFT_TYPE:
-            raise AdapterError(f"{cfg_path}: peft_type is {config.get('peft_type')!r}, expected {PEFT_TYPE!r}")
+        config, tensors, weights = open_saved(adapter_dir, PEFT_TYPE)
         names = list(config["bias_modules"])
         add_biases(model, names)
-        tensors = load_file(str(weights))
         absent = [f"{n}.bias" for n in names if f"{n}.bias" not in tensors]
         if absent:
             raise AdapterError(f"{weights}: no tensor for {absent[0]!r} ({len(absent)} missing)")

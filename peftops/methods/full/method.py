@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 
 from peftops.methods import register
-from peftops.methods.base import AdapterError, write_method_file
+from peftops.methods.base import AdapterError
 from peftops.methods.full.config import FullConfig
+from peftops.methods.saved import open_saved, save_tensors
 
 WEIGHTS = "model.safetensors"
 
@@ -27,6 +27,8 @@ class FullMethod:
     name = "full"
     config_cls = FullConfig
     mergeable = False
+    # Every weight trains: a bf16 run keeps them in fp32 (master weights) and only computes in bf16.
+    trains_base = True
 
     def apply(self, model: torch.nn.Module, cfg: FullConfig) -> torch.nn.Module:
         for p in model.parameters():
@@ -34,14 +36,10 @@ class FullMethod:
         return model
 
     def save(self, model: torch.nn.Module, cfg: FullConfig, out_dir: Path) -> None:
-        save_file(state_without_tied(model), str(Path(out_dir) / WEIGHTS), metadata={"format": "pt"})
-        write_method_file(out_dir, self.name, cfg)
+        save_tensors(out_dir, self.name, cfg, state_without_tied(model), weights=WEIGHTS)
 
     def load(self, model: torch.nn.Module, adapter_dir: Path) -> torch.nn.Module:
-        path = Path(adapter_dir) / WEIGHTS
-        if not path.exists():
-            raise AdapterError(f"{path}: missing from the adapter directory")
-        state = load_file(str(path))
+        _, state, path = open_saved(adapter_dir, weights=WEIGHTS)
         try:
             missing, unexpected = model.load_state_dict(state, strict=False)
         except RuntimeError as err:  # shape mismatch
