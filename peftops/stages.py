@@ -12,7 +12,7 @@ import os
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
@@ -91,8 +91,10 @@ def prepared_digest(params: PipelineParams, home: str | Path | None = None) -> s
 
 
 def stage_train(params: PipelineParams, method_name: str, home: str | Path | None = None, *,
-                progress: bool = True, resume: bool = True, max_steps_this_call: int | None = None) -> TrainResult:
-    """Train one method on the prepared train split; writes the adapter and ``train.json``."""
+                progress: bool = True, resume: bool = True, max_steps_this_call: int | None = None,
+                on_step: Callable[[int, dict[str, float]], None] | None = None) -> TrainResult:
+    """Train one method on the prepared train split; writes the adapter and ``train.json``.
+    ``on_step(step, record)`` is called after every optimizer step (live tracking)."""
     layout = Layout.of(home)
     snap = _snapshot(params, home)
     method = get_method(method_name)
@@ -107,7 +109,7 @@ def stage_train(params: PipelineParams, method_name: str, home: str | Path | Non
     model = method.apply(base, mcfg)
     result = train(model, method, mcfg, split, params.train, layout.run(params.data.task, method_name),
                    pad_id=pad_id, base_params=base_params, device=device, resume=resume,
-                   progress=progress, max_steps_this_call=max_steps_this_call)
+                   progress=progress, max_steps_this_call=max_steps_this_call, on_step=on_step)
     if result.steps >= params.train.steps:
         summary = result.to_dict()
         summary.pop("trained_names")
