@@ -1,7 +1,9 @@
 """`peftops registry ...`: the registry on the command line (rich tables, or --json).
 
 --db and --blobs default to PEFTOPS_REGISTRY_DB / PEFTOPS_REGISTRY_BLOBS, else to SQLite and
-a blob directory under $PEFTOPS_HOME (./.peftops).
+a blob directory under the state directory: $PEFTOPS_HOME, else the nearest .peftops/ in
+the current directory or a parent. Commands that only read stop when there is none;
+publish and register-base create ./.peftops.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from .config import default_blob_uri, default_db_url
 from .errors import InvalidArgument, RegistryError
 from .store import Registry
 from .types import AdapterVersion, Page
@@ -36,9 +39,14 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a t
 
 
 @contextlib.contextmanager
-def _open(db: str | None, blobs: str | None) -> Iterator[Registry]:
-    """Open the registry; turn registry errors into a one-line message and exit code 1."""
+def _open(db: str | None, blobs: str | None, *, create: bool = False) -> Iterator[Registry]:
+    """Open the registry; turn registry errors into a one-line message and exit code 1.
+
+    Without --db/--blobs the state directory is found upwards from the current directory;
+    only the commands that create state (create=True) make a new ./.peftops."""
     try:
+        db = db or default_db_url(must_exist=not create)
+        blobs = blobs or default_blob_uri(must_exist=not create)
         with Registry.open(db, blobs) as reg:
             yield reg
     except RegistryError as e:
@@ -168,7 +176,7 @@ def register_base(snapshot_dir: Path, digest: Annotated[str, typer.Option(help="
                   name: str = "gemma-3-270m", db: DbOpt = None, blobs: BlobsOpt = None,
                   as_json: JsonOpt = False) -> None:
     """Register a base model from a safetensors snapshot directory."""
-    with _open(db, blobs) as reg:
+    with _open(db, blobs, create=True) as reg:
         b = reg.register_base(snapshot_dir, digest=digest, name=name)
     if as_json:
         _print_json(b.to_dict())
@@ -189,7 +197,7 @@ def publish(task: str, adapter_dir: Path,
     """Publish an adapter folder as the next version of TASK."""
     from .filters import json_field as _json_field
 
-    with _open(db, blobs) as reg:
+    with _open(db, blobs, create=True) as reg:
         try:
             metrics = {k: float(v) for k, v in _kv(metric or [], "metric").items()}
         except ValueError:

@@ -19,7 +19,8 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import (BasePinMismatch, Conflict, CorruptBlob, InvalidAdapter, InvalidArgument,
-                      InvalidName, LintError, NotFound, RegistryError, StorageUnavailable)
+                      InvalidName, LintError, NotFound, RegistryError, StorageUnavailable,
+                      UnknownMetric)
 from ..store import Registry
 from .deps import AUTH_FAILURES_PER_MINUTE, MAX_BODY_BYTES, ApiSettings
 from .guard import RequestGuard
@@ -55,8 +56,10 @@ def _install_handlers(app: FastAPI) -> None:
     @app.exception_handler(RegistryError)
     def _registry_error(_request: Request, exc: RegistryError) -> JSONResponse:
         code = next((c for cls, c in _STATUS if isinstance(exc, cls)), 400)
-        extra = {"problems": [scrub(p) for p in exc.problems]} if isinstance(exc, LintError) \
-            else {}
+        extra: dict[str, Any] = {"problems": [scrub(p) for p in exc.problems]} \
+            if isinstance(exc, LintError) else {}
+        if isinstance(exc, UnknownMetric):
+            extra["known_metrics"] = exc.known
         return _error(code, type(exc).__name__, str(exc).split("\n", 1)[0], **extra)
 
     @app.exception_handler(RequestValidationError)

@@ -44,6 +44,7 @@ class ErrorOut(Schema):
     error: str
     detail: str
     problems: list[str] | None = None
+    known_metrics: list[str] | None = None  # a search by an unknown metric: the names recorded
 
 
 class BaseIn(Schema):
