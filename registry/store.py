@@ -578,6 +578,22 @@ class Registry:
                               updated_at=updated.replace(tzinfo=_UTC))
                      for tid, name, base, latest, n, created, updated in rows], token)
 
+    def get_task(self, task: str) -> TaskInfo:
+        """One task with its counters and current aliases."""
+        name = names.task_name(task)
+        with read_tx(self.engine) as conn:
+            row = conn.execute(select(*_TASK_COLS).where(_T.c.name == name)).first()
+            if row is None:
+                raise NotFound(f"task {task!r} does not exist")
+            tid, name, base, latest, n, created, updated = row
+            aliases = dict(conn.execute(
+                select(db.aliases.c.alias, db.versions.c.version).join(
+                    db.versions, db.versions.c.id == db.aliases.c.version_id).where(
+                    db.aliases.c.task_id == tid)).all())
+        return TaskInfo(name=name, base_digest=base, n_versions=n, latest_version=latest,
+                        aliases=aliases, created_at=created.replace(tzinfo=_UTC),
+                        updated_at=updated.replace(tzinfo=_UTC))
+
     def optimize(self) -> None:
         """Refresh the query planner's statistics (run after bulk loads or large deletes).
 
