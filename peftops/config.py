@@ -43,16 +43,23 @@ _MAX_VALUE_REPR = 60  # a rejected value is shown cut to this many characters
 
 
 def state_home(home: str | os.PathLike | None = None) -> Path:
-    """The single state directory (snapshot cache, MLflow store, registry, runs)."""
-    return Path(home or os.environ.get("PEFTOPS_HOME") or DEFAULT_HOME).resolve()
+    """The single state directory (snapshot cache, MLflow store, registry, runs): ``home``, else
+    $PEFTOPS_HOME, else the nearest ``.peftops/`` in the current directory or a parent (as git
+    finds its repository), else ``./.peftops`` (created by the commands that write state)."""
+    from registry.config import state_dir
+
+    return Path(home).resolve() if home else state_dir()
 
 
 def default_data_root() -> Path:
-    """Where task data files live: $PEFTOPS_DATA_ROOT, else ../shared/data beside the checkout."""
+    """Where task data files live: $PEFTOPS_DATA_ROOT, else ``../shared/data`` beside the project
+    root (the directory holding the nearest ``.peftops/``, else the current directory)."""
+    from registry.config import project_root
+
     env = os.environ.get("PEFTOPS_DATA_ROOT")
     if env:
         return Path(env).resolve()
-    return (Path.cwd().parent / "shared" / "data").resolve()
+    return (project_root().parent / "shared" / "data").resolve()
 
 
 # ---------------------------------------------------------------- validation, in one place
