@@ -10,23 +10,26 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
-from peftops.model.params import count_params
-from peftops.model.snapshot import (BaseSnapshot, import_base, load_model, load_tokenizer, open_snapshot, pad_token_id,
-                          snapshot_dir)
 from peftops.config import PipelineParams, state_home, to_dict
-from peftops.data.prepared import PreparedData, load_prepared, prepare
 from peftops.data.dvc import dvc_lineage
+from peftops.data.manifest import get_task
+from peftops.data.prepared import PreparedData, load_prepared, prepare
 from peftops.errors import PeftopsError
 from peftops.evaluation.evaluate import EvalResult, evaluate
-from peftops.fsutil import write_json_atomic
 from peftops.evaluation.merge import ParityCertificate, merge_adapter
+from peftops.fsutil import write_json_atomic
 from peftops.methods import get_method, make_config
+from peftops.methods.card import portable_copy
+from peftops.model.params import count_params
+from peftops.model.snapshot import (BaseSnapshot, import_base, load_model, load_tokenizer, open_snapshot,
+                                    pad_token_id, snapshot_dir)
 from peftops.training.loop import TrainResult, train
 from peftops.training.memory import release_memory
 from peftops.training.precision import keep_activation_dtype, resolve_precision, storage_dtype
@@ -224,10 +227,15 @@ def stage_publish(params: PipelineParams, home: str | Path | None = None, method
         lin["merge_parity"] = json.loads(merge_file.read_text())
     lin.update(dvc_lineage(layout.data(params.data.task)))  # DVC's md5 of the data files, when DVC tracks them
     lin.update(lineage or {})
-    reg = Registry.open(**registry_locations(home))
-    reg.register_base(snap.path, digest=snap.digest, name=snap.name)
-    return reg.publish(params.data.task, adapter, base_digest=snap.digest, method=method_name,
-                       metrics=metrics or {}, lineage=lin, tags=tags or {}, aliases=list(aliases))
+    spec = get_task(params.data.task, params.data.manifest)
+    with tempfile.TemporaryDirectory(prefix=".publish-", dir=run) as tmp, \
+            Registry.open(**registry_locations(home)) as reg:
+        # what is published carries its model card and prompt format (portable_copy)
+        folder = portable_copy(adapter, Path(tmp) / "adapter", spec, method_name, snap.name, snap.digest,
+                               lin["data_digest"], metrics or {}, lin["precision"])
+        reg.register_base(snap.path, digest=snap.digest, name=snap.name)
+        return reg.publish(params.data.task, folder, base_digest=snap.digest, method=method_name,
+                           metrics=metrics or {}, lineage=lin, tags=tags or {}, aliases=list(aliases))
 
 
 def registry_locations(home: str | Path | None = None) -> dict[str, str]:

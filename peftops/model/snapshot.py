@@ -76,6 +76,8 @@ def write_snapshot(model: torch.nn.Module, tokenizer, out_dir: Path, name: str) 
         cfg.pop("quantization_config", None)
         cfg.pop("_name_or_path", None)
         cfg["dtype"] = str(next(iter(tensors.values())).dtype).removeprefix("torch.")
+        # Servers resolve the model class from this (vLLM picks an embedding runner without it).
+        cfg["architectures"] = [type(model).__name__]
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
         tokenizer.save_pretrained(str(tmp))
         missing = [f for f in PINNED_FILES if not (tmp / f).exists()]
