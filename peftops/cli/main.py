@@ -11,6 +11,7 @@ apply_defaults()  # offline and quiet, before anything imports the hub or tracki
 import typer  # noqa: E402
 
 from peftops.cli import orchestration, reports, stages  # noqa: E402
+from peftops.cli.stack import stack_app  # noqa: E402
 from registry.cli import registry_app  # noqa: E402
 
 app = typer.Typer(help="Cheap, safe, tracked PEFT on one pinned base model.", no_args_is_help=True,
@@ -20,6 +21,7 @@ for area in (stages.app, reports.app, orchestration.app):
         app.registered_commands.append(command)
 app.add_typer(stages.base_app, name="base")
 app.add_typer(registry_app, name="registry")
+app.add_typer(stack_app, name="stack")
 
 
 if __name__ == "__main__":
