@@ -74,7 +74,8 @@ def outcome(state, seconds: float) -> dict[str, Any]:
         return {"status": "completed", "seconds": round(seconds, 2), "cached": s["cached"],
                 "trained": sorted(k.split(".", 1)[1] for k, hit in s["cached"].items()
                                   if k.startswith("train.") and not hit),
-                "registry": s["registry"], "rows": s["rows"], "mlflow_parent_run_id": s["mlflow"]["parent_run_id"]}
+                "registry": s["registry"], "rows": s["rows"], "stage_seconds": s["stage_seconds"],
+                "mlflow_parent_run_id": s["mlflow"]["parent_run_id"]}
     try:
         state.result()
         error = state.message or state.name
