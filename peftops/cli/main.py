@@ -12,6 +12,7 @@ import typer  # noqa: E402
 
 from peftops.cli import orchestration, reports, stages  # noqa: E402
 from peftops.cli.common import set_verbosity  # noqa: E402
+from peftops.cli.stack import stack_app  # noqa: E402
 from registry.cli import registry_app  # noqa: E402
 
 app = typer.Typer(help="Cheap, safe, tracked PEFT on one pinned base model.", no_args_is_help=True,
@@ -36,11 +37,14 @@ def _root(show_version: bool = typer.Option(False, "--version", callback=_print_
                                                                      "warnings and logs (quiet by default)")) -> None:
     """Cheap, safe, tracked PEFT on one pinned base model."""
     set_verbosity(verbose)
+
+
 for area in (stages.app, reports.app, orchestration.app):
     for command in area.registered_commands:
         app.registered_commands.append(command)
 app.add_typer(stages.base_app, name="base")
 app.add_typer(registry_app, name="registry")
+app.add_typer(stack_app, name="stack")
 
 
 if __name__ == "__main__":
