@@ -34,7 +34,7 @@ from prefect.runtime import flow_run
 
 from flows.pipeline import PipelineOptions, run_pipeline
 from peftops.config import PipelineParams, for_task, load_params, state_home
-from peftops.fleet import FleetConfig, fleet_config
+from peftops.config import FleetConfig, fleet_config
 from peftops.fsutil import write_json_atomic
 from peftops.pipeline.tracking import Tracker
 from tasks import base_task

@@ -2,7 +2,7 @@
 
 Each fleet task is a Ray task that runs ``adapter_pipeline`` (a Prefect flow run on the shared
 Prefect server, tagged ``fleet-run:<id>``) in a worker process with the task's resource requests
-(``peftops.fleet.FleetConfig``); torch uses the task's CPUs as threads. Only names, paths and
+(``peftops.config.FleetConfig``); torch uses the task's CPUs as threads. Only names, paths and
 parameters travel to a worker, and only the task's report line comes back: models, splits and
 adapters move through the shared state directory, registry, MLflow and S3.
 
@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from peftops.config import PipelineParams, state_home
-from peftops.fleet import FleetConfig
+from peftops.config import FleetConfig
 
 ATTEMPTS_DIR = "fleet-runs"
 RUN_TAG = "peftops.fleet_run_id"
@@ -38,13 +38,14 @@ SHARED_ENV = (
     "PREFECT_HOME", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL",
     "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "PREFECT_SERVER_ANALYTICS_ENABLED",
     "DO_NOT_TRACK", "MLFLOW_DISABLE_TELEMETRY", "RAY_USAGE_STATS_ENABLED", "TOKENIZERS_PARALLELISM",
-    "PEFTOPS_WORKER_SETUP", LOOPBACK_VAR,
+    "PEFTOPS_WORKER_SETUP", "PEFTOPS_WARM_BASE", LOOPBACK_VAR,
 )
 
 
 def worker_env() -> dict[str, str]:
     """The driver's values of ``SHARED_ENV``, and a PYTHONPATH that finds this project first."""
     env = {k: os.environ[k] for k in SHARED_ENV if os.environ.get(k)}
+    env.setdefault("PEFTOPS_WARM_BASE", "1")  # a worker runs task after task: keep the base loaded
     root = str(Path(__file__).resolve().parents[1])
     env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
                                                    if p and p != root])

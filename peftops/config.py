@@ -338,6 +338,48 @@ class GateConfig(Config):
     baseline: str = "full"
 
 
+class FleetConfig(Config):
+    """How a fleet runs its tasks (``fleet`` in params.yaml).
+
+    The fleet section of the parameters: which engine runs the tasks and what each task asks for.
+    
+    ``runner: local`` runs the tasks in threads of the flow's process (no Ray needed); ``runner: ray``
+    runs each task's pipeline in a Ray worker process of the cluster at ``address`` (``auto``: the
+    ``RAY_ADDRESS`` environment variable or a cluster started on this machine; empty: a private
+    local one), with ``num_cpus`` / ``num_gpus`` / ``memory_gb`` per task. A worker that dies
+    mid-task is replaced and the task re-run up to ``retries`` times; its training resumes from its
+    last checkpoint when ``train.checkpoint_every`` > 0.
+    """
+
+    config_prefix: ClassVar[str] = "fleet"
+    runner: Literal["local", "ray"] = "local"
+    address: str = "auto"  # Ray cluster address (host:port, ray://host:port, auto, or "" for a private one)
+    num_cpus: Annotated[float, Field(gt=0)] = 1.0  # per task; also the task's torch threads
+    num_gpus: Annotated[float, Field(ge=0)] = 0.0
+    memory_gb: Annotated[float, Field(ge=0)] = 0.0  # per task, 0 = no memory request
+    retries: NonNegInt = 2  # re-runs of a task whose worker died
+
+    @property
+    def torch_threads(self) -> int:
+        return max(1, int(self.num_cpus))
+
+    def remote_options(self) -> dict[str, Any]:
+        """The Ray task options of one fleet task (system failures retried, task errors not)."""
+        opts: dict[str, Any] = {"num_cpus": self.num_cpus, "max_retries": self.retries, "retry_exceptions": False}
+        if self.num_gpus:
+            opts["num_gpus"] = self.num_gpus
+        if self.memory_gb:
+            opts["memory"] = int(self.memory_gb * 1024 ** 3)
+        return opts
+
+
+def fleet_config(value: Any = None, **overrides: Any) -> FleetConfig:
+    """A ``FleetConfig`` from a mapping (or an existing one) plus non-None overrides (the CLI's)."""
+    base = value.model_dump() if isinstance(value, FleetConfig) else dict(value or {})
+    base.update({k: v for k, v in overrides.items() if v is not None})
+    return validate(FleetConfig, base, "fleet")
+
+
 class PipelineParams(Config):
     """Everything the main job needs; every field has an embedded default.
 
@@ -351,6 +393,7 @@ class PipelineParams(Config):
     train: TrainConfig = Field(default_factory=TrainConfig)
     merge: MergeConfig = Field(default_factory=MergeConfig)
     gate: GateConfig = Field(default_factory=GateConfig)
+    fleet: FleetConfig = Field(default_factory=FleetConfig)
     methods: dict[str, dict[str, Any]] = Field(default_factory=lambda: {"lora": {}, "full": {}})
 
 

@@ -91,7 +91,7 @@ def fleet(task: list[str] = typer.Option([], "--task", "-t", help="task to run, 
           num_gpus: Optional[float] = GpusOpt, as_json: bool = JsonOpt) -> None:
     """Run the pipeline for many tasks of the manifest; unchanged tasks are cache hits."""
     from flows.fleet import fleet as fleet_flow
-    from peftops.fleet import fleet_config
+    from peftops.config import fleet_config
 
     _stack_env(home)
     p = _load(params)
