@@ -1,4 +1,4 @@
-# make demo | make test | make bench-train | make bench-registry | make bench-latency | make fuzz | make faults | make reliability
+# make demo | make test | make bench-train | make bench-registry | make bench-latency | make fuzz | make faults | make reliability | make bench-fleet
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -14,13 +14,13 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DVC_NO_ANALYTICS := 1
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: install demo test test-fast bench-train bench-registry bench-latency fuzz faults reliability clean data
+.PHONY: install demo test test-fast bench-train bench-registry bench-latency bench-fleet fuzz faults reliability clean data
 
 # torch first and alone: the CPU wheel on local disk; a plain `torch` would pull a CUDA build.
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check torch==2.13.0
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,data,bench]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,data,bench,ray]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -48,6 +48,11 @@ bench-train: $(STAMP)
 
 bench-registry: $(STAMP)
 	$(PY) bench/registry_bench.py
+
+# The fleet: local runner vs Ray (1 worker x 2 CPUs, 2 workers x 1 CPU) on the real base, then the
+# orchestration overhead per task at 1,000 tiny tasks (about 1-1.5 h on 2 cores).
+bench-fleet: $(STAMP)
+	$(PY) -m bench.fleet_bench --runners
 
 bench-latency: $(STAMP)
 	$(PY) bench/latency_bench.py
