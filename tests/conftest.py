@@ -14,6 +14,7 @@ os.environ.update({
     "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "DO_NOT_TRACK": "1", "MLFLOW_DISABLE_TELEMETRY": "true", "DVC_NO_ANALYTICS": "1",
     "PREFECT_HOME": _PREFECT_HOME, "TOKENIZERS_PARALLELISM": "false", "RAY_USAGE_STATS_ENABLED": "0",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",  # a loaded 2-core machine is slow to start it
 })
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 os.environ.pop("PEFTOPS_HOME", None)
@@ -49,7 +50,7 @@ def prefect_harness():
     """One Prefect test server for the session (it takes ~11 s to come up)."""
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness():
+    with prefect_test_harness(server_startup_timeout=120):
         yield
 
 

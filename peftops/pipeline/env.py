@@ -14,6 +14,9 @@ DEFAULTS = {
     "DVC_NO_ANALYTICS": "1",
     "RAY_USAGE_STATS_ENABLED": "0",
     "TOKENIZERS_PARALLELISM": "false",
+    # Prefect's temporary server (no PREFECT_API_URL) must come up within this; its 20 s default
+    # is too short on a loaded 2-core machine.
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
 }
 
 
