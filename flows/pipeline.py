@@ -11,6 +11,7 @@ which runs inside the parent run.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -202,7 +203,12 @@ def _one_method(stages: StageCalls, out: PipelineOutputs, name: str, child: str,
         "trainable_params": tr.trainable_params, "trainable_pct": tr.trainable_pct,
         "peak_memory_mb": tr.peak_memory_mb, "train_time_s": tr.train_time_s,
         "examples_per_s": tr.examples_per_s, "adapter_bytes": tr.adapter_bytes})
-    tracker.log_artifact(child, layout.run(out.params.data.task, name) / "train.json")
+    run_dir = layout.run(out.params.data.task, name)
+    tracker.log_artifact(child, run_dir / "train.json")
+    samples = run_dir / "samples.json"  # a generation task's dev generations, beside eval.json
+    if samples.exists():
+        table = json.loads(samples.read_text())
+        tracker.log_table(child, [dict(zip(table["columns"], row)) for row in table["rows"]], "samples.json")
     if name in opts.merge:
         with timer("merge"):
             cert = out.merges[name] = stages.merge(name)
