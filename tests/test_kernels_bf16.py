@@ -79,3 +79,18 @@ def test_bf16_supervised_loss_fused_matches_the_unfused_bf16_path(method, cfg):
     for (name, _), a, b in zip(named, got_grads, ref_grads):
         assert a.dtype == torch.float32, name  # trainable weights' gradients are fp32
         torch.testing.assert_close(a, b, rtol=0, atol=PARAM_GRAD_TOL * float(b.abs().max()) + 1e-6, msg=name)
+
+
+def test_bf16_fused_loss_is_never_below_zero_when_the_target_dominates():
+    """The target logit comes from the same rounded logits as the softmax: a confidently right
+    row has a loss of ~0, not a negative one (a separately computed fp32 target logit can exceed
+    the bf16-rounded logsumexp)."""
+    from peftops.training.kernels import head_cross_entropy
+
+    torch.manual_seed(0)
+    weight = torch.randn(1024, 64).to(torch.bfloat16)
+    targets = torch.randint(0, 1024, (32,))
+    hidden = (weight[targets].float() * 8.0).to(torch.bfloat16)  # the target's logit dominates by far
+    per_row = [float(head_cross_entropy(hidden[i:i + 1], weight, targets[i:i + 1], chunk=256)) for i in range(32)]
+    assert min(per_row) >= 0.0
+    assert max(per_row) < 1e-3

@@ -115,9 +115,15 @@ class _HeadCrossEntropy(torch.autograd.Function):
         run_sum = torch.zeros(rows, device=hidden.device)
         acc = torch.zeros(hidden.shape, device=hidden.device) if want_grad else None
         low = weight.dtype != torch.float32
+        # Each row's target logit is taken from the same (rounded) chunk logits the softmax sees, so
+        # loss = logsumexp - target logit is never below zero by a rounding of the logits.
+        target_logit = torch.zeros(rows, device=hidden.device)
         for start in range(0, weight.shape[0], chunk):
             w = weight[start:start + chunk]
             z = (h @ w.T).float()
+            here = ((targets >= start) & (targets < start + w.shape[0])).nonzero(as_tuple=True)[0]
+            if here.numel():
+                target_logit[here] = z[here, targets[here] - start]
             new_max = torch.maximum(run_max, z.amax(dim=1))
             rescale = torch.exp(run_max - new_max)
             z.sub_(new_max[:, None]).exp_()
@@ -130,7 +136,7 @@ class _HeadCrossEntropy(torch.autograd.Function):
                     acc.addmm_(z, w)
             run_max = new_max
         w_target = weight[targets].float()
-        loss = run_max + torch.log(run_sum) - (h.float() * w_target).sum(dim=1)
+        loss = run_max + torch.log(run_sum) - target_logit
         if acc is not None:
             ctx.save_for_backward(acc.div_(run_sum[:, None]).sub_(w_target))
         return loss
