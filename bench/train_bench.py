@@ -149,7 +149,7 @@ def run_peer(args, precision: str) -> dict:
     from peftops.model.snapshot import load_model, load_tokenizer
     from peftops.data.prepared import load_prepared
     from peftops.training.memory import PeakMemory
-    from peftops.methods.lora.config import GEMMA3_LINEAR
+    from peftops.methods.base import GEMMA3_LINEAR
 
     params, snap, train_path, dev_path = _setup(args)
     tok = load_tokenizer(snap)

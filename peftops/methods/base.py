@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Protocol
 
 import torch
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
 from peftops.config import Config
 from peftops.errors import ConfigError, PeftopsError
@@ -33,12 +33,25 @@ class MethodConfig(Config):
         return f"methods.{cls.method_name}"
 
 
+# Gemma 3's linear layers: what ``all-linear`` means for a method that targets modules.
+GEMMA3_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
 def all_linear_or_names(value: str | list[str]) -> str | list[str]:
     """``'all-linear'`` or a non-empty list of module names, else a ``ValueError``."""
     if value != "all-linear" and (isinstance(value, str) or not value
                                   or not all(isinstance(m, str) and m for m in value)):
         raise ValueError("must be 'all-linear' or a non-empty list of module names")
     return value
+
+
+# A config field naming the modules a method targets: 'all-linear' or module names, validated.
+Targets = Annotated[str | list[str], AfterValidator(all_linear_or_names)]
+
+
+def target_names(value: str | list[str]) -> list[str]:
+    """The short module names a ``Targets`` value stands for."""
+    return list(GEMMA3_LINEAR) if value == "all-linear" else list(value)
 
 
 class Method(Protocol):

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar
+from typing import ClassVar
 
-from pydantic import Field, field_validator
-
-from peftops.methods.base import LearningRate, MethodConfig, all_linear_or_names
-from peftops.methods.lora.config import GEMMA3_LINEAR
+from peftops.methods.base import LearningRate, MethodConfig, Targets, target_names
 
 
 class BitFitConfig(MethodConfig):
@@ -20,15 +17,10 @@ class BitFitConfig(MethodConfig):
 
     method_name: ClassVar[str] = "bitfit"
     lr: LearningRate = 1e-3
-    targets: str | list[str] = "all-linear"
+    targets: Targets = "all-linear"
     train_norms: bool = True
     lm_head: bool = False
 
-    @field_validator("targets")
-    @classmethod
-    def _targets(cls, value: str | list[str]) -> str | list[str]:
-        return all_linear_or_names(value)
-
     def target_names(self) -> list[str]:
         """The short module names that get a bias."""
-        return list(GEMMA3_LINEAR) if self.targets == "all-linear" else list(self.targets)
+        return target_names(self.targets)
