@@ -122,14 +122,14 @@ class TaskSpec(Config):
     @field_validator("fields", mode="before")
     @classmethod
     def _fields(cls, fields_: Any) -> dict[str, str | int]:
-        if not isinstance(fields_, dict) or not fields_:
+        if not isinstance(fields_, dict):
             raise ValueError("must map template placeholders to columns")
         return {str(k): _column(f"fields.{k}", v) for k, v in fields_.items()}
 
     @field_validator("label_field", "response_field", mode="before")
     @classmethod
-    def _label_field(cls, col: Any, info: Any) -> str | int:
-        return _column(info.field_name, col)
+    def _label_field(cls, col: Any, info: Any) -> str | int | None:
+        return None if col is None else _column(info.field_name, col)
 
     @field_validator("template", "prompt_template", "response_template", mode="before")
     @classmethod

@@ -145,9 +145,11 @@ def tokenize_generation(spec: TaskSpec, split: str, examples: list[GenExample], 
         prompts.append(prompt[-max_chars:] if cut else prompt)  # cut further in tokens below
         responses.append(response)
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-    if chat:  # the chat template writes its own <bos>
+    if chat:  # the chat template writes its own <bos>; the response is what the whole chat adds
         p_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
-        r_ids = tokenizer(responses, add_special_tokens=False)["input_ids"]
+        full = tokenizer([p + r for p, r in zip(prompts, responses)], add_special_tokens=False)["input_ids"]
+        alone = tokenizer(responses, add_special_tokens=False)["input_ids"]
+        r_ids = [f[len(p):] if f[:len(p)] == p else a for p, f, a in zip(p_ids, full, alone)]
     else:
         p_ids = tokenizer(prompts, add_special_tokens=True)["input_ids"]
         r_ids = [ids + [tokenizer.eos_token_id] for ids in tokenizer(responses, add_special_tokens=False)["input_ids"]]
