@@ -55,6 +55,12 @@ def _layout(model: torch.nn.Module, mask: torch.Tensor) -> tuple[torch.Tensor, i
     return mask, 0
 
 
+def _cache_of(out) -> object:
+    """The KV cache a forward returned (transformers 5 calls it ``cache``)."""
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
+
+
 def _stop_at(text: str, stops: tuple[str, ...] | list[str]) -> int | None:
     hits = [text.find(s) for s in stops if s and s in text]
     return min(hits) if hits else None
@@ -72,7 +78,7 @@ def greedy_generate(model: torch.nn.Module, prompts: list[list[int]], *, pad_id:
     n_rows = len(prompts)
     out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
                 use_cache=True, logits_to_keep=1)
-    cache = out.past_key_values
+    cache = _cache_of(out)
     mask, n_virtual = _layout(model, batch.attention_mask)
     position = batch.position_ids[:, -1:] + 1 + n_virtual
     decoder = hf_model(model)
@@ -99,8 +105,8 @@ def greedy_generate(model: torch.nn.Module, prompts: list[list[int]], *, pad_id:
             break
         mask = torch.cat([mask, torch.ones(n_rows, 1, dtype=mask.dtype, device=device)], dim=1)
         out = decoder(input_ids=token.unsqueeze(1), attention_mask=mask, position_ids=position,
-                      past_key_values=cache, use_cache=True, logits_to_keep=1)
-        cache = out.past_key_values
+                      cache=cache, use_cache=True, logits_to_keep=1)
+        cache = _cache_of(out)
         position = position + 1
         token = out.logits[:, -1, :].argmax(-1)
     if tokenizer is not None:
