@@ -17,8 +17,11 @@ part of the output), at a stop string (the text is cut before it), or after ``ma
 Left padding makes a row's output independent of its batch (tested against one at a time).
 
 Why not ``model.generate``: it is not available on the prompt-tuning wrapper, and peft's prefix
-path rebuilds the cache per call. On the plain model the two agree token for token (tested); on
-the tiny test model this loop took 0.9x the time of ``generate`` (``bench/gen_bench.py``).
+path rebuilds the cache per call. On the plain model the two agree token for token (tested).
+``bench/gen_bench.py`` (one run each, 2 shared cores, fp32): on Gemma 3 270M, 16 prompts x 32 new
+tokens, this loop 81.9 s vs ``generate`` 268.1 s, identical outputs (the machine was busy: read
+the ratio, not the seconds); on the tiny test model, where per-step overhead dominates, 1.04 s vs
+0.39 s.
 """
 
 from __future__ import annotations

@@ -19,11 +19,11 @@ import string
 from collections import Counter
 
 
-def _check(pred: list[int], gold: list[int]) -> None:
+def _check(pred: list, gold: list, what: str = "gold labels") -> None:
     if not gold:
         raise ValueError("no examples to score")
     if len(pred) != len(gold):
-        raise ValueError(f"{len(pred)} predictions for {len(gold)} gold labels")
+        raise ValueError(f"{len(pred)} predictions for {len(gold)} {what}")
 
 
 def accuracy(pred: list[int], gold: list[int]) -> float:
@@ -75,16 +75,9 @@ def normalize_answer(text: str) -> str:
     return " ".join(_ARTICLES.sub(" ", text.lower().translate(_PUNCT)).split())
 
 
-def _check_texts(pred: list[str], gold: list[str]) -> None:
-    if not gold:
-        raise ValueError("no examples to score")
-    if len(pred) != len(gold):
-        raise ValueError(f"{len(pred)} outputs for {len(gold)} references")
-
-
 def exact_match(pred: list[str], gold: list[str]) -> float:
     """Fraction of outputs equal to their reference after :func:`normalize_answer`."""
-    _check_texts(pred, gold)
+    _check(pred, gold, "references")
     return sum(normalize_answer(p) == normalize_answer(g) for p, g in zip(pred, gold)) / len(gold)
 
 
@@ -102,7 +95,7 @@ def token_f1_one(pred: str, gold: str) -> float:
 
 def token_f1(pred: list[str], gold: list[str]) -> float:
     """Mean :func:`token_f1_one`."""
-    _check_texts(pred, gold)
+    _check(pred, gold, "references")
     return sum(token_f1_one(p, g) for p, g in zip(pred, gold)) / len(gold)
 
 
@@ -110,7 +103,7 @@ def rouge_l(pred: list[str], gold: list[str]) -> float:
     """Mean ROUGE-L F-measure (``rouge_score``, no stemming)."""
     from rouge_score import rouge_scorer
 
-    _check_texts(pred, gold)
+    _check(pred, gold, "references")
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
     return sum(scorer.score(g, p)["rougeL"].fmeasure for p, g in zip(pred, gold)) / len(gold)
 
