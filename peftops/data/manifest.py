@@ -188,13 +188,13 @@ class TaskSpec(Config):
         if self.metric in GENERATION_METRICS or set(self.metrics) & set(GENERATION_METRICS):
             raise FieldError("metric", f"a classification task scores with one of {', '.join(METRICS)}")
         if not self.template:
-            raise FieldError("template", "a classification task needs a prompt template")
+            raise FieldError("template", "required field is missing (a classification task's prompt template)")
         if len(self.labels) < 2:
-            raise FieldError("labels", "must map at least two label values to verbalizers")
+            raise FieldError("labels", "required field is missing (at least two label values mapped to verbalizers)")
         if self.label_field is None:
-            raise FieldError("label_field", "a classification task needs the column of its label")
+            raise FieldError("label_field", "required field is missing (the column of the label)")
         if not self.fields:
-            raise FieldError("fields", "must map template placeholders to columns")
+            raise FieldError("fields", "required field is missing (template placeholders mapped to columns)")
         placeholders = {p for _, p, _, _ in string.Formatter().parse(self.template) if p is not None}
         missing = placeholders - set(self.fields)
         if missing:
