@@ -1,13 +1,20 @@
-# .venv/bin/python -m bench.fleet_bench 1 2      (fleet wall time by max_concurrency, tiny models)
-"""Measure the fleet's wall time on 4 tiny SST-2-shaped tasks (LoRA, 12 steps) for each
-``max_concurrency`` given, from a fresh state, then the unchanged rerun (all cache hits).
+# .venv/bin/python -m bench.fleet_bench 1 2                 (local runner by max_concurrency, tiny models)
+# .venv/bin/python -m bench.fleet_bench --runners [--smoke]  (local vs Ray 1x2 vs Ray 2x1, then 1,000 tiny tasks)
+"""Fleet wall time.
 
-Tiny models make the orchestration's own costs visible (Prefect, MLflow, registry, data
-preparation); with the real base, training dominates and takes turns across tasks anyway.
+Default: 4 tiny SST-2-shaped tasks (LoRA, 12 steps) for each ``max_concurrency`` given, from a
+fresh state, then the unchanged rerun (all cache hits).
+
+``--runners``: the real Gemma 3 270M (8 tasks: the four GLUE tasks, two copies each, 20 steps)
+side by side with (a) the local runner, (b) Ray with one worker of 2 CPUs, (c) Ray with two workers
+of 1 CPU (a private Ray cluster on this machine), then a fleet of 1,000 tiny tasks of one step (its
+stages nearly free) on Ray 2x1 for the orchestration cost per task. ``--smoke``: tiny models,
+4 tasks and a 16-task orchestration fleet. Last line: one JSON object.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import tempfile
@@ -28,18 +35,106 @@ from test_orchestration import write_manifest  # noqa: E402
 from tiny import make_snapshot, write_sst2_like  # noqa: E402
 
 TASKS = ("t1", "t2", "t3", "t4")
+GLUE = ("sst2", "cola", "mrpc", "rte")
+
+
+def tiny_params(tmp: Path, names, steps: int) -> PipelineParams:
+    for i, name in enumerate(names):
+        write_sst2_like(tmp / "data" / name, n_train=64, n_dev=32, seed=i)
+    manifest = write_manifest(tmp / f"tasks-{len(names)}.yaml", {n: f"{n}/glue/SST-2" for n in names})
+    return PipelineParams(
+        data=DataConfig(task=names[0], data_root=str(tmp / "data"), manifest=str(manifest), train_size=0, dev_size=0),
+        train=TrainConfig(steps=steps, batch_size=8, warmup_steps=min(1, steps - 1)),
+        methods={"lora": {"lr": 2e-2, "r": 4, "alpha": 8, "dropout": 0.0}})
+
+
+def real_params(tmp: Path, steps: int) -> tuple[PipelineParams, list[str]]:
+    """The shipped GLUE entries, two copies each (distinct task names, same data)."""
+    import yaml
+
+    from peftops.config import default_data_root, load_params
+
+    shipped = yaml.safe_load((Path(__file__).resolve().parents[1] / "peftops" / "data" / "tasks.yaml").read_text())
+    entries = {f"{t}-{c}": shipped["tasks"][t] for t in GLUE for c in ("a", "b")}
+    manifest = tmp / "tasks-glue.yaml"
+    manifest.write_text(yaml.safe_dump({"tasks": entries}, sort_keys=False))
+    p = load_params(None)
+    import dataclasses
+
+    p = dataclasses.replace(p, data=dataclasses.replace(p.data, manifest=str(manifest),
+                                                        data_root=str(default_data_root())),
+                            train=dataclasses.replace(p.train, steps=steps, warmup_steps=min(p.train.warmup_steps, steps)))
+    return p, sorted(entries)
+
+
+def fixed_overhead(report: dict) -> list[float]:
+    """Per task: wall seconds minus the training loop and the evaluation stage."""
+    out = []
+    for o in report["tasks"].values():
+        train = sum(r.get("train_time_s") or 0 for r in o["rows"])
+        out.append(o["seconds"] - train - o["stage_seconds"].get("evaluate", 0.0))
+    return out
+
+
+def runners(smoke: bool) -> dict:
+    tmp = Path(tempfile.mkdtemp(prefix="peftops-bench-runners-"))
+    if smoke:
+        params, names, n_orch = tiny_params(tmp, TASKS, 4), list(TASKS), 16
+    else:
+        params, names = real_params(tmp, 20)
+        n_orch = 1000
+    variants = {"local": {"runner": "local"},
+                "ray_1x2": {"runner": "ray", "address": "", "num_cpus": 2},
+                "ray_2x1": {"runner": "ray", "address": "", "num_cpus": 1}}
+    res: dict = {}
+    with prefect_test_harness():
+        from prefect.settings import PREFECT_API_URL
+
+        os.environ["PREFECT_API_URL"] = PREFECT_API_URL.value()  # Ray workers use the same server
+        for label, cfg in variants.items():
+            home = tmp / f"home-{label}"
+            if smoke:
+                make_snapshot(home)
+            else:
+                from peftops.model.snapshot import import_base
+                import_base(params.base, home)
+            t0 = time.perf_counter()
+            rep = fleet(methods=["lora"], home=str(home), params=params, fleet_cfg=cfg, max_concurrency=1)
+            secs = time.perf_counter() - t0
+            fixed = fixed_overhead(rep)
+            res[label] = {"seconds": round(secs, 1), "adapters_per_h": round(len(names) * 3600 / secs, 1),
+                          "fixed_overhead_s": round(sum(fixed) / len(fixed), 2),
+                          "fixed_overhead_frac": round(sum(fixed) / sum(o["seconds"] for o in rep["tasks"].values()), 3)}
+            print(f"{label}: {len(names)} tasks in {secs:.1f}s, {res[label]}", flush=True)
+        orch_names = [f"o{i:04d}" for i in range(n_orch)]
+        orch = tiny_params(tmp, orch_names, 1)
+        home = tmp / "home-orch"
+        make_snapshot(home)
+        t0 = time.perf_counter()
+        rep = fleet(methods=["lora"], home=str(home), params=orch, fleet_cfg=variants["ray_2x1"])
+        secs = time.perf_counter() - t0
+        stages: dict[str, float] = {}
+        for o in rep["tasks"].values():
+            for k, v in o["stage_seconds"].items():
+                stages[k] = stages.get(k, 0.0) + v
+        task_s = sum(o["seconds"] for o in rep["tasks"].values())
+        breakdown = {k: round(v / n_orch, 3) for k, v in stages.items()}
+        breakdown["other (flow run, MLflow runs, Ray)"] = round((task_s - sum(stages.values())) / n_orch, 3)
+        print(f"orchestration: {n_orch} one-step tiny tasks in {secs:.1f}s; per task {breakdown}", flush=True)
+    local, r1, r2 = (res[k]["adapters_per_h"] for k in ("local", "ray_1x2", "ray_2x1"))
+    return {"smoke": smoke, "tasks": len(names), "local_adapters_per_h": local, "ray_1x2_adapters_per_h": r1,
+            "ray_2x1_adapters_per_h": r2, "ray_2x1_vs_local": round(r2 / local, 3),
+            "ray_2x1_vs_ideal": round(r2 / (2 * r1), 3),
+            "fixed_overhead_s": {k: v["fixed_overhead_s"] for k, v in res.items()},
+            "fixed_overhead_frac": {k: v["fixed_overhead_frac"] for k, v in res.items()},
+            "orchestration_tasks": n_orch, f"orchestration_s_per_task_{n_orch}": round(secs / n_orch, 3),
+            "orchestration_s_per_task_1000": round(secs / n_orch, 3), "orchestration_breakdown_s": breakdown}
 
 
 def main(concurrency: list[int]) -> None:
     """Print one line per concurrency: cold fleet time and unchanged-rerun time."""
     tmp = Path(tempfile.mkdtemp(prefix="peftops-bench-fleet-"))
-    for i, name in enumerate(TASKS):
-        write_sst2_like(tmp / "data" / name, n_train=64, n_dev=32, seed=i)
-    manifest = write_manifest(tmp / "tasks.yaml", {n: f"{n}/glue/SST-2" for n in TASKS})
-    params = PipelineParams(
-        data=DataConfig(task=TASKS[0], data_root=str(tmp / "data"), manifest=str(manifest), train_size=0, dev_size=0),
-        train=TrainConfig(steps=12, batch_size=8, warmup_steps=1),
-        methods={"lora": {"lr": 2e-2, "r": 4, "alpha": 8, "dropout": 0.0}})
+    params = tiny_params(tmp, TASKS, 12)
     with prefect_test_harness():
         for n in concurrency:
             home = tmp / f"home-{n}"
@@ -54,4 +149,8 @@ def main(concurrency: list[int]) -> None:
 
 
 if __name__ == "__main__":
-    main([int(a) for a in sys.argv[1:]] or [1, 2])
+    args = sys.argv[1:]
+    if "--runners" in args:
+        print(json.dumps(runners("--smoke" in args)))
+    else:
+        main([int(a) for a in args] or [1, 2])

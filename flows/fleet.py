@@ -4,19 +4,22 @@ incremental retrain of only what changed.
 
 * ``adapter_pipeline`` -- one task, one or more methods; every stage but publish is cached by
   its input key (``peftops.pipeline.caching``), so an unchanged task costs seconds.
-* ``fleet`` -- many tasks of the manifest, each an ``adapter_pipeline`` subflow in a bounded
-  thread pool. One task's failure does not stop the others; the report
+* ``fleet`` -- many tasks of the manifest, each an ``adapter_pipeline`` run: with the ``local``
+  runner a subflow in a bounded thread pool, with the ``ray`` runner a flow run in its own Ray
+  worker process (``flows.ray_fleet``). One task's failure does not stop the others; the report
   (``<home>/fleet-report.json``) lists every task, and the flow ends Failed naming the failed
   tasks once all have finished (so schedules, CI and the exit code see it).
 * ``retrain`` -- the tasks affected by the changes since a git revision (``peftops.pipeline.changes``),
   run as a fleet.
 
-Concurrency: the tasks run in threads of this process, and the stages that load a model
+Concurrency (``local`` runner): the tasks run in threads of this process, and the stages that load a model
 (train, evaluate, merge) take turns (``tasks.stages``: model construction is not thread-safe,
 and on CPU one training already uses every core). ``max_concurrency`` > 1 overlaps one task's
 training with the others' data preparation, publishing and tracking (4 tiny tasks: 55-61 s at 1,
 17-25 s at 2; ``python -m bench.fleet_bench``); it defaults to 2. Parallel training is
-scale-out: the ``fleet-task`` deployment in ``prefect.yaml`` runs one task per worker process or pod.
+scale-out: the ``ray`` runner (``fleet.runner`` / ``--runner ray``) runs one task per Ray worker
+process, as many at a time as the cluster has room for (``fleet.num_cpus`` etc. per task), with no
+fleet-wide lock; the ``fleet-task`` deployment in ``prefect.yaml`` runs one task per worker process or pod.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from prefect.runtime import flow_run
 
 from flows.pipeline import PipelineOptions, run_pipeline
 from peftops.config import PipelineParams, for_task, load_params, state_home
+from peftops.config import FleetConfig, fleet_config
 from peftops.fsutil import write_json_atomic
 from peftops.pipeline.tracking import Tracker
 from tasks import base_task
@@ -52,22 +56,25 @@ class FleetFailed(RuntimeError):
 @flow(name="adapter-pipeline", flow_run_name="pipeline-{task}")
 def adapter_pipeline(task: str | None = None, methods: list[str] | tuple[str, ...] = DEFAULT_METHODS,
                      params_file: str | None = None, home: str | None = None, progress: bool = False,
-                     cache: bool = True, params: PipelineParams | None = None) -> dict[str, Any]:
+                     cache: bool = True, params: PipelineParams | None = None,
+                     run_tags: dict[str, str] | None = None) -> dict[str, Any]:
     """One task (default: ``params.data.task``), one or more methods: prepare, train, evaluate,
-    merge (LoRA), publish, tracked in MLflow; unchanged stages are cache hits."""
+    merge (LoRA), publish, tracked in MLflow (``run_tags`` on the parent run); unchanged stages are
+    cache hits."""
     p = for_task(params or load_params(params_file), task)
     return run_pipeline(p, home, PipelineOptions(methods=tuple(methods), source="pipeline", progress=progress,
-                                                 refresh=not cache))
+                                                 refresh=not cache, parent_tags=dict(run_tags or {})))
 
 
-def _outcome(state, seconds: float) -> dict[str, Any]:
+def outcome(state, seconds: float) -> dict[str, Any]:
     """One task's line of the report, from its subflow's final state."""
     if state.is_completed():
         s = state.result()
         return {"status": "completed", "seconds": round(seconds, 2), "cached": s["cached"],
                 "trained": sorted(k.split(".", 1)[1] for k, hit in s["cached"].items()
                                   if k.startswith("train.") and not hit),
-                "registry": s["registry"], "rows": s["rows"], "mlflow_parent_run_id": s["mlflow"]["parent_run_id"]}
+                "registry": s["registry"], "rows": s["rows"], "stage_seconds": s["stage_seconds"],
+                "mlflow_parent_run_id": s["mlflow"]["parent_run_id"]}
     try:
         state.result()
         error = state.message or state.name
@@ -80,18 +87,28 @@ def _outcome(state, seconds: float) -> dict[str, Any]:
 def fleet(tasks: list[str] | None = None, methods: list[str] | tuple[str, ...] = DEFAULT_METHODS,
           params_file: str | None = None, home: str | None = None, max_concurrency: int = 2,
           progress: bool = False, params: PipelineParams | None = None,
-          note: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Run ``adapter_pipeline`` for each task (default: every task in the manifest), at most
-    ``max_concurrency`` at a time; report every outcome and fail at the end if any task failed.
-    ``note`` is copied into the report (the retrain flow puts its reasons there)."""
+          note: dict[str, Any] | None = None, runner: str | None = None, address: str | None = None,
+          fleet_cfg: FleetConfig | dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run ``adapter_pipeline`` for each task (default: every task in the manifest); report every
+    outcome and fail at the end if any task failed. The ``local`` runner runs at most
+    ``max_concurrency`` tasks at a time in threads; the ``ray`` runner one task per Ray worker
+    process (``fleet_cfg``: resources and retries; ``runner`` / ``address`` override it and
+    ``params.fleet``). ``note`` is copied into the report (the retrain flow puts its reasons there)."""
     from peftops.data.manifest import load_manifest
 
     params = params or load_params(params_file)
+    cfg = fleet_config(fleet_cfg if fleet_cfg is not None else getattr(params, "fleet", None),
+                       runner=runner, address=address)
     names = list(tasks) if tasks else sorted(load_manifest(params.data.manifest))
     base_task(params, home)  # pin once, before the tasks share it
     for name in names:  # create the MLflow store and experiments here, not racing in the threads
         Tracker(experiment=f"peftops-{name}", home=home)
     t0 = time.perf_counter()
+    if cfg.runner == "ray":
+        from flows.ray_fleet import run_on_ray
+
+        outcomes = run_on_ray(names, tuple(methods), home, params, cfg, str(flow_run.id or ""), progress)
+        return _report(home, outcomes, methods, max_concurrency, time.perf_counter() - t0, note, cfg)
 
     def one(name: str):
         t = time.perf_counter()
@@ -103,18 +120,21 @@ def fleet(tasks: list[str] | None = None, methods: list[str] | tuple[str, ...] =
         # each subflow runs in a copy of this flow's context, so it is recorded as its child
         futures = [pool.submit(contextvars.copy_context().run, one, name) for name in names]
         results = [f.result() for f in futures]
-    outcomes = {name: _outcome(state, secs) for name, state, secs in results}
-    return _report(home, outcomes, methods, max_concurrency, time.perf_counter() - t0, note)
+    outcomes = {name: outcome(state, secs) for name, state, secs in results}
+    return _report(home, outcomes, methods, max_concurrency, time.perf_counter() - t0, note, cfg)
 
 
 def _report(home, outcomes: dict[str, Any], methods, max_concurrency: int, seconds: float,
-            note: dict[str, Any] | None) -> dict[str, Any]:
+            note: dict[str, Any] | None, cfg: FleetConfig | None = None) -> dict[str, Any]:
     """Write ``<home>/fleet-report.json``; raise ``FleetFailed`` when a task failed."""
+    cfg = cfg or FleetConfig()
     report = {
         **(note or {}), "flow_run_id": str(flow_run.id or ""), "methods": list(methods),
+        "runner": cfg.runner, "fleet": cfg.model_dump(),
         "max_concurrency": max_concurrency, "seconds": round(seconds, 2), "tasks": outcomes,
         "trained": {t: o["trained"] for t, o in outcomes.items() if o["status"] == "completed" and o["trained"]},
         "failed": [t for t, o in outcomes.items() if o["status"] != "completed"],
+        "retried": {t: o["retried"] for t, o in outcomes.items() if o.get("retried")},
     }
     write_json_atomic(state_home(home) / REPORT, report)
     if report["failed"]:
@@ -125,7 +145,8 @@ def _report(home, outcomes: dict[str, Any], methods, max_concurrency: int, secon
 @flow(name="retrain")
 def retrain(since: str, repo: str = ".", methods: list[str] | tuple[str, ...] = DEFAULT_METHODS,
             params_file: str | None = None, home: str | None = None, max_concurrency: int = 2,
-            data_dir: str | None = None, dry_run: bool = False) -> dict[str, Any]:
+            data_dir: str | None = None, dry_run: bool = False, runner: str | None = None,
+            address: str | None = None) -> dict[str, Any]:
     """Retrain exactly the tasks whose data, manifest entry, parameters or code changed since the
     git revision ``since`` (committed and uncommitted changes), as one fleet. ``data_dir``
     overrides the data root both for finding changes and for training. The report
@@ -141,7 +162,7 @@ def retrain(since: str, repo: str = ".", methods: list[str] | tuple[str, ...] = 
     if not affected or dry_run:
         return _report(home, {}, methods, max_concurrency, 0.0, note)
     return fleet(tasks=sorted(affected), methods=methods, home=home, max_concurrency=max_concurrency,
-                 params=params, note=note)
+                 params=params, note=note, runner=runner, address=address)
 
 
 if __name__ == "__main__":

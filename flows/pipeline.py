@@ -181,11 +181,12 @@ def _one_method(stages: StageCalls, out: PipelineOutputs, name: str, child: str,
                 timer: _Timer, layout: Layout) -> None:
     """Train, evaluate, and (as asked) merge and measure one method, logging to its child run."""
     tracker = out.tracker
-    with timer("train"), tracker.system_metrics(child):
-        tr = out.trains[name] = stages.train(name, opts.progress)
+    with timer("train"), tracker.system_metrics(child), tracker.step_logger(child) as live:
+        tr = out.trains[name] = stages.train(name, opts.progress, on_step=live)
     cached = stages.hits[f"train.{name}"]
     tracker.set_tags(child, {"peftops.train_cached": str(cached).lower()})
-    tracker.log_history(child, tr.history)
+    if not live.steps:  # a cache hit: the steps of the run that trained it
+        tracker.log_history(child, tr.history)
     prep = out.prepared
     for split, path, size, context in (("train", prep.train_path, prep.train_size, "training"),
                                        ("dev", prep.dev_path, prep.dev_size, "evaluation")):

@@ -47,8 +47,8 @@ class StageCalls:
     def prepare(self):
         return self._call("prepare", None, prepare_task, self.params, self.home)
 
-    def train(self, method: str, progress: bool = True):
-        return self._call("train", method, train_task, self.params, method, self.home, progress)
+    def train(self, method: str, progress: bool = True, on_step=None):
+        return self._call("train", method, train_task, self.params, method, self.home, progress, on_step=on_step)
 
     def evaluate(self, method: str | None):
         return self._call("evaluate", method, evaluate_task, self.params, method, self.home,

@@ -43,16 +43,23 @@ _MAX_VALUE_REPR = 60  # a rejected value is shown cut to this many characters
 
 
 def state_home(home: str | os.PathLike | None = None) -> Path:
-    """The single state directory (snapshot cache, MLflow store, registry, runs)."""
-    return Path(home or os.environ.get("PEFTOPS_HOME") or DEFAULT_HOME).resolve()
+    """The single state directory (snapshot cache, MLflow store, registry, runs): ``home``, else
+    $PEFTOPS_HOME, else the nearest ``.peftops/`` in the current directory or a parent (as git
+    finds its repository), else ``./.peftops`` (created by the commands that write state)."""
+    from registry.config import state_dir
+
+    return Path(home).resolve() if home else state_dir()
 
 
 def default_data_root() -> Path:
-    """Where task data files live: $PEFTOPS_DATA_ROOT, else ../shared/data beside the checkout."""
+    """Where task data files live: $PEFTOPS_DATA_ROOT, else ``../shared/data`` beside the project
+    root (the directory holding the nearest ``.peftops/``, else the current directory)."""
+    from registry.config import project_root
+
     env = os.environ.get("PEFTOPS_DATA_ROOT")
     if env:
         return Path(env).resolve()
-    return (Path.cwd().parent / "shared" / "data").resolve()
+    return (project_root().parent / "shared" / "data").resolve()
 
 
 # ---------------------------------------------------------------- validation, in one place
@@ -331,6 +338,48 @@ class GateConfig(Config):
     baseline: str = "full"
 
 
+class FleetConfig(Config):
+    """How a fleet runs its tasks (``fleet`` in params.yaml).
+
+    The fleet section of the parameters: which engine runs the tasks and what each task asks for.
+    
+    ``runner: local`` runs the tasks in threads of the flow's process (no Ray needed); ``runner: ray``
+    runs each task's pipeline in a Ray worker process of the cluster at ``address`` (``auto``: the
+    ``RAY_ADDRESS`` environment variable or a cluster started on this machine; empty: a private
+    local one), with ``num_cpus`` / ``num_gpus`` / ``memory_gb`` per task. A worker that dies
+    mid-task is replaced and the task re-run up to ``retries`` times; its training resumes from its
+    last checkpoint when ``train.checkpoint_every`` > 0.
+    """
+
+    config_prefix: ClassVar[str] = "fleet"
+    runner: Literal["local", "ray"] = "local"
+    address: str = "auto"  # Ray cluster address (host:port, ray://host:port, auto, or "" for a private one)
+    num_cpus: Annotated[float, Field(gt=0)] = 1.0  # per task; also the task's torch threads
+    num_gpus: Annotated[float, Field(ge=0)] = 0.0
+    memory_gb: Annotated[float, Field(ge=0)] = 0.0  # per task, 0 = no memory request
+    retries: NonNegInt = 2  # re-runs of a task whose worker died
+
+    @property
+    def torch_threads(self) -> int:
+        return max(1, int(self.num_cpus))
+
+    def remote_options(self) -> dict[str, Any]:
+        """The Ray task options of one fleet task (system failures retried, task errors not)."""
+        opts: dict[str, Any] = {"num_cpus": self.num_cpus, "max_retries": self.retries, "retry_exceptions": False}
+        if self.num_gpus:
+            opts["num_gpus"] = self.num_gpus
+        if self.memory_gb:
+            opts["memory"] = int(self.memory_gb * 1024 ** 3)
+        return opts
+
+
+def fleet_config(value: Any = None, **overrides: Any) -> FleetConfig:
+    """A ``FleetConfig`` from a mapping (or an existing one) plus non-None overrides (the CLI's)."""
+    base = value.model_dump() if isinstance(value, FleetConfig) else dict(value or {})
+    base.update({k: v for k, v in overrides.items() if v is not None})
+    return validate(FleetConfig, base, "fleet")
+
+
 class PipelineParams(Config):
     """Everything the main job needs; every field has an embedded default.
 
@@ -344,6 +393,7 @@ class PipelineParams(Config):
     train: TrainConfig = Field(default_factory=TrainConfig)
     merge: MergeConfig = Field(default_factory=MergeConfig)
     gate: GateConfig = Field(default_factory=GateConfig)
+    fleet: FleetConfig = Field(default_factory=FleetConfig)
     methods: dict[str, dict[str, Any]] = Field(default_factory=lambda: {"lora": {}, "full": {}})
 
 

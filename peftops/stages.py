@@ -10,23 +10,26 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
-from peftops.model.params import count_params
-from peftops.model.snapshot import (BaseSnapshot, import_base, load_model, load_tokenizer, open_snapshot, pad_token_id,
-                          snapshot_dir)
 from peftops.config import PipelineParams, state_home, to_dict
-from peftops.data.prepared import PreparedData, load_prepared, prepare
 from peftops.data.dvc import dvc_lineage
+from peftops.data.manifest import get_task
+from peftops.data.prepared import PreparedData, load_prepared, prepare
 from peftops.errors import PeftopsError
 from peftops.evaluation.evaluate import EvalResult, evaluate
-from peftops.fsutil import write_json_atomic
 from peftops.evaluation.merge import ParityCertificate, merge_adapter
+from peftops.fsutil import write_json_atomic
 from peftops.methods import get_method, make_config
+from peftops.methods.card import portable_copy
+from peftops.model.params import count_params
+from peftops.model.snapshot import (BaseSnapshot, import_base, load_model, load_tokenizer, open_snapshot,
+                                    pad_token_id, snapshot_dir)
 from peftops.training.loop import TrainResult, train
 from peftops.training.memory import release_memory
 from peftops.training.precision import keep_activation_dtype, resolve_precision, storage_dtype
@@ -91,8 +94,10 @@ def prepared_digest(params: PipelineParams, home: str | Path | None = None) -> s
 
 
 def stage_train(params: PipelineParams, method_name: str, home: str | Path | None = None, *,
-                progress: bool = True, resume: bool = True, max_steps_this_call: int | None = None) -> TrainResult:
-    """Train one method on the prepared train split; writes the adapter and ``train.json``."""
+                progress: bool = True, resume: bool = True, max_steps_this_call: int | None = None,
+                on_step: Callable[[int, dict[str, float]], None] | None = None) -> TrainResult:
+    """Train one method on the prepared train split; writes the adapter and ``train.json``.
+    ``on_step(step, record)`` is called after every optimizer step (live tracking)."""
     layout = Layout.of(home)
     snap = _snapshot(params, home)
     method = get_method(method_name)
@@ -107,7 +112,7 @@ def stage_train(params: PipelineParams, method_name: str, home: str | Path | Non
     model = method.apply(base, mcfg)
     result = train(model, method, mcfg, split, params.train, layout.run(params.data.task, method_name),
                    pad_id=pad_id, base_params=base_params, device=device, resume=resume,
-                   progress=progress, max_steps_this_call=max_steps_this_call)
+                   progress=progress, max_steps_this_call=max_steps_this_call, on_step=on_step)
     if result.steps >= params.train.steps:
         summary = result.to_dict()
         summary.pop("trained_names")
@@ -225,10 +230,15 @@ def stage_publish(params: PipelineParams, home: str | Path | None = None, method
         lin["merge_parity"] = json.loads(merge_file.read_text())
     lin.update(dvc_lineage(layout.data(params.data.task)))  # DVC's md5 of the data files, when DVC tracks them
     lin.update(lineage or {})
-    reg = Registry.open(**registry_locations(home))
-    reg.register_base(snap.path, digest=snap.digest, name=snap.name)
-    return reg.publish(params.data.task, adapter, base_digest=snap.digest, method=method_name,
-                       metrics=metrics or {}, lineage=lin, tags=tags or {}, aliases=list(aliases))
+    spec = get_task(params.data.task, params.data.manifest)
+    with tempfile.TemporaryDirectory(prefix=".publish-", dir=run) as tmp, \
+            Registry.open(**registry_locations(home)) as reg:
+        # what is published carries its model card and prompt format (portable_copy)
+        folder = portable_copy(adapter, Path(tmp) / "adapter", spec, method_name, snap.name, snap.digest,
+                               lin["data_digest"], metrics or {}, lin["precision"])
+        reg.register_base(snap.path, digest=snap.digest, name=snap.name)
+        return reg.publish(params.data.task, folder, base_digest=snap.digest, method=method_name,
+                           metrics=metrics or {}, lineage=lin, tags=tags or {}, aliases=list(aliases))
 
 
 def registry_locations(home: str | Path | None = None) -> dict[str, str]:

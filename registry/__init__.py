@@ -11,17 +11,18 @@
 from .blobs import BLOB_STORES, BlobStore, FileBlobStore, S3BlobStore, open_blob_store
 from .errors import (BasePinMismatch, BlobIntegrityError, Conflict, CorruptBlob,
                      InvalidAdapter, InvalidArgument, InvalidName, LintError, NotFound,
-                     RegistryError)
+                     RegistryError, UnknownMetric)
 from .lint import LintReport, lint_adapter
 from .shapes import module_shapes_from_state_dict, read_safetensors_header
 from .store import PublishRequest, Registry
-from .types import AdapterVersion, BaseModel, ExportedAdapter, Page, TaskInfo
+from .types import AdapterVersion, AliasMove, BaseModel, ExportedAdapter, Page, TaskInfo
 
 __all__ = [
-    "AdapterVersion", "BLOB_STORES", "BaseModel", "BasePinMismatch", "BlobIntegrityError",
+    "AdapterVersion", "AliasMove", "BLOB_STORES", "BaseModel", "BasePinMismatch", "BlobIntegrityError",
     "BlobStore", "Conflict", "CorruptBlob", "ExportedAdapter", "FileBlobStore",
     "InvalidAdapter", "InvalidArgument", "InvalidName", "LintError", "LintReport",
     "NotFound", "Page", "PublishRequest", "Registry", "RegistryError", "S3BlobStore", "TaskInfo",
+    "UnknownMetric",
     "lint_adapter", "module_shapes_from_state_dict", "open_blob_store",
     "read_safetensors_header",
 ]

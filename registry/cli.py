@@ -1,7 +1,9 @@
 """`peftops registry ...`: the registry on the command line (rich tables, or --json).
 
 --db and --blobs default to PEFTOPS_REGISTRY_DB / PEFTOPS_REGISTRY_BLOBS, else to SQLite and
-a blob directory under $PEFTOPS_HOME (./.peftops).
+a blob directory under the state directory: $PEFTOPS_HOME, else the nearest .peftops/ in
+the current directory or a parent. Commands that only read stop when there is none;
+publish and register-base create ./.peftops.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from .config import default_blob_uri, default_db_url
 from .errors import InvalidArgument, RegistryError
 from .store import Registry
 from .types import AdapterVersion, Page
@@ -33,12 +36,20 @@ DbOpt = Annotated[Optional[str], typer.Option(
 BlobsOpt = Annotated[Optional[str], typer.Option(
     "--blobs", envvar="PEFTOPS_REGISTRY_BLOBS", help="Blob store URI (file:///dir or s3://bucket/prefix)")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+ActorOpt = Annotated[Optional[str], typer.Option(
+    "--actor", envvar="PEFTOPS_ACTOR",
+    help="Who moves the aliases, recorded in their history (default: $USER)")]
 
 
 @contextlib.contextmanager
-def _open(db: str | None, blobs: str | None) -> Iterator[Registry]:
-    """Open the registry; turn registry errors into a one-line message and exit code 1."""
+def _open(db: str | None, blobs: str | None, *, create: bool = False) -> Iterator[Registry]:
+    """Open the registry; turn registry errors into a one-line message and exit code 1.
+
+    Without --db/--blobs the state directory is found upwards from the current directory;
+    only the commands that create state (create=True) make a new ./.peftops."""
     try:
+        db = db or default_db_url(must_exist=not create)
+        blobs = blobs or default_blob_uri(must_exist=not create)
         with Registry.open(db, blobs) as reg:
             yield reg
     except RegistryError as e:
@@ -168,7 +179,7 @@ def register_base(snapshot_dir: Path, digest: Annotated[str, typer.Option(help="
                   name: str = "gemma-3-270m", db: DbOpt = None, blobs: BlobsOpt = None,
                   as_json: JsonOpt = False) -> None:
     """Register a base model from a safetensors snapshot directory."""
-    with _open(db, blobs) as reg:
+    with _open(db, blobs, create=True) as reg:
         b = reg.register_base(snapshot_dir, digest=digest, name=name)
     if as_json:
         _print_json(b.to_dict())
@@ -185,11 +196,12 @@ def publish(task: str, adapter_dir: Path,
             alias: Annotated[Optional[list[str]], typer.Option(help="repeatable")] = None,
             lineage: Annotated[Optional[str], typer.Option(help="JSON object")] = None,
             strict: Annotated[bool, typer.Option(help="Refuse what vLLM would not serve")] = False,
+            actor: ActorOpt = None,
             db: DbOpt = None, blobs: BlobsOpt = None, as_json: JsonOpt = False) -> None:
     """Publish an adapter folder as the next version of TASK."""
     from .filters import json_field as _json_field
 
-    with _open(db, blobs) as reg:
+    with _open(db, blobs, create=True) as reg:
         try:
             metrics = {k: float(v) for k, v in _kv(metric or [], "metric").items()}
         except ValueError:
@@ -198,7 +210,7 @@ def publish(task: str, adapter_dir: Path,
             task, adapter_dir, base_digest=base, method=method, metrics=metrics,
             tags=_kv(tag or [], "tag"), aliases=alias or [],
             lineage=_json_field(lineage, "lineage", dict) if lineage else {},
-            strict_lint=strict)
+            strict_lint=strict, actor=actor)
     if as_json:
         _print_json({**v.to_dict(), "created": created})
         return
@@ -209,11 +221,11 @@ def publish(task: str, adapter_dir: Path,
 
 
 @registry_app.command()
-def promote(task: str, alias: str, version: int, db: DbOpt = None,
+def promote(task: str, alias: str, version: int, actor: ActorOpt = None, db: DbOpt = None,
             blobs: BlobsOpt = None, as_json: JsonOpt = False) -> None:
     """Point ALIAS (e.g. production) at VERSION of TASK, moving it if needed."""
     with _open(db, blobs) as reg:
-        v = reg.set_alias(task, alias, version)
+        v = reg.set_alias(task, alias, version, actor=actor)
     if as_json:
         _print_json(v.to_dict())
     else:
@@ -221,11 +233,33 @@ def promote(task: str, alias: str, version: int, db: DbOpt = None,
 
 
 @registry_app.command()
-def unalias(task: str, alias: str, db: DbOpt = None, blobs: BlobsOpt = None) -> None:
+def unalias(task: str, alias: str, actor: ActorOpt = None, db: DbOpt = None,
+            blobs: BlobsOpt = None) -> None:
     """Remove ALIAS from TASK."""
     with _open(db, blobs) as reg:
-        reg.delete_alias(task, alias)
+        reg.delete_alias(task, alias, actor=actor)
     _out.print(f"{task}: {alias} removed")
+
+
+@registry_app.command()
+def history(task: str, alias: Annotated[Optional[str], typer.Option(
+                "--alias", "-a", help="Only this alias")] = None,
+            limit: Annotated[int, typer.Option(help="At most this many moves")] = 100,
+            db: DbOpt = None, blobs: BlobsOpt = None, as_json: JsonOpt = False) -> None:
+    """The moves of TASK's aliases, newest first: who, when, from which version to which."""
+    with _open(db, blobs) as reg:
+        moves = reg.alias_history(task, alias, limit=limit)
+    if as_json:
+        _print_json([m.to_dict() for m in moves])
+        return
+    t = Table(title=f"{task}: alias history")
+    for col in ("alias", "from", "to", "who", "when"):
+        t.add_column(col)
+    for m in moves:
+        t.add_row(m.alias, "-" if m.from_version is None else f"v{m.from_version}",
+                  "removed" if m.to_version is None else f"v{m.to_version}", m.actor or "-",
+                  m.moved_at.strftime("%Y-%m-%d %H:%M:%S"))
+    _out.print(t)
 
 
 @registry_app.command()
@@ -248,10 +282,10 @@ def deprecate(task: str, version: int, db: DbOpt = None, blobs: BlobsOpt = None)
 @registry_app.command()
 def delete(task: str, version: int,
            force: Annotated[bool, typer.Option(help="Also drop its aliases")] = False,
-           db: DbOpt = None, blobs: BlobsOpt = None) -> None:
+           actor: ActorOpt = None, db: DbOpt = None, blobs: BlobsOpt = None) -> None:
     """Delete a version's metadata (its blobs go at the next gc)."""
     with _open(db, blobs) as reg:
-        reg.delete(task, version, force=force)
+        reg.delete(task, version, force=force, actor=actor)
     _out.print(f"{task}-v{version} deleted; run `gc` to free unreferenced blobs")
 
 
@@ -363,8 +397,17 @@ def serve(host: str = "127.0.0.1", port: int = 8080,
           auth_failures_per_minute: Annotated[int, typer.Option(
               envvar="PEFTOPS_REGISTRY_AUTH_FAILURES_PER_MINUTE",
               help="Failed authentications allowed per client and minute (429 beyond)")] = 30,
+          mlflow_ui_url: Annotated[str, typer.Option(
+              envvar="PEFTOPS_MLFLOW_UI_URL",
+              help="MLflow UI the web pages link a version's run to ('' for no links)")
+          ] = "http://127.0.0.1:5000",
+          prefect_ui_url: Annotated[str, typer.Option(
+              envvar="PEFTOPS_PREFECT_UI_URL",
+              help="Prefect UI the web pages link a version's flow run to ('' for no links)")
+          ] = "http://127.0.0.1:4200",
           db: DbOpt = None, blobs: BlobsOpt = None) -> None:
-    """Serve the HTTP API (OpenAPI at /docs). Without a write token it is read-only."""
+    """Serve the HTTP API (OpenAPI at /docs) and the web pages (at /ui). Without a write
+    token it is read-only."""
     import uvicorn
 
     from .api import create_app
@@ -375,7 +418,9 @@ def serve(host: str = "127.0.0.1", port: int = 8080,
         if not write:
             _err.print("no write token (PEFTOPS_REGISTRY_TOKEN or --write-token-file): "
                        "serving read-only")
+        _err.print(f"web pages: http://{host}:{port}/ui")
         uvicorn.run(create_app(reg, write, read, max_body_bytes=int(max_body_mb * 2**20),
-                               auth_failures_per_minute=auth_failures_per_minute),
+                               auth_failures_per_minute=auth_failures_per_minute,
+                               mlflow_ui_url=mlflow_ui_url, prefect_ui_url=prefect_ui_url),
                     host=host, port=port,
                     log_level=os.environ.get("PEFTOPS_LOG_LEVEL", "info").lower())

@@ -120,6 +120,22 @@ class SqlAlias(Base):
     __table_args__ = (Index(None, "alias", "version_id"), Index(None, "version_id"))
 
 
+class SqlAliasMove(Base):
+    """One move of an alias, written in the transaction that moves it: from_version None is
+    its creation, to_version None its removal. Version numbers, not ids: the history
+    outlives the versions it names."""
+
+    __tablename__ = PREFIX + "alias_history"
+    id: Mapped[int] = mapped_column(IdType, primary_key=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey(SqlTask.id, ondelete="CASCADE"))
+    alias: Mapped[str] = mapped_column(String(64))
+    from_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    to_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    actor: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    moved_at: Mapped[datetime] = mapped_column(DateTime)
+    __table_args__ = (Index(None, "task_id", "alias", "id"),)
+
+
 class SqlLock(Base):
     """One row that gc locks exclusively and publish locks shared (PostgreSQL), so a gc
     never deletes a blob that a publish has uploaded but not yet committed."""
@@ -135,3 +151,4 @@ tags = SqlTag.__table__
 metrics = SqlMetric.__table__
 aliases = SqlAlias.__table__
 lock = SqlLock.__table__
+alias_history = SqlAliasMove.__table__

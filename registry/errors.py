@@ -27,6 +27,16 @@ class InvalidArgument(RegistryError):
     """A malformed argument other than a name: a bad page token, operator or metric value."""
 
 
+class UnknownMetric(InvalidArgument):
+    """A search by a metric no version records; `known` lists the names that are recorded."""
+
+    def __init__(self, name: str, known: list[str]):
+        listed = ", ".join(known) if known else "none yet"
+        super().__init__(f"unknown metric {name!r}: no version records it; the metrics "
+                         f"recorded are: {listed}")
+        self.known = list(known)
+
+
 class InvalidAdapter(RegistryError):
     """An adapter folder that is not a readable PEFT-format adapter."""
 

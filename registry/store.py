@@ -29,14 +29,14 @@ from .blobs import BlobStore, open_blob_store
 from .config import busy_timeout_ms, default_blob_uri, default_db_url
 from .engine import create_registry_engine, raw_write_tx, read_tx, upgrade, write_tx
 from .errors import (BasePinMismatch, Conflict, InvalidAdapter, InvalidArgument, LintError,
-                     NotFound)
+                     NotFound, UnknownMetric)
 from .jsonlimits import check_text, check_value
 from .lint import LintReport, lint_adapter
 from .query import (GET_BY_ALIAS, GET_BY_VERSION, GET_LATEST, build_search, decode_token,
                     encode_token, sort_key)
 from .rawsql import Prepared, RawTx
 from .shapes import module_shapes_from_state_dict, read_safetensors_header
-from .types import AdapterVersion, BaseModel, ExportedAdapter, Page, TaskInfo
+from .types import AdapterVersion, AliasMove, BaseModel, ExportedAdapter, Page, TaskInfo
 
 # Canonical JSON for the text columns: sorted keys, so equal values store equal text.
 _dumps = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode
@@ -79,6 +79,10 @@ _ALIAS_HOLDER = Prepared(select(_A.c.version_id).where(_A.c.task_id == bindparam
 _ALIAS_DELETE = Prepared(delete(_A).where(_A.c.task_id == bindparam("tid"),
                                           _A.c.alias == bindparam("alias")))
 _ALIAS_INSERT = Prepared(insert(_A))
+_H = db.alias_history
+_HISTORY_INSERT = Prepared(insert(_H))
+_VERSION_NUMBER = Prepared(select(db.versions.c.version).where(
+    db.versions.c.id == bindparam("vid")))
 _VERSION_ALIASES = Prepared(select(db.versions.c.aliases).where(
     db.versions.c.id == bindparam("vid")))
 _SET_VERSION_ALIASES = Prepared(update(db.versions).where(
@@ -92,6 +96,11 @@ _TAG_DELETE = Prepared(delete(db.tags).where(db.tags.c.version_id == bindparam("
 _VERSION_TAGS = Prepared(select(db.versions.c.tags).where(db.versions.c.id == bindparam("vid")))
 _SET_VERSION_TAGS = Prepared(update(db.versions).where(
     db.versions.c.id == bindparam("vid")).values(tags=bindparam("b_tags")))
+# Whether any version records a metric (one index seek), and every name recorded (only
+# read to explain a search by an unknown name).
+_METRIC_RECORDED = select(db.metrics.c.key).where(
+    db.metrics.c.key == bindparam("key")).limit(1)
+_METRIC_NAMES = select(db.metrics.c.key).distinct().order_by(db.metrics.c.key)
 _VERSION_ID = Prepared(select(db.versions.c.id, db.versions.c.status).where(
     db.versions.c.task_id == bindparam("tid"), db.versions.c.version == bindparam("ver")))
 
@@ -109,6 +118,7 @@ class PublishRequest:
     tags: Mapping[str, str] | None = None
     aliases: Sequence[str] = ()
     strict_lint: bool = False
+    actor: str | None = None  # who sets the aliases (recorded in the alias history)
 
 
 @dataclass(frozen=True)
@@ -123,6 +133,13 @@ class _Prepared:
     aliases: tuple[str, ...]
     lineage: dict[str, Any]
     report: LintReport
+    actor: str | None = None
+
+
+def _actor(actor: str | None) -> str | None:
+    """Who moves an alias, as recorded: given text (bounded), else $USER, else None."""
+    actor = actor or os.environ.get("USER") or None
+    return None if actor is None else names.text_value(actor, "actor", 200)
 
 
 def _utcnow() -> datetime:
@@ -278,7 +295,7 @@ class Registry:
                 metrics: Mapping[str, float] | None = None,
                 lineage: Mapping[str, Any] | None = None,
                 tags: Mapping[str, str] | None = None, aliases: Iterable[str] = (),
-                strict_lint: bool = False) -> AdapterVersion:
+                strict_lint: bool = False, actor: str | None = None) -> AdapterVersion:
         """Publish an adapter folder as the next version of `task`.
 
         lineage records where the adapter came from; the keys peftops uses are
@@ -294,16 +311,17 @@ class Registry:
         """
         return self.publish_or_get(task, adapter_dir, base_digest=base_digest, method=method,
                                    metrics=metrics, lineage=lineage, tags=tags,
-                                   aliases=aliases, strict_lint=strict_lint)[0]
+                                   aliases=aliases, strict_lint=strict_lint, actor=actor)[0]
 
     def publish_or_get(self, task, adapter_dir, *, base_digest, method, metrics=None,
-                       lineage=None, tags=None, aliases=(),
-                       strict_lint=False) -> tuple[AdapterVersion, bool]:
+                       lineage=None, tags=None, aliases=(), strict_lint=False,
+                       actor=None) -> tuple[AdapterVersion, bool]:
         """Like publish; also says whether a new version was created (False: the same
         content was already published and that version is returned)."""
         return self.publish_many([PublishRequest(
             task, adapter_dir, base_digest=base_digest, method=method, metrics=metrics,
-            lineage=lineage, tags=tags, aliases=tuple(aliases), strict_lint=strict_lint)])[0]
+            lineage=lineage, tags=tags, aliases=tuple(aliases), strict_lint=strict_lint,
+            actor=actor)])[0]
 
     def publish_many(self, requests: Iterable[PublishRequest]
                      ) -> list[tuple[AdapterVersion, bool]]:
@@ -387,7 +405,8 @@ class Registry:
                    files=_dumps(folder.files), lint=_dumps(report.recorded()),
                    lineage=lineage_json, tags=tags_json, metrics=metrics_json,
                    aliases=_dumps([]))
-        return _Prepared(task, row, folder, tags, metrics, aliases, lineage, report)
+        return _Prepared(task, row, folder, tags, metrics, aliases, lineage, report,
+                         _actor(r.actor))
 
     def _lock(self, tx: RawTx, exclusive: bool) -> None:
         # SQLite writers are already serialized by BEGIN IMMEDIATE.
@@ -433,7 +452,7 @@ class Registry:
                                      for k, v in metrics.items()])
         tx.run(_BUMP_TASK, {"b_tid": task_id, "b_version": version, "b_now": now})
         for a in p.aliases:
-            self._move_alias(tx, task_id, a, vid)
+            self._move_alias(tx, task_id, a, vid, p.actor, version)
         return version, True
 
     def _update_existing(self, tx: RawTx, task_id: int, version: int, p: _Prepared) -> None:
@@ -455,7 +474,7 @@ class Registry:
             raise Conflict(f"{p.task} v{version} already holds this content and is {status}; "
                            f"reactivate it before pointing {list(p.aliases)} at it")
         for a in p.aliases:
-            self._move_alias(tx, task_id, a, vid)
+            self._move_alias(tx, task_id, a, vid, p.actor, version)
 
     # ------------------------------------------------------------------ reads
     def get(self, task: str, version: int | None = None,
@@ -506,7 +525,9 @@ class Registry:
         """Versions matching every given filter, one page at a time.
 
         metric=(key, op, value) with op in >, >=, <, <= orders by that metric, best first
-        in the direction of the operator; otherwise newest first. created_* take a
+        in the direction of the operator; otherwise newest first. A metric name that no
+        version records is refused (UnknownMetric, listing the recorded names: the
+        pipeline records dev_accuracy, not accuracy). created_* take a
         datetime, ISO-8601 text or epoch seconds (after is inclusive, before exclusive).
         """
         q, params, mode, nkey = build_search(
@@ -514,12 +535,24 @@ class Registry:
             metric=metric, created_after=created_after, created_before=created_before,
             status=status, limit=limit, page_token=page_token)
         with read_tx(self.engine) as conn:
+            if metric is not None and conn.execute(
+                    _METRIC_RECORDED, {"key": params["mkey"]}).first() is None:
+                raise UnknownMetric(params["mkey"], self._metric_names(conn))
             rows = conn.execute(q, params).all()
         token = None
         if len(rows) > limit:
             rows = rows[:limit]
             token = encode_token(mode, sort_key(rows[-1], nkey))
         return Page([_row_to_version(r) for r in rows], token)
+
+    @staticmethod
+    def _metric_names(conn) -> list[str]:
+        return list(conn.execute(_METRIC_NAMES).scalars())
+
+    def metric_names(self) -> list[str]:
+        """Every metric name some version records, sorted (what a metric search accepts)."""
+        with read_tx(self.engine) as conn:
+            return self._metric_names(conn)
 
     def list_tasks(self, limit: int = 100, page_token: str | None = None) -> Page:
         """Tasks in name order, with counters and current aliases."""
@@ -544,6 +577,22 @@ class Registry:
                               aliases=alias_map[tid], created_at=created.replace(tzinfo=_UTC),
                               updated_at=updated.replace(tzinfo=_UTC))
                      for tid, name, base, latest, n, created, updated in rows], token)
+
+    def get_task(self, task: str) -> TaskInfo:
+        """One task with its counters and current aliases."""
+        name = names.task_name(task)
+        with read_tx(self.engine) as conn:
+            row = conn.execute(select(*_TASK_COLS).where(_T.c.name == name)).first()
+            if row is None:
+                raise NotFound(f"task {task!r} does not exist")
+            tid, name, base, latest, n, created, updated = row
+            aliases = dict(conn.execute(
+                select(db.aliases.c.alias, db.versions.c.version).join(
+                    db.versions, db.versions.c.id == db.aliases.c.version_id).where(
+                    db.aliases.c.task_id == tid)).all())
+        return TaskInfo(name=name, base_digest=base, n_versions=n, latest_version=latest,
+                        aliases=aliases, created_at=created.replace(tzinfo=_UTC),
+                        updated_at=updated.replace(tzinfo=_UTC))
 
     def optimize(self) -> None:
         """Refresh the query planner's statistics (run after bulk loads or large deletes).
@@ -579,8 +628,10 @@ class Registry:
             self._raise_missing(conn, task, version, None)
         return row
 
-    def _move_alias(self, tx: RawTx, task_id: int, alias: str, version_id: int | None) -> None:
-        """Point alias at version_id (None removes it), keeping the JSON copies in step."""
+    def _move_alias(self, tx: RawTx, task_id: int, alias: str, version_id: int | None,
+                    actor: str | None = None, to_version: int | None = None) -> None:
+        """Point alias at version_id (None removes it), keeping the JSON copies in step and
+        recording the move in the alias history (same transaction)."""
         key = {"tid": task_id, "alias": alias}
         old = tx.scalar(_ALIAS_HOLDER, key)
         if old == version_id:
@@ -591,6 +642,12 @@ class Registry:
         if version_id is not None:
             tx.run(_ALIAS_INSERT, {"task_id": task_id, "alias": alias, "version_id": version_id})
             self._edit_alias_json(tx, version_id, alias, add=True)
+            if to_version is None:
+                to_version = tx.scalar(_VERSION_NUMBER, {"vid": version_id})
+        tx.run(_HISTORY_INSERT, {
+            "task_id": task_id, "alias": alias, "to_version": to_version, "actor": actor,
+            "from_version": None if old is None else tx.scalar(_VERSION_NUMBER, {"vid": old}),
+            "moved_at": _utcnow()})
 
     @staticmethod
     def _edit_alias_json(tx: RawTx, version_id: int, alias: str, add: bool) -> None:
@@ -598,22 +655,26 @@ class Registry:
         cur = cur | {alias} if add else cur - {alias}
         tx.run(_SET_VERSION_ALIASES, {"vid": version_id, "b_aliases": _dumps(sorted(cur))})
 
-    def set_alias(self, task: str, alias: str, version: int) -> AdapterVersion:
-        """Point `alias` (e.g. production) at a version, moving it if it points elsewhere."""
+    def set_alias(self, task: str, alias: str, version: int, *,
+                  actor: str | None = None) -> AdapterVersion:
+        """Point `alias` (e.g. production) at a version, moving it if it points elsewhere.
+        actor (who moves it) is recorded in the alias history."""
         alias = names.alias_name(alias)
+        actor = _actor(actor)
         with write_tx(self.engine) as conn:
             row = self._version_row(conn, task, version)
             if row.status != "active":
                 raise Conflict(f"{task} v{version} is {row.status}; reactivate it before "
                                f"pointing {alias!r} at it")
-            self._move_alias(RawTx.of(conn), row.task_id, alias, row.id)
+            self._move_alias(RawTx.of(conn), row.task_id, alias, row.id, actor, version)
         return self.get(task, version)
 
     promote = set_alias
 
-    def delete_alias(self, task: str, alias: str) -> None:
-        """Remove an alias from a task."""
+    def delete_alias(self, task: str, alias: str, *, actor: str | None = None) -> None:
+        """Remove an alias from a task (recorded in the alias history, by actor)."""
         alias = names.alias_name(alias)
+        actor = _actor(actor)
         with write_tx(self.engine) as conn:
             tid = conn.execute(select(db.tasks.c.id).where(
                 db.tasks.c.name == names.task_name(task))).scalar()
@@ -623,7 +684,22 @@ class Registry:
                 db.aliases.c.task_id == tid, db.aliases.c.alias == alias)).scalar()
             if held is None:
                 raise NotFound(f"task {task!r} has no alias {alias!r}")
-            self._move_alias(RawTx.of(conn), tid, alias, None)
+            self._move_alias(RawTx.of(conn), tid, alias, None, actor)
+
+    def alias_history(self, task: str, alias: str | None = None,
+                      limit: int = 100) -> list[AliasMove]:
+        """The moves of a task's aliases (or of one alias), newest first."""
+        if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= 1000:
+            raise InvalidArgument(f"limit must be an integer in 1..1000, got {limit!r}")
+        task = names.task_name(task)
+        q = select(_H.c.alias, _H.c.from_version, _H.c.to_version, _H.c.actor,
+                   _H.c.moved_at).join(_T, _T.c.id == _H.c.task_id).where(_T.c.name == task)
+        if alias is not None:
+            q = q.where(_H.c.alias == names.alias_name(alias))
+        with read_tx(self.engine) as conn:
+            rows = conn.execute(q.order_by(_H.c.id.desc()).limit(limit)).all()
+        return [AliasMove(task, a, f, t, who, at.replace(tzinfo=_UTC))
+                for a, f, t, who, at in rows]
 
     def set_tag(self, task: str, version: int, key: str, value: str) -> None:
         """Set (or overwrite) a tag on a version."""
@@ -665,15 +741,21 @@ class Registry:
             conn.execute(update(db.versions).where(db.versions.c.id == row.id)
                          .values(status=status))
 
-    def delete(self, task: str, version: int, *, force: bool = False) -> None:
+    def delete(self, task: str, version: int, *, force: bool = False,
+               actor: str | None = None) -> None:
         """Delete a version's metadata; its blobs go at the next gc if nothing else uses
         them. Refused while it holds an alias unless force=True (which drops the alias)."""
+        actor = _actor(actor)
         with write_tx(self.engine) as conn:
             row = self._version_row(conn, task, version)
             held = _loads(row.aliases)
             if held and not force:
                 raise Conflict(f"{task} v{version} holds alias(es) {held}; move them first "
                                "or delete with force=True")
+            for a in held:
+                conn.execute(insert(db.alias_history).values(
+                    task_id=row.task_id, alias=a, from_version=version, to_version=None,
+                    actor=actor, moved_at=_utcnow()))
             # Children first: do not rely on ON DELETE CASCADE being enabled on every
             # connection (SQLite only honours it per connection).
             for child in (db.aliases, db.tags, db.metrics):

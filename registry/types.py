@@ -114,6 +114,22 @@ class TaskInfo:
 
 
 @dataclass(frozen=True)
+class AliasMove:
+    """One move of an alias: from_version None when it was created, to_version None when it
+    was removed; actor is who moved it (None when not known)."""
+
+    task: str
+    alias: str
+    from_version: int | None
+    to_version: int | None
+    actor: str | None
+    moved_at: datetime
+
+    def to_dict(self) -> dict[str, Any]:
+        return _jsonable(asdict(self))
+
+
+@dataclass(frozen=True)
 class Page:
     """One page of results; pass `next_page_token` back to get the next (None: last page)."""
 

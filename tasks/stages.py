@@ -53,10 +53,12 @@ def prepare_task(params, home=None, cache_key: str | None = None):
 
 
 @task(name="train", task_run_name="train-{method_name}", cache_key_fn=_input_key)
-def train_task(params, method_name: str, home=None, progress: bool = True, cache_key: str | None = None):
-    """Train one method (no retries: a failed training run is not an I/O hiccup)."""
+def train_task(params, method_name: str, home=None, progress: bool = True, cache_key: str | None = None,
+               on_step=None):
+    """Train one method (no retries: a failed training run is not an I/O hiccup); ``on_step`` sees
+    every step (the flow logs them to MLflow while the training runs)."""
     with _MODEL_STAGE:
-        out = pipeline.stage_train(params, method_name, home, progress=progress)
+        out = pipeline.stage_train(params, method_name, home, progress=progress, on_step=on_step)
     _record(params, home, "train", method_name, cache_key)
     return out
 

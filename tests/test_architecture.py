@@ -19,7 +19,7 @@ def test_a_lower_layer_importing_a_higher_one_is_caught(tmp_path):
     """The contracts can fail: a core module importing a flow breaks the layers contract."""
     import shutil
 
-    for name in ("peftops", "tasks", "flows", "registry"):
+    for name in ("peftops", "tasks", "flows", "registry", "stack"):
         shutil.copytree(ROOT / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
     (tmp_path / "peftops" / "training" / "intruder.py").write_text("import flows.fleet\n")

@@ -58,8 +58,8 @@ def test_validate_names_file_field_and_value():
         validate(ForgettingConfig, {"size": 0}, "compare.forgetting", "c.yaml")
 
 
-def test_precision_is_validated_and_defaults_to_fp32(tmp_path):
-    assert TrainConfig().precision == "fp32"
+def test_precision_is_validated_and_defaults_to_auto(tmp_path):
+    assert TrainConfig().precision == "auto"  # bf16 where the hardware multiplies it natively
     assert TrainConfig(precision="bf16").precision == "bf16"
     p = tmp_path / "params.yaml"
     p.write_text("train:\n  precision: fp16\n")
@@ -82,3 +82,16 @@ def test_params_are_hashable_values_and_for_task_keeps_the_rest():
     q = for_task(p, "rte")
     assert q.data.task == "rte" and q.train == p.train and p.data.task == "sst2"
     assert hash(p.train) == hash(TrainConfig()) and {p.merge: 1}[MergeConfig()] == 1
+
+
+def test_fleet_section_is_validated_and_named(tmp_path):
+    from peftops.config import FleetConfig, fleet_config, load_params
+
+    assert PipelineParams().fleet == FleetConfig() and FleetConfig().runner == "local"
+    p = tmp_path / "params.yaml"
+    p.write_text("fleet:\n  runner: spark\n")
+    with pytest.raises(ConfigError, match=r"fleet\.runner"):
+        load_params(p)
+    with pytest.raises(ConfigError, match=r"fleet\.num_cpus"):
+        fleet_config({"num_cpus": 0})
+    assert fleet_config(None, runner="ray", num_cpus=2).torch_threads == 2

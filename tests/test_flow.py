@@ -55,6 +55,8 @@ def test_demo_flow_end_to_end(prefect_harness, tiny_home, tiny_params, monkeypat
     assert lora.data.tags["registry.version"] == str(v.version)
     history = client.get_metric_history(lora.info.run_id, "loss")
     assert [m.step for m in history] == list(range(1, tiny_params.train.steps + 1))
+    stamps = [m.timestamp for m in sorted(history, key=lambda m: m.step)]
+    assert stamps == sorted(stamps) and stamps[-1] > stamps[0]  # logged while training, step by step
     assert lora.data.metrics["merge_max_abs_dlogit"] < 1e-3
     assert lora.data.tags["gate.promoted"] == str(gate["promote"]).lower()
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}

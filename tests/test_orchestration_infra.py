@@ -36,3 +36,31 @@ def test_retrain_workflow_triggers_on_data_params_and_manifest():
     assert {"data/**.dvc", "params.yaml", "peftops/data/tasks.yaml"} <= set(on["push"]["paths"])
     steps = " ".join(s.get("run", "") for s in wf["jobs"]["retrain"]["steps"])
     assert "peftops retrain --since" in steps and "dvc pull" in steps
+
+
+def test_the_ray_cluster_matches_the_stack():
+    """KubeRay's CRDs are not in kubernetes-validate's schemas: check the RayCluster's structure."""
+    rc = yaml.safe_load((REPO / "infra" / "k8s" / "ray" / "raycluster.yaml").read_text())
+    assert rc["apiVersion"] == "ray.io/v1" and rc["kind"] == "RayCluster"
+    assert rc["metadata"]["namespace"] == "peftops"
+    head = rc["spec"]["headGroupSpec"]
+    assert head["rayStartParams"]["num-cpus"] == "0"
+    groups = {g["groupName"]: g for g in rc["spec"]["workerGroupSpecs"]}
+    assert set(groups) == {"cpu", "gpu"}
+    for g in groups.values():
+        assert g["minReplicas"] <= g["replicas"] <= g["maxReplicas"]
+        c = g["template"]["spec"]["containers"][0]
+        assert {"configMapRef": {"name": "peftops-config"}} in c["envFrom"]
+        assert {"secretRef": {"name": "peftops-secrets"}} in c["envFrom"]
+        vols = g["template"]["spec"]["volumes"]
+        assert vols[0]["persistentVolumeClaim"]["claimName"] == "peftops-state-shared"
+        assert float(c["resources"]["requests"]["cpu"]) == float(g["rayStartParams"]["num-cpus"])
+    gpu = groups["gpu"]["template"]["spec"]
+    assert gpu["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1 == int(
+        groups["gpu"]["rayStartParams"]["num-gpus"])
+    assert any(t["key"] == "nvidia.com/gpu" for t in gpu["tolerations"])
+    pvc = yaml.safe_load((REPO / "infra" / "k8s" / "ray-state.yaml").read_text())
+    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+    compose = yaml.safe_load((REPO / "infra" / "docker-compose.yml").read_text())
+    assert {"ray-head", "ray-worker"} <= set(compose["services"])
+    assert compose["services"]["prefect-worker"]["environment"]["RAY_ADDRESS"] == "ray-head:6379"

@@ -2,7 +2,6 @@
 said once), the resolved precision is recorded in train.json, eval.json and merge.json, and a bf16
 LoRA merges with a certificate that states its precision and tolerance."""
 
-import dataclasses
 import json
 import warnings
 
@@ -41,7 +40,7 @@ def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
 def test_auto_without_bf16_trains_in_fp32_and_records_it(tiny_params, tiny_home, monkeypatch):
     monkeypatch.setattr(prec, "bf16_native", lambda device="cpu": False)
     home, _ = tiny_home
-    params = dataclasses.replace(tiny_params, train=dataclasses.replace(tiny_params.train, precision="auto"))
+    params = tiny_params.model_copy(update={"train": tiny_params.train.model_copy(update={"precision": "auto"})})
     P.stage_prepare(params, home)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -53,7 +52,7 @@ def test_auto_without_bf16_trains_in_fp32_and_records_it(tiny_params, tiny_home,
 
 def test_bf16_lora_records_its_precision_and_merges_within_the_bf16_tolerance(tiny_params, tiny_home, tmp_path):
     home, _ = tiny_home
-    params = dataclasses.replace(tiny_params, train=dataclasses.replace(tiny_params.train, precision="bf16"))
+    params = tiny_params.model_copy(update={"train": tiny_params.train.model_copy(update={"precision": "bf16"})})
     P.stage_prepare(params, home)
     r = P.stage_train(params, "lora", home, progress=False)
     assert r.precision == "bf16" and r.losses[-1] < r.losses[0]

@@ -66,6 +66,42 @@ def test_resume_after_interruption_gives_identical_weights(tmp_path):
         assert torch.equal(p, q), n
 
 
+@pytest.mark.parametrize("damage", ["truncated weights", "truncated state", "missing rng"])
+def test_a_damaged_latest_checkpoint_falls_back_to_the_newest_intact_one(tmp_path, damage, caplog):
+    cfg = make_config("lora", {"lr": 1e-2, "r": 4, "alpha": 8, "dropout": 0.1})
+    tcfg = TrainConfig(steps=8, batch_size=4, warmup_steps=2, checkpoint_every=2, schedule="cosine", precision="fp32")
+    method = get_method("lora")
+
+    def run(directory, interrupt_after=None):
+        model = method.apply(tiny_model(seed=0), cfg)
+        r = train(model, method, cfg, overfit_split(12), tcfg, directory, pad_id=0, base_params=1, progress=False,
+                  max_steps_this_call=interrupt_after)
+        return model, r
+
+    straight, _ = run(tmp_path / "a")
+    run(tmp_path / "b", interrupt_after=5)  # checkpoints at steps 2 and 4
+    ckpts = tmp_path / "b" / "checkpoints"
+    latest = ckpts / "step-0000004"
+    if damage == "truncated weights":
+        f = latest / "trainable.safetensors"
+        f.write_bytes(f.read_bytes()[:100])
+    elif damage == "truncated state":
+        f = latest / "state.json"
+        f.write_text(f.read_text()[:50])
+    else:
+        (latest / "rng.safetensors").unlink()
+    leftover = ckpts / ".step-0000006.tmp-killed"  # an interrupted checkpoint write
+    leftover.mkdir()
+    (leftover / "trainable.safetensors").write_bytes(b"partial")
+    with caplog.at_level("WARNING", logger="peftops.training.loop"):
+        resumed, r = run(tmp_path / "b")
+    assert r.resumed_from == 2
+    assert "step-0000004: unreadable checkpoint" in caplog.text
+    assert not leftover.exists()
+    for (n, p), (_, q) in zip(straight.named_parameters(), resumed.named_parameters()):
+        assert torch.equal(p, q), n
+
+
 def test_nan_loss_stops_with_the_step(tmp_path):
     method = get_method("full")
     cfg = make_config("full", {"lr": 1e-3})

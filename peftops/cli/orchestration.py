@@ -19,12 +19,31 @@ from peftops.cli.common import HomeOpt, JsonOpt, ParamsOpt, console, print_error
 app = typer.Typer()
 
 MethodsOpt = typer.Option(["lora"], "--method", "-m", help="method to train, repeatable")
-ConcurrencyOpt = typer.Option(2, "--max-concurrency", "-j", min=1, help="tasks run at the same time")
+ConcurrencyOpt = typer.Option(2, "--max-concurrency", "-j", min=1, help="tasks run at the same time (local runner)")
+RunnerOpt = typer.Option(None, "--runner", help="local (threads of this process) or ray (one task per Ray worker); "
+                                                "default: params' fleet.runner, else local")
+AddressOpt = typer.Option(None, "--address", help="Ray cluster address (default: params' fleet.address, "
+                                                  "else $RAY_ADDRESS from the stack, else a private local cluster)")
+CpusOpt = typer.Option(None, "--num-cpus", min=0.5, help="CPUs (and torch threads) per task on Ray")
+GpusOpt = typer.Option(None, "--num-gpus", min=0, help="GPUs per task on Ray")
+
+
+def _stack_env(home: Optional[Path]) -> None:
+    """Point this process (and the fleet's workers) at ``peftops stack``'s services when it is up."""
+    from peftops.config import state_home
+    from stack import load_env
+
+    load_env(state_home(home))
+
+
+def _fleet_cfg(runner, address, num_cpus, num_gpus) -> dict:
+    return {k: v for k, v in {"runner": runner, "address": address, "num_cpus": num_cpus,
+                              "num_gpus": num_gpus}.items() if v is not None}
 
 
 def _report_table(report: dict) -> Table:
     t = Table(title=f"fleet: {len(report['tasks'])} tasks in {report['seconds']:.1f}s")
-    for col in ("task", "status", "trained", "cache hits", "registry", "score", "seconds", "error"):
+    for col in ("task", "status", "trained", "cache hits", "registry", "score", "seconds", "retried", "error"):
         t.add_column(col)
     for name, o in report["tasks"].items():
         ok = o["status"] == "completed"
@@ -33,7 +52,8 @@ def _report_table(report: dict) -> Table:
         score = " ".join(f"{m}={r['score']:.3f}" for m, r in rows.items() if m != "base") if ok else ""
         reg = o.get("registry") or {}
         t.add_row(name, o["status"], ",".join(o.get("trained", [])) or "-", f"{hits}/{len(o.get('cached', {}))}",
-                  f"v{reg['version']}" if reg else "-", score, f"{o['seconds']:.1f}", o.get("error", ""))
+                  f"v{reg['version']}" if reg else "-", score, f"{o['seconds']:.1f}",
+                  "; ".join(o.get("retried", [])) or "-", o.get("error", ""))
     return t
 
 
@@ -66,13 +86,25 @@ def _run_fleet(call, home: Optional[Path], as_json: bool) -> None:
 @user_errors
 def fleet(task: list[str] = typer.Option([], "--task", "-t", help="task to run, repeatable (default: all)"),
           method: list[str] = MethodsOpt, params: Optional[Path] = ParamsOpt, home: Optional[Path] = HomeOpt,
-          max_concurrency: int = ConcurrencyOpt, as_json: bool = JsonOpt) -> None:
+          max_concurrency: int = ConcurrencyOpt, runner: Optional[str] = RunnerOpt,
+          address: Optional[str] = AddressOpt, num_cpus: Optional[float] = CpusOpt,
+          num_gpus: Optional[float] = GpusOpt, as_json: bool = JsonOpt) -> None:
     """Run the pipeline for many tasks of the manifest; unchanged tasks are cache hits."""
     from flows.fleet import fleet as fleet_flow
+    from peftops.config import fleet_config
 
-    _run_fleet(lambda: fleet_flow(tasks=task or None, methods=method, params_file=str(params) if params else None,
+    _stack_env(home)
+    p = _load(params)
+    cfg = fleet_config(getattr(p, "fleet", None), **_fleet_cfg(runner, address, num_cpus, num_gpus))
+    _run_fleet(lambda: fleet_flow(tasks=task or None, methods=method, params=p,
                                   home=str(home) if home else None, max_concurrency=max_concurrency,
-                                  return_state=True), home, as_json)
+                                  fleet_cfg=cfg, return_state=True), home, as_json)
+
+
+def _load(params: Optional[Path]):
+    from peftops.config import load_params
+
+    return load_params(str(params) if params else None)
 
 
 @app.command("retrain")
@@ -84,14 +116,16 @@ def retrain(since: str = typer.Option(..., "--since", help="git revision to comp
                                                     "data.data_root, $PEFTOPS_DATA_ROOT or ../shared/data)"),
             max_concurrency: int = ConcurrencyOpt, dry_run: bool = typer.Option(False, "--dry-run",
                                                                                help="only list affected tasks"),
+            runner: Optional[str] = RunnerOpt, address: Optional[str] = AddressOpt,
             as_json: bool = JsonOpt) -> None:
     """Retrain exactly the tasks whose data, manifest entry, parameters or code changed since SINCE."""
     from flows.fleet import retrain as retrain_flow
 
+    _stack_env(home)
     _run_fleet(lambda: retrain_flow(since=since, repo=str(repo), methods=method,
                                     params_file=str(params) if params else None, home=str(home) if home else None,
                                     max_concurrency=max_concurrency, data_dir=str(data_dir) if data_dir else None,
-                                    dry_run=dry_run, return_state=True), home, as_json)
+                                    dry_run=dry_run, runner=runner, address=address, return_state=True), home, as_json)
 
 
 @app.command("serve")

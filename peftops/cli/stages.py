@@ -10,7 +10,8 @@ from typing import Optional
 
 import typer
 
-from peftops.cli.common import HomeOpt, ParamsOpt, TaskOpt, console, emit, err_console, load_cli_params, user_errors
+from peftops.cli.common import (HomeOpt, ManifestOpt, ParamsOpt, TaskOpt, console, emit, err_console, load_cli_params,
+                                method_option, user_errors)
 
 app = typer.Typer()
 base_app = typer.Typer(help="The pinned base model.", no_args_is_help=True)
@@ -41,24 +42,25 @@ def base_verify(params: Optional[Path] = ParamsOpt, home: Optional[Path] = HomeO
 
 @app.command()
 @user_errors
-def prepare(params: Optional[Path] = ParamsOpt, home: Optional[Path] = HomeOpt, task: Optional[str] = TaskOpt) -> None:
+def prepare(params: Optional[Path] = ParamsOpt, home: Optional[Path] = HomeOpt, task: Optional[str] = TaskOpt,
+            manifest: Optional[Path] = ManifestOpt) -> None:
     """Parse, subsample and tokenize the task's train and dev splits."""
     from peftops.stages import stage_prepare
 
-    out = stage_prepare(load_cli_params(params, task), home)
+    out = stage_prepare(load_cli_params(params, task, manifest), home)
     console.print(f"prepared {out.task}: train {out.train_size}, dev {out.dev_size}, digest {out.digest[:16]}…")
 
 
 @app.command()
 @user_errors
-def train(method: str = typer.Option("lora", "--method", "-m"), params: Optional[Path] = ParamsOpt,
-          home: Optional[Path] = HomeOpt, task: Optional[str] = TaskOpt,
+def train(method: str = method_option(help="the PEFT method to train"), params: Optional[Path] = ParamsOpt,
+          home: Optional[Path] = HomeOpt, task: Optional[str] = TaskOpt, manifest: Optional[Path] = ManifestOpt,
           resume: bool = typer.Option(True, help="resume from the last checkpoint"),
-          as_json: bool = typer.Option(False, "--json")) -> None:
+          as_json: bool = typer.Option(False, "--json", help="print the result as JSON")) -> None:
     """Train one method on the prepared train split."""
     from peftops.stages import stage_train
 
-    r = stage_train(load_cli_params(params, task), method, home, resume=resume, progress=not as_json)
+    r = stage_train(load_cli_params(params, task, manifest), method, home, resume=resume, progress=not as_json)
     out = r.to_dict()
     out.pop("history")
     out.pop("trained_names")
@@ -67,48 +69,51 @@ def train(method: str = typer.Option("lora", "--method", "-m"), params: Optional
 
 @app.command()
 @user_errors
-def evaluate(method: Optional[str] = typer.Option(None, "--method", "-m", help="omit for the base model"),
+def evaluate(method: Optional[str] = method_option(None, help="the trained method to score; omit for the base model"),
              params: Optional[Path] = ParamsOpt, home: Optional[Path] = HomeOpt, task: Optional[str] = TaskOpt,
-             as_json: bool = typer.Option(False, "--json")) -> None:
+             manifest: Optional[Path] = ManifestOpt,
+             as_json: bool = typer.Option(False, "--json", help="print the result as JSON")) -> None:
     """Score the base model or a trained adapter on the dev split."""
     from peftops.stages import stage_evaluate
 
-    emit(stage_evaluate(load_cli_params(params, task), method, home).to_dict(), as_json)
+    emit(stage_evaluate(load_cli_params(params, task, manifest), method, home).to_dict(), as_json)
 
 
 @app.command()
 @user_errors
-def merge(method: str = typer.Option("lora", "--method", "-m"), params: Optional[Path] = ParamsOpt,
-          home: Optional[Path] = HomeOpt, task: Optional[str] = TaskOpt,
+def merge(method: str = method_option(help="the trained method to merge (lora or bitfit)"),
+          params: Optional[Path] = ParamsOpt, home: Optional[Path] = HomeOpt, task: Optional[str] = TaskOpt,
+          manifest: Optional[Path] = ManifestOpt,
           export: Optional[Path] = typer.Option(None, help="write the merged model here (safetensors)"),
           dtype: str = typer.Option("fp32", "--dtype", help="dtype of the exported weights: fp32 (default) or "
                                     "bf16; the weights are folded in fp32 either way"),
-          as_json: bool = typer.Option(False, "--json")) -> None:
+          as_json: bool = typer.Option(False, "--json", help="print the result as JSON")) -> None:
     """Merge the adapter into the base weights, refusing above the parity tolerance."""
     from peftops.errors import ConfigError
     from peftops.stages import stage_merge
 
     if dtype not in ("fp32", "bf16"):
         raise ConfigError("--dtype", f"{dtype!r} is not one of fp32, bf16")
-    emit(stage_merge(load_cli_params(params, task), home, method, export, export_dtype=dtype).to_dict(), as_json)
+    emit(stage_merge(load_cli_params(params, task, manifest), home, method, export, export_dtype=dtype).to_dict(),
+         as_json)
 
 
 @app.command()
 @user_errors
-def publish(method: str = typer.Option("lora", "--method", "-m"), params: Optional[Path] = ParamsOpt,
-            home: Optional[Path] = HomeOpt, task: Optional[str] = TaskOpt,
+def publish(method: str = method_option(help="the trained method to publish"), params: Optional[Path] = ParamsOpt,
+            home: Optional[Path] = HomeOpt, task: Optional[str] = TaskOpt, manifest: Optional[Path] = ManifestOpt,
             alias: list[str] = typer.Option([], help="alias to set, repeatable"),
             promote: bool = typer.Option(False, help="set the gate's alias (production) if the score is >= "
                                                      "gate.min_pct_of_full % of FFT's; else record why not"),
             min_pct: Optional[float] = typer.Option(None, help="override gate.min_pct_of_full"),
-            as_json: bool = typer.Option(False, "--json")) -> None:
+            as_json: bool = typer.Option(False, "--json", help="print the result as JSON")) -> None:
     """Publish the trained adapter (PEFT format) to the registry against the pinned base."""
     import dataclasses
 
     from peftops.errors import ConfigError
     from peftops.stages import Layout, stage_publish
 
-    p = load_cli_params(params, task)
+    p = load_cli_params(params, task, manifest)
     if p.gate.alias in alias:
         raise ConfigError("alias", f"{p.gate.alias!r} is set by the quality gate only; use --promote")
     run = Layout.of(home).run(p.data.task, method)

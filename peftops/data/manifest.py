@@ -1,7 +1,9 @@
 """The task manifest: which files make a task, how their fields fill the prompt template, the
 label verbalizers (``kind: classification``, the default) or the response (``kind: generation``,
-see ``docs/generation.md``) and the metric. ``peftops/data/tasks.yaml`` ships the GLUE tasks; a user's
-manifest is ``data.manifest`` in params.yaml. Every entry is validated (:class:`TaskSpec`); an
+see ``docs/generation.md``) and the metric. ``peftops/data/tasks.yaml`` ships the GLUE tasks and two
+generation tasks; a user's manifest (``data.manifest`` in params.yaml, or ``--manifest``) extends
+them: its entries are added, and one with a built-in's name replaces that built-in. Every entry is
+validated (:class:`TaskSpec`); an
 error names the manifest, the entry and the field.
 
 Paths: an absolute ``train``/``dev`` path is used as is; a relative one is resolved against the
@@ -283,9 +285,20 @@ def load_manifest(path: str | Path | None = None) -> dict[str, TaskSpec]:
     return {str(name): parse_task(str(name), entry, str(p)) for name, entry in raw["tasks"].items()}
 
 
+def all_tasks(manifest: str | Path | None = None) -> dict[str, TaskSpec]:
+    """The built-in tasks extended by a user's manifest: its entries are added, and an entry with a
+    built-in's name replaces that built-in (the whole entry, not field by field)."""
+    tasks = load_manifest(None)
+    if manifest and Path(manifest).resolve() != EMBEDDED_MANIFEST.resolve():
+        tasks.update(load_manifest(manifest))
+    return tasks
+
+
 def get_task(name: str, manifest: str | Path | None = None) -> TaskSpec:
-    """Look up one task by name; an unknown name lists the known ones."""
-    tasks = load_manifest(manifest)
+    """Look up one task by name among the built-in tasks and the user's manifest's (which
+    extends them); an unknown name lists the known ones."""
+    tasks = all_tasks(manifest)
     if name not in tasks:
-        raise ConfigError("data.task", f"unknown task {name!r}; the manifest has {', '.join(sorted(tasks))}")
+        where = f"the built-in tasks and {manifest}" if manifest else "the built-in tasks"
+        raise ConfigError("data.task", f"unknown task {name!r}; {where} have {', '.join(sorted(tasks))}")
     return tasks[name]

@@ -5,6 +5,7 @@ Each package has ``config.py`` (a validated, frozen config model) and the code t
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from peftops.config import validate
@@ -52,5 +53,28 @@ def make_config(name: str, values: dict[str, Any] | None = None) -> Any:
     return validate(method.config_cls, values, f"methods.{name}")
 
 
-__all__ = ["METHOD_FILE", "Method", "MethodConfig", "available_methods", "get_method", "make_config",
+PEFT_TYPES = {"LORA": "lora", "PROMPT_TUNING": "prompt", "PREFIX_TUNING": "prefix", "HOULSBY_ADAPTER": "adapter",
+              "BITFIT": "bitfit"}
+
+
+def load_adapter(model: Any, adapter_dir: str | Path) -> Any:
+    """Load a saved or exported adapter of any method onto a freshly loaded base ``model`` (the
+    loader for the kinds peft cannot read: Houlsby adapters and BitFit). The method comes from the
+    folder's method record, else from ``adapter_config.json``'s ``peft_type``."""
+    import json
+
+    adapter_dir = Path(adapter_dir)
+    if (adapter_dir / METHOD_FILE).exists():
+        name = read_method_file(adapter_dir)["method"]
+    else:
+        cfg_file = adapter_dir / "adapter_config.json"
+        peft_type = json.loads(cfg_file.read_text()).get("peft_type") if cfg_file.exists() else None
+        if peft_type not in PEFT_TYPES:
+            raise ConfigError("adapter", f"{adapter_dir}: neither {METHOD_FILE} nor a known peft_type "
+                              f"({', '.join(PEFT_TYPES)}) says which method saved it")
+        name = PEFT_TYPES[peft_type]
+    return get_method(name).load(model, adapter_dir)
+
+
+__all__ = ["PEFT_TYPES", "load_adapter", "METHOD_FILE", "Method", "MethodConfig", "available_methods", "get_method", "make_config",
            "read_method_file", "register"]

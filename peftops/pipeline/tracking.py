@@ -103,6 +103,10 @@ class Tracker:
         for start in range(0, len(items), 1000):
             self.client.log_batch(run_id, metrics=items[start:start + 1000])
 
+    def step_logger(self, run_id: str, every: int = 10) -> "StepLogger":
+        """A callback for the training loop that logs each step's metrics while the run trains."""
+        return StepLogger(self, run_id, every)
+
     def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
         for k, v in tags.items():
             self.client.set_tag(run_id, k, str(v))
@@ -184,3 +188,41 @@ class Tracker:
 
     def ui_command(self) -> str:
         return f"mlflow ui --backend-store-uri {self.tracking_uri}"
+
+
+class StepLogger:
+    """Per-step metrics, logged while training runs: buffered and sent every ``every`` steps by a
+    background thread (one ``log_batch`` call per flush), so a step never waits on the store.
+    Each metric keeps the time of its own step. Use as a context manager; ``steps`` counts what it saw."""
+
+    def __init__(self, tracker: Tracker, run_id: str, every: int = 10):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.tracker, self.run_id, self.every = tracker, run_id, max(1, every)
+        self.steps = 0
+        self._buffer: list[Any] = []
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-steps")
+        self._pending: list[Any] = []
+
+    def __call__(self, step: int, record: dict[str, float]) -> None:
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        self._buffer += [Metric(k, float(v), ts, int(step)) for k, v in record.items() if k != "step"]
+        self.steps += 1
+        if self.steps % self.every == 0:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._buffer:
+            batch, self._buffer = self._buffer, []
+            self._pending.append(self._pool.submit(self.tracker.client.log_batch, self.run_id, metrics=batch))
+
+    def __enter__(self) -> "StepLogger":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._flush()
+        self._pool.shutdown(wait=True)
+        for f in self._pending:
+            f.result()  # a failed flush is the run's error, not a silent gap

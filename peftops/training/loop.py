@@ -17,6 +17,7 @@ run. Checkpoints are safetensors + JSON (never pickle), written atomically.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import shutil
 import time
@@ -37,6 +38,8 @@ from peftops.errors import TrainingError
 from peftops.fsutil import atomic_dir
 from peftops.training.memory import PeakMemory, set_mmap_threshold, trim_heap
 from peftops.training.precision import autocast, place_parameters, resolve_precision
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -132,20 +135,39 @@ def save_checkpoint(run_dir: Path, step: int, micro: int, elapsed: float, losses
     return final
 
 
-def load_checkpoint(path: Path, named: list[tuple[str, torch.nn.Parameter]], opt: torch.optim.Optimizer,
-                    sched: torch.optim.lr_scheduler.LRScheduler) -> dict[str, Any]:
-    """Restore weights, optimizer, scheduler and RNG from ``path``; returns its metadata."""
-    meta = json.loads((path / "state.json").read_text())
-    if meta["names"] != [n for n, _ in named]:
-        raise TrainingError(f"{path}: checkpoint was written for different trainable parameters; "
-                            "delete it or use a new run directory")
-    weights = load_file(str(path / "trainable.safetensors"))
+def read_checkpoint(path: Path, names: list[str]) -> dict[str, Any]:
+    """Every file of a checkpoint, read and checked, before anything is applied (so a damaged
+    checkpoint changes nothing); raises ``TrainingError`` naming the checkpoint and what is wrong."""
+    try:
+        meta = json.loads((path / "state.json").read_text())
+        if meta["names"] != names:
+            raise TrainingError(f"{path}: checkpoint was written for different trainable parameters; "
+                                "delete it or use a new run directory")
+        weights = load_file(str(path / "trainable.safetensors"))
+        missing = [n for n in names if n not in weights]
+        if missing:
+            raise TrainingError(f"{path}: trainable.safetensors lacks {missing[0]}")
+        opt_file = path / "optimizer.safetensors"
+        opt_tensors = load_file(str(opt_file)) if opt_file.exists() else {}
+        rng = load_file(str(path / "rng.safetensors"))
+        for key in ("step", "micro", "elapsed", "losses", "param_groups", "opt_scalars", "scheduler"):
+            meta[key]  # noqa: B018 - a missing key is a damaged checkpoint
+    except TrainingError:
+        raise
+    except Exception as err:  # OSError, JSON and safetensors errors, a missing key: a damaged checkpoint
+        raise TrainingError(f"{path}: unreadable checkpoint ({type(err).__name__}: {str(err)[:120]})") from None
+    return {"meta": meta, "weights": weights, "opt": opt_tensors, "rng": rng}
+
+
+def apply_checkpoint(ckpt: dict[str, Any], named: list[tuple[str, torch.nn.Parameter]], opt: torch.optim.Optimizer,
+                     sched: torch.optim.lr_scheduler.LRScheduler) -> dict[str, Any]:
+    """Restore weights, optimizer, scheduler and RNG from a checkpoint read by ``read_checkpoint``."""
+    meta, weights = ckpt["meta"], ckpt["weights"]
     with torch.no_grad():
         for n, p in named:
             p.copy_(weights[n])
     state: dict[int, dict[str, Any]] = {}
-    opt_file = path / "optimizer.safetensors"
-    for key, v in (load_file(str(opt_file)) if opt_file.exists() else {}).items():
+    for key, v in ckpt["opt"].items():
         idx, k = key.split(".", 1)
         state.setdefault(int(idx), {})[k] = v
     for key, v in meta["opt_scalars"].items():
@@ -157,11 +179,38 @@ def load_checkpoint(path: Path, named: list[tuple[str, torch.nn.Parameter]], opt
             g["betas"] = tuple(g["betas"])
     opt.load_state_dict({"state": state, "param_groups": groups})
     sched.load_state_dict(meta["scheduler"])
-    rng = load_file(str(path / "rng.safetensors"))
+    rng = ckpt["rng"]
     torch.set_rng_state(rng["cpu"])
     if torch.cuda.is_available():
         torch.cuda.set_rng_state_all([rng[k] for k in sorted(rng) if k.startswith("cuda")])
     return meta
+
+
+def sweep_checkpoint_leftovers(run_dir: Path) -> list[Path]:
+    """Remove what interrupted checkpoint writes left (``.step-*.tmp-*``, ``.step-*.old-*``): one
+    training writes a run directory at a time, so any found when a training starts is stale."""
+    root = run_dir / "checkpoints"
+    stale = sorted(root.glob(".step-*.tmp-*")) + sorted(root.glob(".step-*.old-*")) if root.exists() else []
+    for p in stale:
+        shutil.rmtree(p, ignore_errors=True)
+    return stale
+
+
+def resume_from(run_dir: Path, named: list[tuple[str, torch.nn.Parameter]], opt: torch.optim.Optimizer,
+                sched: torch.optim.lr_scheduler.LRScheduler) -> dict[str, Any] | None:
+    """Restore the newest intact checkpoint (a damaged newer one is skipped, and said so once);
+    None when there is none to resume from."""
+    names = [n for n, _ in named]
+    for path in reversed(_ckpt_dirs(run_dir)):
+        try:
+            ckpt = read_checkpoint(path, names)
+        except TrainingError as err:
+            if "different trainable parameters" in str(err):
+                raise
+            log.warning("%s; resuming from the next older intact checkpoint, if any", err)
+            continue
+        return apply_checkpoint(ckpt, named, opt, sched)
+    return None
 
 
 # ---------------------------------------------------------------- the loop
@@ -195,9 +244,9 @@ def train(model: torch.nn.Module, method: Any, method_cfg: Any, split: PreparedS
     sched = torch.optim.lr_scheduler.LambdaLR(opt, Schedule(cfg))
 
     step, micro, elapsed, losses, resumed_from = 0, 0, 0.0, [], 0
-    ckpts = _ckpt_dirs(run_dir) if resume else []
-    if ckpts:
-        meta = load_checkpoint(ckpts[-1], named, opt, sched)
+    sweep_checkpoint_leftovers(run_dir)
+    meta = resume_from(run_dir, named, opt, sched) if resume else None
+    if meta is not None:
         step, micro, elapsed, losses = meta["step"], meta["micro"], meta["elapsed"], meta["losses"]
         resumed_from = step
 

@@ -19,11 +19,12 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import (BasePinMismatch, Conflict, CorruptBlob, InvalidAdapter, InvalidArgument,
-                      InvalidName, LintError, NotFound, RegistryError, StorageUnavailable)
+                      InvalidName, LintError, NotFound, RegistryError, StorageUnavailable,
+                      UnknownMetric)
 from ..store import Registry
 from .deps import AUTH_FAILURES_PER_MINUTE, MAX_BODY_BYTES, ApiSettings
-from .guard import RequestGuard
-from .routes import admin, aliases, bases, files, tasks, versions
+from .guard import AuthLimiter, RequestGuard
+from .routes import admin, aliases, bases, files, tasks, ui, versions
 from .schemas import ErrorOut
 
 __all__ = ["ApiSettings", "create_app"]
@@ -53,10 +54,19 @@ def _error(status: int, error: str, detail: str, **extra: Any) -> JSONResponse:
 
 def _install_handlers(app: FastAPI) -> None:
     @app.exception_handler(RegistryError)
-    def _registry_error(_request: Request, exc: RegistryError) -> JSONResponse:
+    def _registry_error(request: Request, exc: RegistryError):
         code = next((c for cls, c in _STATUS if isinstance(exc, cls)), 400)
-        extra = {"problems": [scrub(p) for p in exc.problems]} if isinstance(exc, LintError) \
-            else {}
+        if request.url.path.startswith("/ui/"):  # the web pages: a page, not JSON
+            from html import escape
+
+            return HTMLResponse(
+                '<!doctype html><link rel="stylesheet" href="/ui-assets/ui.css">'
+                f'<main><p class="error" id="error">{escape(scrub(str(exc).split(chr(10))[0]))}'
+                '</p><p><a href="/ui">all tasks</a></p></main>', status_code=code)
+        extra: dict[str, Any] = {"problems": [scrub(p) for p in exc.problems]} \
+            if isinstance(exc, LintError) else {}
+        if isinstance(exc, UnknownMetric):
+            extra["known_metrics"] = exc.known
         return _error(code, type(exc).__name__, str(exc).split("\n", 1)[0], **extra)
 
     @app.exception_handler(RequestValidationError)
@@ -101,18 +111,29 @@ def _install_docs(app: FastAPI) -> None:
 
 def create_app(registry: Registry, write_token: str | None = None,
                read_token: str | None = None, *, max_body_bytes: int = MAX_BODY_BYTES,
-               auth_failures_per_minute: int = AUTH_FAILURES_PER_MINUTE) -> FastAPI:
-    """The HTTP API over `registry`. Without a write token every write is refused."""
+               auth_failures_per_minute: int = AUTH_FAILURES_PER_MINUTE,
+               mlflow_ui_url: str | None = None, prefect_ui_url: str | None = None) -> FastAPI:
+    """The HTTP API over `registry`, and its web pages at /ui. Without a write token every
+    write is refused. mlflow_ui_url / prefect_ui_url: where the pages link a version's
+    MLflow run and Prefect flow run."""
     app = FastAPI(title="peftops adapter registry", version="1",
                   description="Versioned PEFT adapters for pinned base models.",
                   docs_url=None, redoc_url=None, responses=_ERRORS)
     settings = ApiSettings(write_token or None, read_token or None, max_body_bytes,
-                           auth_failures_per_minute)
+                           auth_failures_per_minute, mlflow_ui_url or None,
+                           prefect_ui_url or None)
     app.state.registry = registry
     app.state.settings = settings
+    app.state.auth_limiter = AuthLimiter(auth_failures_per_minute)
     _install_handlers(app)
     _install_docs(app)
-    for module in (admin, bases, tasks, versions, aliases, files):
+    for module in (admin, bases, tasks, versions, aliases, files, ui):
         app.include_router(module.router)
-    app.add_middleware(RequestGuard, settings=settings)
+    app.mount("/ui-assets", StaticFiles(directory=ui.STATIC_DIR), name="ui-assets")
+
+    @app.get("/", include_in_schema=False)
+    def home() -> RedirectResponse:
+        return RedirectResponse("/ui")
+
+    app.add_middleware(RequestGuard, settings=settings, limiter=app.state.auth_limiter)
     return app

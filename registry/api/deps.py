@@ -23,6 +23,8 @@ class ApiSettings:
     read_token: str | None = None
     max_body_bytes: int = MAX_BODY_BYTES  # larger request bodies get 413 before being read
     auth_failures_per_minute: int = AUTH_FAILURES_PER_MINUTE  # per client address, then 429
+    mlflow_ui_url: str | None = None  # the web pages link a version's MLflow run here
+    prefect_ui_url: str | None = None  # ... and its Prefect flow run here
 
     def token_ok(self, header: str | None, *, write: bool) -> bool:
         """Whether an Authorization header value grants a write (or a read)."""
@@ -69,5 +71,15 @@ def can_read(request: Request, creds: Creds) -> None:
         raise _unauthorized()
 
 
+ACTOR_HEADER = "X-Peftops-Actor"
+
+
+def actor(request: Request) -> str:
+    """Who makes a write, for the alias history: the X-Peftops-Actor header when given, else
+    the credential used ("write-token"). The header is checked like any recorded text."""
+    return request.headers.get(ACTOR_HEADER) or "write-token"
+
+
+Actor = Annotated[str, Depends(actor)]
 READ = [Depends(can_read)]
 WRITE = [Depends(can_write)]

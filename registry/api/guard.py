@@ -17,8 +17,44 @@ from limits.strategies import MovingWindowRateLimiter
 from .deps import ApiSettings
 
 _READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-_OPEN_PATHS = ("/health", "/docs-assets/")  # no token needed, even with a read token set
+_OPEN_PATHS = ("/health", "/docs-assets/", "/ui-assets/")  # no token needed, even with a read token set
+_LOGIN_PATHS = frozenset({"/ui/login", "/ui/logout"})  # the login form checks the token itself
 _READ_POSTS = frozenset({"/export"})  # POST with a body that only reads
+_UI = "/ui"
+_COOKIE = b"peftops_token"
+
+
+class AuthLimiter:
+    """Failed authentications per client address and minute (shared by the guard and the
+    login form)."""
+
+    def __init__(self, per_minute: int):
+        self._limit = RateLimitItemPerMinute(max(1, per_minute))
+        self._limiter = MovingWindowRateLimiter(MemoryStorage())
+
+    def blocked(self, client: str) -> bool:
+        return not self._limiter.test(self._limit, "auth", client)
+
+    def fail(self, client: str) -> None:
+        self._limiter.hit(self._limit, "auth", client)
+
+
+def _cookie_token(headers: dict[bytes, bytes]) -> str:
+    """The web pages' login cookie (see routes/ui.py), or ''."""
+    for part in headers.get(b"cookie", b"").split(b";"):
+        name, _, value = part.strip().partition(b"=")
+        if name == _COOKIE:
+            return value.decode("latin-1").strip('"')
+    return ""
+
+
+async def _redirect_to_login(send, path: str) -> None:
+    from urllib.parse import quote
+
+    await send({"type": "http.response.start", "status": 303,
+                "headers": [(b"location", f"/ui/login?next={quote(path, safe='/')}".encode()),
+                            (b"content-length", b"0")]})
+    await send({"type": "http.response.body", "body": b""})
 
 
 async def _send_error(send, status: int, error: str, detail: str,
@@ -31,11 +67,10 @@ async def _send_error(send, status: int, error: str, detail: str,
 
 
 class RequestGuard:
-    def __init__(self, app, settings: ApiSettings):
+    def __init__(self, app, settings: ApiSettings, limiter: AuthLimiter | None = None):
         self.app = app
         self.settings = settings
-        self._limit = RateLimitItemPerMinute(max(1, settings.auth_failures_per_minute))
-        self._limiter = MovingWindowRateLimiter(MemoryStorage())
+        self._auth = limiter or AuthLimiter(settings.auth_failures_per_minute)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -46,14 +81,21 @@ class RequestGuard:
         client = (scope.get("client") or ("unknown", 0))[0]
         write = method not in _READ_METHODS and path not in _READ_POSTS
         needs_token = (write and s.write_token) or (not write and s.read_token)
-        if needs_token and not path.startswith(_OPEN_PATHS):
-            if not self._limiter.test(self._limit, "auth", client):
+        page = path == _UI or path.startswith(_UI + "/")
+        if needs_token and not path.startswith(_OPEN_PATHS) and path not in _LOGIN_PATHS:
+            if self._auth.blocked(client):
                 return await _send_error(send, 429, "TooManyRequests",
                                          "too many failed authentications; retry later",
                                          [(b"retry-after", b"60")])
             auth = headers.get(b"authorization", b"").decode("latin-1")
-            if not s.token_ok(auth, write=write):
-                self._limiter.hit(self._limit, "auth", client)
+            if page and not write and not auth:  # a browser: the login form's cookie
+                cookie = _cookie_token(headers)
+                if not s.token_ok(f"Bearer {cookie}", write=False):
+                    if cookie:
+                        self._auth.fail(client)
+                    return await _redirect_to_login(send, path)
+            elif not s.token_ok(auth, write=write):
+                self._auth.fail(client)
                 return await _send_error(send, 401, "Unauthorized",
                                          "missing or invalid bearer token",
                                          [(b"www-authenticate", b"Bearer")])

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel as Schema, Field, create_model
 
-from ..types import AdapterVersion, BaseModel, TaskInfo
+from ..types import AdapterVersion, AliasMove, BaseModel, TaskInfo
 
 MAX_VERSION = 2**63 - 1  # versions are 64-bit integers in the database
 
@@ -26,6 +26,7 @@ def schema_of(record: type, name: str, *, exclude: tuple[str, ...] = (),
 
 VersionOut = schema_of(AdapterVersion, "VersionOut")
 TaskOut = schema_of(TaskInfo, "TaskOut")
+AliasMoveOut = schema_of(AliasMove, "AliasMoveOut")
 BaseOut = schema_of(BaseModel, "BaseOut", exclude=("module_shapes", "config"),
                     extra={"n_modules": (int, ...)})
 
@@ -44,6 +45,7 @@ class ErrorOut(Schema):
     error: str
     detail: str
     problems: list[str] | None = None
+    known_metrics: list[str] | None = None  # a search by an unknown metric: the names recorded
 
 
 class BaseIn(Schema):

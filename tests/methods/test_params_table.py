@@ -55,8 +55,10 @@ def test_cli_prints_the_layout_and_json(tmp_path):
     runner = CliRunner()
     out = runner.invoke(app, ["params", "--home", str(tmp_path / "h"), "--config", str(cfg)])
     assert out.exit_code == 0, out.output
-    header = [h.strip() for h in out.output.splitlines()[0].split("|")]
-    assert header == ["Model", "Params", "Rank", "Trainable", "% Original"]
+    header = next(line for line in out.output.splitlines() if "Model" in line)
+    cells = [h.strip() for h in header.strip("┃│ ").split("┃")]
+    assert cells == ["Model", "Params", "Rank", "Trainable", "% Original"]
+    assert "LoRA all linear" in out.output
     out = runner.invoke(app, ["params", "--json", "--home", str(tmp_path / "h"), "--config", str(cfg)])
     data = json.loads(out.output)
     assert len(data["rows"]) == len(ROWS)

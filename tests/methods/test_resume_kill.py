@@ -67,3 +67,30 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, method, prec
     assert a.keys() == b.keys() and a
     for k in a:
         assert a[k].dtype == torch.float32 and torch.equal(a[k], b[k]), k
+
+
+def test_sigkill_during_a_checkpoint_write_resumes_from_the_newest_intact_one(tmp_path):
+    """Killed while writing the step-6 checkpoint: the half-written one is swept, the run resumes
+    from step 3, and ends with the weights of an uninterrupted run."""
+    _run(tmp_path / "straight", "lora", "fp32")
+    run_dir = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, str(DRIVER), str(run_dir), "lora", "0", "fp32", "1.0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=_env())
+    try:
+        for line in proc.stdout:  # the first file of the step-6 checkpoint is written, the rest is not
+            if line.startswith("wrote ") and ".step-0000006.tmp-" in line:
+                os.kill(proc.pid, signal.SIGKILL)
+                break
+    finally:
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    ckpts = run_dir / "checkpoints"
+    assert list(ckpts.glob(".step-0000006.tmp-*")) and not (ckpts / "step-0000006").exists()
+
+    out = _run(run_dir, "lora", "fp32")
+    assert out.strip().splitlines()[-1] == "resumed_from 3"
+    assert not list(ckpts.glob(".step-*"))  # the interrupted write was swept
+    a = load_file(str(tmp_path / "straight" / "final.safetensors"))
+    b = load_file(str(run_dir / "final.safetensors"))
+    for k in a:
+        assert torch.equal(a[k], b[k]), k

@@ -1,4 +1,4 @@
-# python tests/methods/train_driver.py RUN_DIR METHOD [SECONDS_PER_STEP [PRECISION]]
+# python tests/methods/train_driver.py RUN_DIR METHOD [SECONDS_PER_STEP [PRECISION [SECONDS_PER_CHECKPOINT_FILE]]]
 """Train a tiny Gemma 3 with checkpoints in its own process (the resume-after-SIGKILL test kills it).
 
 Prints ``step N`` after every step, ``resumed_from N`` at the end, and writes the final trainable
@@ -34,6 +34,18 @@ def main() -> None:
     run_dir, name = Path(sys.argv[1]), sys.argv[2]
     pause = float(sys.argv[3]) if len(sys.argv) > 3 else 0.0
     precision = sys.argv[4] if len(sys.argv) > 4 else "fp32"
+    slow_write = float(sys.argv[5]) if len(sys.argv) > 5 else 0.0
+    if slow_write:  # a checkpoint write that takes long enough to be killed in the middle of it
+        import peftops.training.loop as loop
+
+        real_save = loop.save_file
+
+        def slow_save(tensors, path, *a, **kw):
+            real_save(tensors, path, *a, **kw)
+            print(f"wrote {path}", flush=True)
+            time.sleep(slow_write)
+
+        loop.save_file = slow_save
     torch.set_num_threads(1)
     method, cfg = get_method(name), make_config(name, VALUES[name])
     torch.manual_seed(0)
@@ -43,7 +55,7 @@ def main() -> None:
         print(f"step {step}", flush=True)
         time.sleep(pause)
 
-    result = train(model, method, cfg, overfit_split(12), dataclasses.replace(TRAIN, precision=precision), run_dir, pad_id=0, base_params=1,
+    result = train(model, method, cfg, overfit_split(12), TRAIN.model_copy(update={"precision": precision}), run_dir, pad_id=0, base_params=1,
                    progress=False, on_step=on_step)
     save_file({n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad},
               str(run_dir / "final.safetensors"))

@@ -10,7 +10,7 @@ from fastapi import APIRouter, File, Form, Query, Response, UploadFile
 
 from ... import names
 from ...filters import json_field, parse_metric, parse_tag
-from ..deps import READ, WRITE, Reg
+from ..deps import READ, WRITE, Actor, Reg
 from ..schemas import TagIn, VersionOut, VersionPage, version_out
 from .tasks import Limit, Task, Version, version_page
 
@@ -35,7 +35,7 @@ def search(registry: Reg, task: str | None = None, base_digest: str | None = Non
 
 
 @router.post("/tasks/{task}/versions", dependencies=WRITE, status_code=201)
-def publish(task: Task, response: Response, registry: Reg,
+def publish(task: Task, response: Response, registry: Reg, actor: Actor,
             files: Annotated[list[UploadFile], File(description="the adapter folder")],
             base_digest: Annotated[str, Form()], method: Annotated[str, Form()],
             metrics: Annotated[str, Form(description="JSON object")] = "{}",
@@ -56,7 +56,8 @@ def publish(task: Task, response: Response, registry: Reg,
             with (tmp / names.file_name(f.filename or "")).open("wb") as out:
                 shutil.copyfileobj(f.file, out)
         v, created = registry.publish_or_get(task, tmp, base_digest=base_digest,
-                                             method=method, strict_lint=strict_lint, **fields)
+                                             method=method, strict_lint=strict_lint,
+                                             actor=actor, **fields)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     if not created:
@@ -88,5 +89,6 @@ def reactivate(task: Task, version: Version, registry: Reg) -> VersionOut:
 
 
 @router.delete(ONE, dependencies=WRITE, status_code=204)
-def delete_version(task: Task, version: Version, registry: Reg, force: bool = False) -> None:
-    registry.delete(task, version, force=force)
+def delete_version(task: Task, version: Version, registry: Reg, actor: Actor,
+                   force: bool = False) -> None:
+    registry.delete(task, version, force=force, actor=actor)
