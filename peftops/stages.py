@@ -160,9 +160,12 @@ def stage_evaluate(params: PipelineParams, method_name: str | None, home: str | 
     precision = run_precision(params, Path(adapter_dir).parent if method_name else None, device)
     model = load_adapted(snap, method_name, adapter_dir, device, precision)
     result = evaluate(model, split, pad_id=tokenizer.pad_token_id, batch_size=params.train.eval_batch_size,
-                      device=device, precision=precision)
-    write_json_atomic(layout.run(params.data.task, name) / "eval.json",
-                      {**result.to_dict(), "dev_digest": split.digest, "base_digest": snap.digest})
+                      device=device, precision=precision, tokenizer=tokenizer)
+    out = layout.run(params.data.task, name)
+    if split.generative:  # a few (prompt, reference, output) rows, beside eval.json
+        write_json_atomic(out / "samples.json", {"columns": ["line", "prompt", "reference", "output"],
+                                                 "rows": result.samples, "dev_digest": split.digest})
+    write_json_atomic(out / "eval.json", {**result.to_dict(), "dev_digest": split.digest, "base_digest": snap.digest})
     return result
 
 

@@ -86,3 +86,48 @@ def make_snapshot(home: Path, name: str = "gemma-3-270m", seed: int = 0):
     tok = tiny_tokenizer()
     model = tiny_model(seed, vocab_size=len(tok))
     return write_snapshot(model, tok, snapshot_dir(name, home), name)
+
+
+# A Gemma-3-shaped chat template (turns between <start_of_turn> and <end_of_turn>, the assistant
+# as "model", a system message folded into the first user turn) for the tiny tokenizer.
+TINY_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% set ns = namespace(system='') %}"
+    "{% for m in messages %}{% if m['role'] == 'system' %}{% set ns.system = m['content'] + '\n\n' %}"
+    "{% else %}{{ '<start_of_turn>' + ('model' if m['role'] == 'assistant' else 'user') + '\n' }}"
+    "{% if m['role'] == 'user' %}{{ ns.system }}{% set ns.system = '' %}{% endif %}"
+    "{{ m['content'] | trim }}<end_of_turn>\n{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
+
+
+def tiny_chat_tokenizer():
+    """The tiny tokenizer with turn markers as special tokens and a Gemma-3-shaped chat template."""
+    tok = tiny_tokenizer()
+    tok.add_special_tokens({"additional_special_tokens": ["<start_of_turn>", "<end_of_turn>"]})
+    tok.chat_template = TINY_CHAT_TEMPLATE
+    return tok
+
+
+def write_generation_like(root: Path, n_train: int = 48, n_dev: int = 16, seed: int = 0) -> Path:
+    """A small JSONL generation task under ``root/gen``: the review's sentiment word is the response."""
+    import json
+
+    rng = random.Random(seed)
+    d = root / "gen"
+    d.mkdir(parents=True, exist_ok=True)
+    for name, n in (("train.jsonl", n_train), ("dev.jsonl", n_dev)):
+        rows = []
+        for i in range(n):
+            word = rng.choice(POS if i % 2 else NEG)
+            words = [rng.choice(FILL) for _ in range(rng.randint(2, 5))]
+            words.insert(rng.randrange(len(words) + 1), word)
+            rows.append(json.dumps({"text": " ".join(words), "answer": f"{word} {rng.choice(FILL)}"}))
+        (d / name).write_text("\n".join(rows) + "\n")
+    return root
+
+
+GEN_ENTRY = {
+    "kind": "generation", "format": "jsonl", "train": "gen/train.jsonl", "dev": "gen/dev.jsonl",
+    "fields": {"text": "text"}, "response_field": "answer", "prompt_template": "Review: {text}\nSentiment:",
+    "metric": "rougeL", "max_new_tokens": 6, "max_length": 64,
+}

@@ -1,7 +1,9 @@
 """The task manifest: which files make a task, how their fields fill the prompt template, the
-label verbalizers and the metric. ``peftops/data/tasks.yaml`` ships the GLUE tasks; a user's
-manifest (``data.manifest`` in params.yaml, or ``--manifest``) extends them: its entries are added,
-and one with a built-in's name replaces that built-in. Every entry is validated (:class:`TaskSpec`); an
+label verbalizers (``kind: classification``, the default) or the response (``kind: generation``,
+see ``docs/generation.md``) and the metric. ``peftops/data/tasks.yaml`` ships the GLUE tasks and two
+generation tasks; a user's manifest (``data.manifest`` in params.yaml, or ``--manifest``) extends
+them: its entries are added, and one with a built-in's name replaces that built-in. Every entry is
+validated (:class:`TaskSpec`); an
 error names the manifest, the entry and the field.
 
 Paths: an absolute ``train``/``dev`` path is used as is; a relative one is resolved against the
@@ -13,16 +15,23 @@ from __future__ import annotations
 import os
 import string
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from peftops.config import Config, FieldError, default_data_root, load_yaml, unknown_key_message, validate
 from peftops.errors import ConfigError, DataError
 
 EMBEDDED_MANIFEST = Path(__file__).with_name("tasks.yaml")
-FORMATS = ("tsv", "csv", "jsonl")
+FORMATS = ("tsv", "csv", "jsonl", "parquet")
 METRICS = ("accuracy", "f1", "matthews")
+GENERATION_METRICS = ("rougeL", "token_f1", "exact_match")
+KINDS = ("classification", "generation")
+ROLES = ("system", "user", "assistant")
+# Keys of a generation entry: absent from a classification entry's ``entry()`` (so its data
+# digest is what it was before generation tasks existed).
+GENERATION_KEYS = ("kind", "prompt_template", "response_template", "response_field", "messages_field",
+                   "optional_fields", "where", "truncate", "max_new_tokens", "stop")
 
 
 def data_path(rel: str | os.PathLike, data_root: str | os.PathLike | None = None) -> Path:
@@ -54,14 +63,25 @@ class TaskSpec(Config):
     name: str
     train: str
     dev: str
-    template: str
-    labels: dict[str, str]  # raw label value (as text) -> verbalizer continuation
-    label_field: str | int
-    fields: dict[str, str | int]  # template placeholder -> column name (or 0-based index)
-    format: Literal["tsv", "csv", "jsonl"] = "tsv"
+    kind: Literal["classification", "generation"] = "classification"
+    template: str = ""  # classification: the prompt
+    labels: dict[str, str] = {}  # raw label value (as text) -> verbalizer continuation
+    label_field: str | int | None = None
+    fields: dict[str, str | int] = {}  # template placeholder -> column name (or 0-based index, or a.0.b path)
+    format: Literal["tsv", "csv", "jsonl", "parquet"] = "tsv"
     header: bool = True
-    metric: Literal["accuracy", "f1", "matthews"] = "accuracy"
+    metric: Literal["accuracy", "f1", "matthews", "rougeL", "token_f1", "exact_match"] = "accuracy"
     metrics: tuple[str, ...] = ()
+    # generation (see docs/generation.md)
+    prompt_template: str = ""
+    response_template: str = ""
+    response_field: str | int | None = None
+    messages_field: str | None = None  # a column holding a chat: [{"role": ..., "content": ...}, ...]
+    optional_fields: tuple[str, ...] = ()  # placeholders that may be empty (their template line is then left out)
+    where: dict[str, str] = {}  # keep only rows whose column (as text) equals the value
+    truncate: Literal["none", "prompt_left"] = "none"
+    max_new_tokens: Annotated[int, Field(ge=1)] = 128
+    stop: tuple[str, ...] = ()
     max_length: int | None = None
     description: str = ""
     source: str = ""  # manifest file this entry came from
@@ -104,16 +124,16 @@ class TaskSpec(Config):
     @field_validator("fields", mode="before")
     @classmethod
     def _fields(cls, fields_: Any) -> dict[str, str | int]:
-        if not isinstance(fields_, dict) or not fields_:
+        if not isinstance(fields_, dict):
             raise ValueError("must map template placeholders to columns")
         return {str(k): _column(f"fields.{k}", v) for k, v in fields_.items()}
 
-    @field_validator("label_field", mode="before")
+    @field_validator("label_field", "response_field", mode="before")
     @classmethod
-    def _label_field(cls, col: Any) -> str | int:
-        return _column("label_field", col)
+    def _label_field(cls, col: Any, info: Any) -> str | int | None:
+        return None if col is None else _column(info.field_name, col)
 
-    @field_validator("template", mode="before")
+    @field_validator("template", "prompt_template", "response_template", mode="before")
     @classmethod
     def _template(cls, template: Any) -> str:
         if not isinstance(template, str):
@@ -131,9 +151,27 @@ class TaskSpec(Config):
         if isinstance(extra, str) or not isinstance(extra, (list, tuple)):
             raise ValueError("must be a list of metric names")
         for m in extra:
-            if m not in METRICS:
-                raise ValueError(f"{m!r} is not one of {', '.join(METRICS)}")
+            if m not in METRICS + GENERATION_METRICS:
+                raise ValueError(f"{m!r} is not one of {', '.join(METRICS + GENERATION_METRICS)}")
         return tuple(extra)
+
+    @field_validator("stop", "optional_fields", mode="before")
+    @classmethod
+    def _strings(cls, value: Any) -> tuple[str, ...]:
+        value = () if value is None else value
+        if isinstance(value, str) or not isinstance(value, (list, tuple)):
+            raise ValueError("must be a list of strings")
+        if any(not isinstance(v, str) or not v for v in value):
+            raise ValueError("every entry must be a non-empty string")
+        return tuple(value)
+
+    @field_validator("where", mode="before")
+    @classmethod
+    def _where(cls, value: Any) -> dict[str, str]:
+        if not isinstance(value, dict) or any(not isinstance(v, (str, int)) or isinstance(v, bool)
+                                              for v in value.values()):
+            raise ValueError("must map column names to the text (or integer) a kept row has there")
+        return {str(k): str(v) for k, v in value.items()}
 
     @field_validator("max_length", mode="before")
     @classmethod
@@ -144,6 +182,21 @@ class TaskSpec(Config):
 
     @model_validator(mode="after")
     def _consistent(self) -> TaskSpec:
+        if self.kind == "generation":
+            return self._generation()
+        for key in GENERATION_KEYS[1:]:
+            if getattr(self, key) != type(self).model_fields[key].default:
+                raise FieldError(key, "is a generation field; set kind: generation to use it")
+        if self.metric in GENERATION_METRICS or set(self.metrics) & set(GENERATION_METRICS):
+            raise FieldError("metric", f"a classification task scores with one of {', '.join(METRICS)}")
+        if not self.template:
+            raise FieldError("template", "required field is missing (a classification task's prompt template)")
+        if len(self.labels) < 2:
+            raise FieldError("labels", "required field is missing (at least two label values mapped to verbalizers)")
+        if self.label_field is None:
+            raise FieldError("label_field", "required field is missing (the column of the label)")
+        if not self.fields:
+            raise FieldError("fields", "required field is missing (template placeholders mapped to columns)")
         placeholders = {p for _, p, _, _ in string.Formatter().parse(self.template) if p is not None}
         missing = placeholders - set(self.fields)
         if missing:
@@ -158,6 +211,44 @@ class TaskSpec(Config):
                              f"'f1' (of the second label) needs exactly two labels; this task has {len(self.labels)}")
         return self
 
+    def _generation(self) -> TaskSpec:
+        if self.template or self.labels or self.label_field is not None:
+            bad = "template" if self.template else "labels" if self.labels else "label_field"
+            raise FieldError(bad, "is a classification field; a generation task uses prompt_template and "
+                             "response_template / response_field, or messages_field")
+        if self.metric in METRICS or set(self.metrics) & set(METRICS):
+            raise FieldError("metric", f"a generation task scores with one of {', '.join(GENERATION_METRICS)}")
+        if self.messages_field is not None:
+            for key in ("prompt_template", "response_template", "response_field"):
+                if getattr(self, key):
+                    raise FieldError(key, "a chat task (messages_field) is rendered by the tokenizer's chat "
+                                     "template; it takes no templates")
+            if self.format in ("tsv", "csv"):
+                raise FieldError("messages_field", "a chat needs JSON lines or Parquet (a list per row)")
+            return self
+        if not self.prompt_template:
+            raise FieldError("prompt_template", "a generation task needs prompt_template (or messages_field)")
+        if bool(self.response_template) == (self.response_field is not None):
+            raise FieldError("response_template", "give exactly one of response_template and response_field")
+        used = set()
+        for t in (self.prompt_template, self.response_template):
+            used |= {p for _, p, _, _ in string.Formatter().parse(t) if p is not None}
+        missing = used - set(self.fields)
+        if missing:
+            raise FieldError("prompt_template", f"placeholder {{{sorted(missing)[0]}}} has no entry in 'fields'")
+        for k in self.optional_fields:
+            if k not in self.fields:
+                raise FieldError("optional_fields", f"{k!r} is not a placeholder in 'fields'")
+        cols = [(f"fields.{k}", v) for k, v in self.fields.items()]
+        if self.response_field is not None:
+            cols.append(("response_field", self.response_field))
+        for where, col in cols:
+            if self.format in ("jsonl", "parquet") and not isinstance(col, str):
+                raise FieldError(where, f"column {col!r} must be a key name: {self.format} rows are objects")
+            if not self.header and self.format in ("tsv", "csv") and not isinstance(col, int):
+                raise FieldError(where, f"column {col!r} must be a 0-based index when header is false")
+        return self
+
     @property
     def verbalizers(self) -> list[str]:
         return list(self.labels.values())
@@ -168,7 +259,10 @@ class TaskSpec(Config):
 
     def entry(self) -> dict[str, Any]:
         """The manifest entry's values that shape a prepared split (not where it came from)."""
-        return {k: v for k, v in self.to_dict().items() if k not in ("source", "description")}
+        d = {k: v for k, v in self.to_dict().items() if k not in ("source", "description")}
+        if self.kind == "classification":
+            d = {k: v for k, v in d.items() if k not in GENERATION_KEYS}
+        return d
 
 
 def parse_task(name: str, entry: Any, source: str) -> TaskSpec:

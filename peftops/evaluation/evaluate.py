@@ -1,8 +1,14 @@
-"""Evaluation: classify by comparing the verbalizers' log-probabilities after the prompt.
+"""Evaluation: classify by comparing the verbalizers' log-probabilities after the prompt, or,
+for a generation task, generate greedily and score the texts.
 
-The model is never asked to generate: for each example the summed log-probability of each
-label's continuation is computed and the largest wins. When every verbalizer is one token
+Classification: the model is never asked to generate: for each example the summed log-probability
+of each label's continuation is computed and the largest wins. When every verbalizer is one token
 (the GLUE defaults are), one forward pass scores all labels from the last position's logits.
+
+Generation: batched greedy decoding with the KV cache (``peftops.evaluation.generate``), then
+exact match, token F1 and ROUGE-L against the references, plus ``dev_loss``, the mean
+cross-entropy per response token (the training loss, on the dev split). The task's ``metric``
+is the score; a few (prompt, reference, output) samples come back for the run's record.
 """
 
 from __future__ import annotations
@@ -13,9 +19,10 @@ from typing import Any
 
 import torch
 
-from peftops.training.batching import IGNORE, build_batch, forward_logits
+from peftops.training.batching import IGNORE, build_batch, forward_logits, supervised_loss
 from peftops.data.prepared import PreparedSplit
-from peftops.evaluation.metrics import compute
+from peftops.evaluation.generate import generate_all, greedy_generate
+from peftops.evaluation.metrics import compute, compute_generation
 from peftops.training.precision import autocast, model_precision
 
 
@@ -30,6 +37,8 @@ class EvalResult:
     predictions: list[int] = field(repr=False, default_factory=list)
     eval_time_s: float = 0.0
     precision: str = "fp32"
+    outputs: list[str] = field(repr=False, default_factory=list)  # generation: the generated texts
+    samples: list[dict[str, Any]] = field(repr=False, default_factory=list)  # generation: a few, for the record
 
     @property
     def examples_per_s(self) -> float:
@@ -61,7 +70,8 @@ def label_scores(model: torch.nn.Module, prompts: list[list[int]], label_ids: li
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, split: PreparedSplit, *, pad_id: int, batch_size: int = 16,
-             device: str | torch.device = "cpu", precision: str | None = None) -> EvalResult:
+             device: str | torch.device = "cpu", precision: str | None = None, tokenizer=None,
+             n_samples: int = 16) -> EvalResult:
     """Predict every example of ``split`` and compute the task's metrics.
 
     ``precision`` is a resolved one (fp32 or bf16, the run's; default: the one the model is stored
@@ -71,6 +81,9 @@ def evaluate(model: torch.nn.Module, split: PreparedSplit, *, pad_id: int, batch
     device = torch.device(device)
     precision = precision or model_precision(model)
     model.eval()
+    if split.generative:
+        return evaluate_generation(model, split, pad_id=pad_id, batch_size=batch_size, device=device,
+                                   precision=precision, tokenizer=tokenizer, n_samples=n_samples)
     order = sorted(range(len(split)), key=lambda i: len(split.input_ids[i]))  # less padding
     preds = [0] * len(split)
     t0 = time.perf_counter()
@@ -84,6 +97,43 @@ def evaluate(model: torch.nn.Module, split: PreparedSplit, *, pad_id: int, batch
     metrics = compute(names, preds, split.labels)
     return EvalResult(metric=split.metric, score=metrics[split.metric], metrics=metrics, n=len(split),
                       predictions=preds, eval_time_s=time.perf_counter() - t0, precision=precision)
+
+
+@torch.no_grad()
+def response_loss(model: torch.nn.Module, split: PreparedSplit, *, pad_id: int, batch_size: int,
+                  device: torch.device) -> float:
+    """Mean cross-entropy (nats) per response token of a generation split, as in training."""
+    order = sorted(range(len(split)), key=lambda i: len(split.input_ids[i]) + len(split.response_ids[i]))
+    total, count = 0.0, 0
+    for start in range(0, len(order), batch_size):
+        rows = order[start:start + batch_size]
+        batch = build_batch([split.input_ids[i] for i in rows], [split.response_ids[i] for i in rows],
+                            pad_id).to(device)
+        total += float(supervised_loss(model, batch))
+        count += int((batch.targets != IGNORE).sum())
+    return total / count
+
+
+@torch.no_grad()
+def evaluate_generation(model: torch.nn.Module, split: PreparedSplit, *, pad_id: int, batch_size: int,
+                        device: torch.device, precision: str, tokenizer, n_samples: int = 16) -> EvalResult:
+    """Greedy outputs of every dev prompt, their metrics, the dev loss and the first ``n_samples``."""
+    if tokenizer is None:
+        raise ValueError("evaluating a generation task needs the tokenizer (to decode the outputs)")
+    t0 = time.perf_counter()
+    with autocast(device, precision):
+        got = generate_all(model, split.input_ids, pad_id=pad_id, stop_ids=split.stop_ids,
+                           max_new_tokens=split.max_new_tokens, batch_size=batch_size, device=device,
+                           tokenizer=tokenizer, stop=split.stop)
+        dev_loss = response_loss(model, split, pad_id=pad_id, batch_size=batch_size, device=device)
+    metrics = compute_generation(got.texts, split.references)
+    metrics["dev_loss"] = dev_loss
+    ordered = {split.metric: metrics[split.metric], **metrics}
+    samples = [{"line": split.lines[i], "prompt": tokenizer.decode(split.input_ids[i], skip_special_tokens=True),
+                "reference": split.references[i], "output": got.texts[i]} for i in range(min(n_samples, len(split)))]
+    return EvalResult(metric=split.metric, score=metrics[split.metric], metrics=ordered, n=len(split),
+                      eval_time_s=time.perf_counter() - t0, precision=precision, outputs=got.texts,
+                      samples=samples)
 
 
 @torch.no_grad()
@@ -103,7 +153,11 @@ def latency_per_example(model: torch.nn.Module, split: PreparedSplit, *, pad_id:
             torch.cuda.synchronize(device)
         t0 = time.perf_counter()
         with autocast(device, precision):
-            label_scores(model, prompts, split.label_token_ids, pad_id, device)
+            if split.generative:  # a generation task's unit of work: one greedy output
+                greedy_generate(model, prompts, pad_id=pad_id, stop_ids=split.stop_ids,
+                                max_new_tokens=split.max_new_tokens, device=device)
+            else:
+                label_scores(model, prompts, split.label_token_ids, pad_id, device)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         if b >= warmup:

@@ -1,8 +1,10 @@
 """Forgetting: the model's language-modelling loss on general held-out text, before vs after.
 
 PEFT can forget too. To measure it, a fixed set of general texts is built from the
-Self-Instruct seed tasks (instruction, input and output as plain text; a seeded sample of
-those that fit ``max_tokens``, never truncated), and the mean next-token negative
+Self-Instruct user-oriented instructions (``instruct/self_instruct_user_oriented_EVAL_ONLY.jsonl``,
+252 expert-written tasks that are for evaluation only: no shipped task trains on them; the seed
+tasks are the ``self_instruct`` task's training data). Each is instruction, input and output as
+plain text; the set is a seeded sample of those that fit ``max_tokens``, never truncated, and the mean next-token negative
 log-likelihood over every token of every text is computed for the base and for each adapted
 model. The delta (after - before, in nats per token) sits beside the task score: above zero,
 the adaptation made the model worse at general text.
@@ -31,14 +33,14 @@ from peftops.data.reading import decode_text, jsonl_rows, read_source
 from peftops.digest import canonical_json, text_sha256
 from peftops.errors import DataError
 
-SEED_TASKS = "instruct/self_instruct_seed_tasks.jsonl"
+GENERAL_TEXTS = "instruct/self_instruct_user_oriented_EVAL_ONLY.jsonl"  # evaluation only: never trained on
 
 
 class ForgettingConfig(Config):
     """Which general texts, how many, and how they are batched."""
 
     config_prefix: ClassVar[str] = "forgetting"
-    source: str = SEED_TASKS  # relative to the data root, or absolute
+    source: str = GENERAL_TEXTS  # relative to the data root, or absolute
     size: Annotated[int, Field(ge=1)] = 32  # texts in the held-out set
     max_tokens: Annotated[int, Field(ge=8)] = 96  # texts longer than this (with BOS) are skipped, never cut
     seed: int = 0
@@ -75,7 +77,7 @@ def seed_task_text(row: dict[str, Any]) -> str:
 
 def build_general_set(tokenizer, cfg: ForgettingConfig = ForgettingConfig(),
                       data_root: str | Path | None = None) -> GeneralTextSet:
-    """The fixed held-out set: a seeded sample of seed tasks that fit ``cfg.max_tokens``."""
+    """The fixed held-out set: a seeded sample of the source's tasks that fit ``cfg.max_tokens``."""
     path = data_path(cfg.source, data_root)
     data = read_source(path, missing="general text file not found (needed for the forgetting measure)")
     rows = []

@@ -2,7 +2,10 @@
 
 A parity certificate compares the adapter-applied model with the merged one on a fixed probe
 set: the largest absolute difference of any logit at the last prompt position and the mean
-KL divergence between their next-token distributions. Above tolerance, merging is refused.
+KL divergence between their next-token distributions. Above tolerance, merging is refused. For a generation task the certificate also requires that
+the greedy outputs (``peftops.evaluation.generate``, the task's ``max_new_tokens`` and stop
+tokens) of the adapter-applied and the merged model on the probe prompts are identical, token for
+token (``greedy_identical``; the first probe that differs is named otherwise).
 
 With an export directory the check is made twice: on the merged model in memory, and on the
 exported files reloaded with ``transformers.AutoModelForCausalLM.from_pretrained`` as a plain
@@ -32,6 +35,7 @@ import torch
 
 from peftops.model.snapshot import BaseSnapshot, load_model, load_tokenizer, write_snapshot
 from peftops.training.batching import build_batch, forward_logits
+from peftops.evaluation.generate import generate_all
 from peftops.config import MergeConfig
 from peftops.data.prepared import PreparedSplit
 from peftops.errors import ParityError, PeftopsError
@@ -74,6 +78,9 @@ class ParityCertificate:
     base_digest: str = ""
     precision: str = "fp32"  # the run's, in which both sides of the comparison were computed
     export_dtype: str | None = None  # the exported weights' dtype, when exported
+    greedy_identical: bool | None = None  # generation: merged and adapter-applied greedy outputs equal
+    greedy_probes: int = 0
+    greedy_first_difference: int | None = None  # index of the first probe whose outputs differ
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -91,6 +98,18 @@ def last_logits(model: torch.nn.Module, prompts: list[list[int]], pad_id: int, b
             batch = build_batch(chunk, [[0]] * len(chunk), pad_id).to(device)
             out.append(forward_logits(model, batch)[:, -1, :].float().cpu())
     return torch.cat(out)
+
+
+def _greedy(model: torch.nn.Module, probe: PreparedSplit, prompts: list[list[int]], pad: int,
+            precision: str) -> list[list[int]]:
+    device = next(model.parameters()).device
+    with autocast(device, precision):
+        return generate_all(model, prompts, pad_id=pad, stop_ids=probe.stop_ids, max_new_tokens=probe.max_new_tokens,
+                            batch_size=16, device=device).ids
+
+
+def _first_difference(a: list[list[int]], b: list[list[int]]) -> int | None:
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), None)
 
 
 def compare_logits(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
@@ -122,6 +141,7 @@ def merge_adapter(snapshot: BaseSnapshot, adapter_dir: Path, probe: PreparedSpli
     t0 = time.perf_counter()
     adapted = method.load(load_model(snapshot, dtype=storage_dtype(precision, method)), Path(adapter_dir))
     before = last_logits(keep_activation_dtype(adapted, precision), prompts, pad, precision=precision)
+    greedy_before = _greedy(adapted, probe, prompts, pad, precision) if probe.generative else None
     if storage_dtype(precision, method) == torch.float32:
         merged = method.merge(adapted)  # the adapter-applied model is fp32: fold it in place
     else:
@@ -142,6 +162,14 @@ def merge_adapter(snapshot: BaseSnapshot, adapter_dir: Path, probe: PreparedSpli
         raise ParityError(f"{adapter_dir}: merged model differs from the adapter by max |Δlogit| = "
                           f"{max_abs:.3g} > tolerance {tolerance:g} ({precision}) on {len(prompts)} probes; "
                           "not merging")
+    if greedy_before is not None:
+        diff = _first_difference(greedy_before, _greedy(served, probe, prompts, pad, precision))
+        cert.greedy_identical, cert.greedy_probes, cert.greedy_first_difference = diff is None, len(prompts), diff
+        if diff is not None:
+            cert.passed = False
+            raise ParityError(f"{adapter_dir}: the merged model's greedy output differs from the adapter's on "
+                              f"probe {diff} (dev line {probe.lines[diff]}) of {len(prompts)} ({precision}); "
+                              "not merging")
     if export_dir is not None:
         export_dir = Path(export_dir)
         out = merged if export_dtype == "fp32" else (served if low == torch.bfloat16 else _rounded(merged))
@@ -151,6 +179,10 @@ def merge_adapter(snapshot: BaseSnapshot, adapter_dir: Path, probe: PreparedSpli
         reloaded = load_plain(export_dir, storage_dtype(precision))
         exp_abs, exp_kl = compare_logits(before, last_logits(reloaded, prompts, pad, precision=precision))
         cert.export_max_abs_dlogit, cert.export_mean_kl = exp_abs, exp_kl
+        if greedy_before is not None and _first_difference(greedy_before, _greedy(reloaded, probe, prompts, pad,
+                                                                                  precision)) is not None:
+            exp_abs = float("inf")  # refused below, as a logit mismatch is
+            cert.greedy_identical = False
         cert.export_dtype = export_dtype
         cert.merge_time_s = time.perf_counter() - t0
         if exp_abs > tolerance:

@@ -2,7 +2,7 @@
 
     for each optimizer step:
         take grad_accum length-bucketed micro-batches (each split into forwards of <= max_batch_tokens)
-        logits at the supervised (label) positions only -> summed cross-entropy / label tokens
+        logits at the supervised (label or response) positions only -> summed cross-entropy / those tokens
         (on CPU with a frozen head: head + loss fused, see peftops.training.kernels)
         (bf16: frozen weights bf16, trainable ones fp32, products under autocast; see
         peftops.training.precision)
@@ -250,8 +250,10 @@ def train(model: torch.nn.Module, method: Any, method_cfg: Any, split: PreparedS
         step, micro, elapsed, losses = meta["step"], meta["micro"], meta["elapsed"], meta["losses"]
         resumed_from = step
 
-    label_ids = split.label_token_ids
-    lengths = [len(x) + len(label_ids[y]) for x, y in zip(split.input_ids, split.labels)]
+    # The supervised continuation of each row: its label's verbalizer, or (generation) its response,
+    # so the loss is on those tokens only and the prompt's are never scored.
+    conts = [split.continuation(i) for i in range(len(split))]
+    lengths = [len(x) + len(c) for x, c in zip(split.input_ids, conts)]
     per_epoch = math.ceil(len(lengths) / cfg.batch_size)
     epoch_cache: dict[int, list[list[int]]] = {}
 
@@ -263,7 +265,7 @@ def train(model: torch.nn.Module, method: Any, method_cfg: Any, split: PreparedS
         rows = epoch_cache[epoch][pos]
         widths = [lengths[i] - 1 for i in rows]  # the last label token is never fed
         return [build_batch([split.input_ids[rows[j]] for j in group],
-                            [label_ids[split.labels[rows[j]]] for j in group], pad_id).to(device)
+                            [conts[rows[j]] for j in group], pad_id).to(device)
                 for group in split_by_tokens(widths, cfg.max_batch_tokens)]
 
     trim: Callable[[], None] = lambda: None
