@@ -29,7 +29,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from prefect import flow
+from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
 from flows.pipeline import PipelineOptions, run_pipeline
@@ -159,6 +159,11 @@ def retrain(since: str, repo: str = ".", methods: list[str] | tuple[str, ...] = 
     affected = affected_since(since, repo, params_file=params_file, manifest=params.data.manifest,
                               data_dir=params.data.data_root)
     note = {"since": since, "affected": affected, "dry_run": dry_run}
+    log = get_run_logger()
+    if not affected:
+        log.info("nothing to retrain: no task is affected by the changes since %s", since)
+    for name, why in sorted(affected.items()):
+        log.info("%s is affected: %s", name, "; ".join(why))
     if not affected or dry_run:
         return _report(home, {}, methods, max_concurrency, 0.0, note)
     return fleet(tasks=sorted(affected), methods=methods, home=home, max_concurrency=max_concurrency,
