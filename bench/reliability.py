@@ -200,19 +200,20 @@ def registry_cases() -> dict[str, tuple[Callable[[World], subprocess.CompletedPr
 
 
 def control() -> bool:
-    """The harness is not vacuous: a valid adapter and a valid prepare go through it and succeed."""
-    ok_t = {"base_model.model.x.lora_A.weight": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]}}
+    """The harness is not vacuous: a valid prepare and a valid adapter (peft's own LoRA of the tiny
+    base) go through the same commands and succeed."""
+    import peft
+    from transformers import AutoModelForCausalLM
+
     tmp = Path(tempfile.mkdtemp(prefix="peftops-reliability-"))
     try:
         w = World(tmp)
         prepared = w.prepare()
-        cfg = {"peft_type": "LORA", "r": 2, "lora_alpha": 4, "target_modules": ["q_proj"],
-               "base_model_name_or_path": "b"}
-        d = w.work / "adapter"
-        d.mkdir()
-        (d / "adapter_config.json").write_text(json.dumps(cfg))
-        (d / "adapter_model.safetensors").write_bytes(safetensors_bytes(ok_t, b"\0" * 16))
         snap = next((w.home / "base").iterdir())
+        model = peft.get_peft_model(AutoModelForCausalLM.from_pretrained(snap),
+                                    peft.LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj"]))
+        d = w.work / "adapter"
+        model.save_pretrained(d)
         digest = json.loads((snap / "manifest.json").read_text())["digest"]
         reg = ["--db", f"sqlite:///{w.home / 'reg.db'}", "--blobs", (w.home / "blobs").as_uri()]
         cli("registry", "register-base", str(snap), "--digest", digest, *reg, home=w.home, cwd=w.work)
