@@ -59,11 +59,9 @@ def real_params(tmp: Path, steps: int) -> tuple[PipelineParams, list[str]]:
     manifest = tmp / "tasks-glue.yaml"
     manifest.write_text(yaml.safe_dump({"tasks": entries}, sort_keys=False))
     p = load_params(None)
-    import dataclasses
-
-    p = dataclasses.replace(p, data=dataclasses.replace(p.data, manifest=str(manifest),
-                                                        data_root=str(default_data_root())),
-                            train=dataclasses.replace(p.train, steps=steps, warmup_steps=min(p.train.warmup_steps, steps)))
+    p = p.model_copy(update={
+        "data": p.data.model_copy(update={"manifest": str(manifest), "data_root": str(default_data_root())}),
+        "train": p.train.model_copy(update={"steps": steps, "warmup_steps": min(p.train.warmup_steps, steps)})})
     return p, sorted(entries)
 
 

@@ -39,7 +39,11 @@ DUMMY_AWS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
 QUIET = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1", "MLFLOW_DISABLE_TELEMETRY": "true",
          "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
          # one machine: Ray advertises the loopback address instead of the host's
-         "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+         "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+         # said explicitly, for the head and every client alike: left unset, Ray turns token auth on
+         # whenever ~/.ray/auth_token exists (any earlier local ray.init writes one), and a client
+         # without the token is then refused
+         "RAY_AUTH_MODE": "disabled"}
 
 
 class StackError(RuntimeError):

@@ -5,7 +5,6 @@ processes, all on 127.0.0.1; ``stack.down`` stops them and drops the databases."
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import signal
 import threading
@@ -126,7 +125,7 @@ def test_a_worker_killed_mid_training_is_retried_and_resumes(ray_stack):
     from flows.ray_fleet import read_attempts
 
     home, params, state = ray_stack
-    params = dataclasses.replace(params, train=dataclasses.replace(params.train, steps=400, checkpoint_every=10))
+    params = params.model_copy(update={"train": params.train.model_copy(update={"steps": 400, "checkpoint_every": 10})})
     killed: dict[str, object] = {}
     stop = threading.Event()
 

@@ -192,4 +192,5 @@ def test_kill_9_publishers_then_gc_leaves_a_clean_registry(tmp_path):
                 reg.fetch(v.task, v.version, dest=tmp_path / "check" / v.name)
     r = CliRunner().invoke(registry_app, ["verify", "--db", db_url, "--blobs", blobs, "--json"])
     assert r.exit_code == 0, r.output
-    assert n >= 0
+    print(f"\nfaults: {kills} publishers killed with SIGKILL mid-run, {n} versions committed, every one "
+          "fetched intact; verify clean after gc")

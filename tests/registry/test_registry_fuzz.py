@@ -43,6 +43,7 @@ def test_api_conforms_to_its_schema(api_schema):
     # Driven through hypothesis directly (schemathesis' pytest plugin does not load under
     # this pytest), one operation after the other; failures are collected, then reported.
     failures = []
+    calls = [0]
     operations = [r.ok() for r in api_schema.get_all_operations()]
     assert len(operations) >= 15
     for op in operations:
@@ -50,10 +51,12 @@ def test_api_conforms_to_its_schema(api_schema):
         @settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
                   suppress_health_check=list(HealthCheck))
         def check(case):
+            calls[0] += 1
             case.call_and_validate(headers=AUTH, excluded_checks=EXCLUDED)
 
         try:
             check()
         except Exception as e:  # noqa: BLE001 - reported below, per operation
             failures.append(f"{op.label}: {str(e)[:1500]}")
+    print(f"\nschemathesis: {len(operations)} operations, {calls[0]} requests, {len(failures)} failing operations")
     assert not failures, "\n\n".join(failures)
