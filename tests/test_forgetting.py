@@ -82,9 +82,10 @@ def test_delta_is_zero_for_the_base_and_follows_the_model(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.skipif(not SHARED_DATA.exists(), reason="../shared/data missing")
-def test_default_set_from_self_instruct_seed_tasks(real_snapshot):
+def test_default_set_from_texts_no_shipped_task_trains_on(real_snapshot):
     from peftops.model.snapshot import load_tokenizer
 
     texts = build_general_set(load_tokenizer(real_snapshot[1]), ForgettingConfig(), SHARED_DATA)
     assert len(texts) == 32 and all(len(x) <= 96 for x in texts.input_ids)
-    assert all(i.startswith("seed_task_") for i in texts.ids) and 800 < texts.n_tokens < 32 * 96
+    # the user-oriented Self-Instruct set (evaluation only): the self_instruct task trains on the seed tasks
+    assert all(i.startswith("user_oriented_task_") for i in texts.ids) and 800 < texts.n_tokens < 32 * 96

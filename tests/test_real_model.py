@@ -28,7 +28,8 @@ def test_real_snapshot_lora_learns_and_merges(real_snapshot):
 
     params = PipelineParams(
         data=DataConfig(data_root=str(SHARED_DATA), train_size=8, dev_size=8),
-        train=TrainConfig(steps=6, batch_size=4, warmup_steps=1, schedule="constant"),
+        # fp32: this checks the fp32 certificate's tolerance (bf16's is tested in test_precision_stages.py)
+        train=TrainConfig(steps=6, batch_size=4, warmup_steps=1, schedule="constant", precision="fp32"),
         merge=MergeConfig(tolerance=1e-3, probe_size=8),
         methods={"lora": {"lr": 1e-3, "r": 16, "alpha": 32, "dropout": 0.0}},
     )
