@@ -142,6 +142,10 @@ def test_registry_pages_in_a_browser(reg, tmp_path, browser):
         assert "/ui/login" in browser.current_url
         browser.find_element(By.ID, "token").send_keys("r-token")
         browser.find_element(By.ID, "login-button").click()
+        # the click returns before the task list has loaded: wait for it (bounded)
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        WebDriverWait(browser, 20).until(lambda b: b.find_elements(By.CSS_SELECTOR, "#tasks a.task-link"))
         tasks = [a.text for a in browser.find_elements(By.CSS_SELECTOR, "#tasks a.task-link")]
         assert tasks == ["cola", "sst2"]
 
