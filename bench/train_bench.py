@@ -24,7 +24,16 @@ order, dropout) for both contenders, so each LoRA contender runs once per seed (
 0,1,2; peer and peftops interleaved) and the JSON reports means over seeds, with every run listed.
 Evaluation speed is the evaluator's examples/s on the dev split in the run's precision. The LoRA
 contenders (peer and peftops, both precisions) run once per seed, interleaved; FFT runs once per
-precision. ``--smoke`` is a short run to prove the bench works (4 steps, one seed, 16 dev
+precision.
+
+Generation (``mrpc_paraphrase``: rewrite a sentence, loss on the response only, TRL's own use
+case): the peer, ``SFTTrainer`` + peft LoRA with ``completion_only_loss``, gets the very token ids
+peftops trains on (prompt, then response + eos, as ``input_ids`` + ``completion_mask``), in fp32
+and bf16 on the first seed and then only in the faster of the two (its best CPU configuration;
+a generation run of the peer costs ~10 minutes of one core here); peftops LoRA runs in its default precision (bf16). Same hyperparameters, steps and
+seeds; both are scored by the same greedy decoder on ``--gen-dev`` dev prompts (ROUGE-L, token
+F1). The ``gen_*`` figures compare peftops with the peer's faster configuration. ``--only`` runs
+one of the two halves. ``--smoke`` is a short run to prove the bench works (4 steps, one seed, 16 dev
 examples): its figures mean nothing. A table goes to stdout and, as the last line, one JSON object.
 """
 
@@ -52,58 +61,80 @@ LORA = {"lr": 5e-4, "r": 16, "alpha": 32, "dropout": 0.05, "target_modules": "al
 FULL = {"lr": 2e-5}
 
 
-CONTENDERS = {  # name -> (label, runner, precision)
-    "peer": ("TRL SFTTrainer + peft LoRA", "peer", "fp32"),
-    "peer-bf16": ("TRL SFTTrainer + peft LoRA bf16", "peer", "bf16"),
-    "lora": ("peftops LoRA fp32", "lora", "fp32"),
-    "lora-bf16": ("peftops LoRA bf16", "lora", "bf16"),
-    "full": ("peftops FFT fp32", "full", "fp32"),
-    "full-bf16": ("peftops FFT bf16", "full", "bf16"),
+CLS_TASK, GEN_TASK = "sst2", "mrpc_paraphrase"
+CONTENDERS = {  # name -> (label, runner, precision, task)
+    "peer": ("TRL SFTTrainer + peft LoRA", "peer", "fp32", CLS_TASK),
+    "peer-bf16": ("TRL SFTTrainer + peft LoRA bf16", "peer", "bf16", CLS_TASK),
+    "lora": ("peftops LoRA fp32", "lora", "fp32", CLS_TASK),
+    "lora-bf16": ("peftops LoRA bf16", "lora", "bf16", CLS_TASK),
+    "full": ("peftops FFT fp32", "full", "fp32", CLS_TASK),
+    "full-bf16": ("peftops FFT bf16", "full", "bf16", CLS_TASK),
+    # generation (prompt -> response, loss on the response): TRL's own use case
+    "gen-peer": ("TRL SFTTrainer + peft LoRA (gen)", "peer", "fp32", GEN_TASK),
+    "gen-peer-bf16": ("TRL SFTTrainer + peft LoRA bf16 (gen)", "peer", "bf16", GEN_TASK),
+    "gen-lora-bf16": ("peftops LoRA bf16 (gen)", "lora", "bf16", GEN_TASK),
 }
+CLASSIFICATION = ("peer", "peer-bf16", "lora", "lora-bf16", "full", "full-bf16")
+GENERATION = ("gen-peer", "gen-peer-bf16", "gen-lora-bf16")
 
 
-def _params(args, precision: str = "fp32"):
+def _params(args, precision: str = "fp32", task: str = CLS_TASK):
     from peftops.config import DataConfig, PipelineParams, TrainConfig
 
-    return PipelineParams(data=DataConfig(task="sst2", train_size=args.train, dev_size=args.dev),
+    dev = args.gen_dev if task == GEN_TASK else args.dev
+    return PipelineParams(data=DataConfig(task=task, train_size=args.train, dev_size=dev),
                           train=TrainConfig(steps=args.steps, batch_size=args.batch, warmup_steps=args.warmup,
                                             schedule="linear", max_grad_norm=1.0, weight_decay=0.0, seed=args.seed,
                                             activation_checkpointing=args.checkpointing, precision=precision))
 
 
-def _data_dir(args) -> Path:
+def _data_dir(args, task: str = CLS_TASK) -> Path:
     from peftops.config import state_home
 
-    return state_home(args.home) / "bench" / f"sst2-{args.train}-{args.dev}"
+    dev = args.gen_dev if task == GEN_TASK else args.dev
+    return state_home(args.home) / "bench" / f"{task}-{args.train}-{dev}"
 
 
-def prepare_once(args) -> None:
-    """Parent: pin the snapshot (built once) and prepare SST-2 into a directory of the bench's own."""
+def prepare_once(args, tasks: tuple[str, ...]) -> None:
+    """Parent: pin the snapshot (built once) and prepare each task into a directory of the bench's own."""
     from peftops.model.snapshot import load_tokenizer
     from peftops.data.prepared import prepare
     from peftops.stages import stage_base
 
-    params = _params(args)
-    snap = stage_base(params, args.home)
-    prepare(params.data, load_tokenizer(snap), _data_dir(args))
+    snap = stage_base(_params(args), args.home)
+    for task in tasks:
+        params = _params(args, task=task)
+        prepare(params.data, load_tokenizer(snap), _data_dir(args, task))
 
 
 def _setup(args, precision: str = "fp32"):
-    """Child: the verified snapshot and the prepared splits."""
+    """Child: the verified snapshot and the prepared splits of the child's task."""
     from peftops.model.snapshot import open_snapshot
     from peftops.stages import Layout
 
-    params = _params(args, precision)
+    params = _params(args, precision, args.task)
     snap = open_snapshot(Layout.of(args.home).base(params.base.name), params.base.expected_digest)
-    return params, snap, _data_dir(args) / "train.json", _data_dir(args) / "dev.json"
+    return params, snap, _data_dir(args, args.task) / "train.json", _data_dir(args, args.task) / "dev.json"
 
 
-def _score(model, dev_path, pad_id, precision: str = "fp32"):
-    """The evaluator's result on the dev split, in ``precision`` (a resolved one)."""
+def _score(model, dev_path, pad_id, precision: str = "fp32", tokenizer=None):
+    """The evaluator's result on the dev split, in ``precision`` (a resolved one); a generation
+    split is decoded greedily with ``tokenizer``."""
     from peftops.data.prepared import load_prepared
     from peftops.evaluation.evaluate import evaluate
 
-    return evaluate(model, load_prepared(dev_path), pad_id=pad_id, batch_size=16, precision=precision)
+    return evaluate(model, load_prepared(dev_path), pad_id=pad_id, batch_size=16, precision=precision,
+                    tokenizer=tokenizer)
+
+
+def _scores(ev) -> dict:
+    """The evaluation figures a contender reports: accuracy (classification) or ROUGE-L and the
+    other generation metrics."""
+    out = {"dev_acc": ev.score if ev.metric == "accuracy" else None, "eval_examples_per_s": ev.examples_per_s}
+    if "rougeL" in ev.metrics:
+        out.update({"rouge_l": ev.metrics["rougeL"], "token_f1": ev.metrics.get("token_f1"),
+                    "exact_match": ev.metrics.get("exact_match"), "dev_loss": ev.metrics.get("dev_loss")})
+    return out
 
 
 def run_peftops(args, method: str, precision: str) -> dict:
@@ -118,7 +149,7 @@ def run_peftops(args, method: str, precision: str) -> dict:
     from peftops.training.precision import storage_dtype
 
     params, snap, train_path, dev_path = _setup(args, precision)
-    pad_id = pad_token_id(snap)  # the data is tokenized already: no tokenizer in this process
+    pad_id = pad_token_id(snap)  # the data is tokenized already: the tokenizer only decodes outputs
     split = load_prepared(train_path)
     m = get_method(method)
     base = load_model(snap, dtype=storage_dtype(precision, m))
@@ -131,9 +162,14 @@ def run_peftops(args, method: str, precision: str) -> dict:
         r = train(model, m, cfg, split, params.train, Path(tmp), pad_id=pad_id, base_params=base_params,
                   progress=False)
         cpu = time.process_time() - cpu0
-    ev = _score(model, dev_path, pad_id, r.precision)
+    tok = None
+    if split.generative:
+        from peftops.model.snapshot import load_tokenizer
+
+        tok = load_tokenizer(snap)
+    ev = _score(model, dev_path, pad_id, r.precision, tok)
     return {"examples_per_s": r.examples_per_s, "peak_mb": r.peak_memory_mb, "train_s": r.train_time_s, "cpu_s": cpu,
-            "dev_acc": ev.score, "eval_examples_per_s": ev.examples_per_s, "final_loss": r.losses[-1],
+            **_scores(ev), "final_loss": r.losses[-1],
             "trainable": r.trainable_params, "tokens_per_s": r.tokens_per_s, "memory_kind": r.memory_kind,
             "precision": r.precision}
 
@@ -155,8 +191,12 @@ def run_peer(args, precision: str) -> dict:
     tok = load_tokenizer(snap)
     tok.padding_side = "right"  # TRL's collator pads on the right
     split = load_prepared(train_path)
-    rows = [{"prompt": tok.decode(ids, skip_special_tokens=True), "completion": split.verbalizers[y]}
-            for ids, y in zip(split.input_ids, split.labels)]
+    if split.generative:  # the very tokens peftops trains on: prompt, then response + eos
+        rows = [{"input_ids": p + r, "completion_mask": [0] * len(p) + [1] * len(r)}
+                for p, r in zip(split.input_ids, split.response_ids)]
+    else:
+        rows = [{"prompt": tok.decode(ids, skip_special_tokens=True), "completion": split.verbalizers[y]}
+                for ids, y in zip(split.input_ids, split.labels)]
     model = load_model(snap)
     torch.manual_seed(args.seed)
     t = params.train
@@ -178,9 +218,9 @@ def run_peer(args, precision: str) -> dict:
         wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     peft_model = trainer.model
     trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
-    ev = _score(peft_model.eval(), dev_path, tok.pad_token_id)
+    ev = _score(peft_model.eval(), dev_path, tok.pad_token_id, tokenizer=tok)
     return {"examples_per_s": t.steps * t.batch_size / wall, "peak_mb": mem.peak_mb, "train_s": wall, "cpu_s": cpu,
-            "dev_acc": ev.score, "eval_examples_per_s": ev.examples_per_s, "final_loss": float(out.training_loss),
+            **_scores(ev), "final_loss": float(out.training_loss),
             "trainable": trainable, "memory_kind": mem.kind, "precision": precision}
 
 
@@ -190,7 +230,7 @@ def child(args) -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    _, runner, precision = CONTENDERS[args.run]
+    _, runner, precision, args.task = CONTENDERS[args.run]
     res = run_peer(args, precision) if runner == "peer" else run_peftops(args, runner, precision)
     res["ru_maxrss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     res["threads"] = torch.get_num_threads()
@@ -200,7 +240,7 @@ def child(args) -> None:
 def spawn(args, who: str) -> dict:
     """Run ``who`` in a fresh process and parse its JSON line."""
     cmd = [sys.executable, __file__, "--run", who, "--steps", str(args.steps), "--batch", str(args.batch),
-           "--dev", str(args.dev), "--train", str(args.train), "--warmup", str(args.warmup),
+           "--dev", str(args.dev), "--gen-dev", str(args.gen_dev), "--train", str(args.train), "--warmup", str(args.warmup),
            "--threads", str(args.threads), "--seed", str(args.seed)] + ([] if args.checkpointing else ["--no-checkpointing"])
     if args.home:
         cmd += ["--home", args.home]
@@ -220,7 +260,11 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--train", type=int, default=480, help="train subset size")
-    ap.add_argument("--dev", type=int, default=200, help="dev examples scored")
+    ap.add_argument("--dev", type=int, default=200, help="dev examples scored (classification)")
+    ap.add_argument("--gen-dev", type=int, default=50,
+                    help="dev prompts generated and scored (generation: greedy, up to the task's max_new_tokens)")
+    ap.add_argument("--only", choices=("all", "classification", "generation"), default="all",
+                    help="run only the SST-2 classification contenders or only the generation ones")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads for every contender (0 = torch's default, one per core); 1 by default "
                          "so that other processes on the machine do not stall OpenMP's thread team")
@@ -239,41 +283,102 @@ def main() -> None:
     if args.run:
         return child(args)
     if args.smoke:
-        args.steps, args.warmup, args.seeds, args.dev = 4, 1, "0", 16
+        args.steps, args.warmup, args.seeds, args.dev, args.gen_dev = 4, 1, "0", 16, 8
 
-    prepare_once(args)
+    cls, gen = args.only in ("all", "classification"), args.only in ("all", "generation")
+    prepare_once(args, (CLS_TASK,) * cls + (GEN_TASK,) * gen)
     seeds = [int(x) for x in args.seeds.split(",")]
     load_before = os.getloadavg()
-    lora_like = ("peer", "peer-bf16", "lora", "lora-bf16")
     runs: dict[str, list[dict]] = {who: [] for who in CONTENDERS}
+    peer_gen: tuple[str, ...] = ("gen-peer", "gen-peer-bf16")  # both on the first seed, then the faster
     for seed in seeds:  # interleaved, so drifting load hits every contender alike
-        for who in lora_like:
+        for who in ("peer", "peer-bf16", "lora", "lora-bf16") * cls + (*peer_gen, "gen-lora-bf16") * gen:
             runs[who].append(spawn(argparse.Namespace(**{**vars(args), "seed": seed}), who))
-    for who in ("full", "full-bf16"):
+        if gen:  # the peer's best CPU configuration: whichever precision trained faster on the first seed
+            peer_gen = (max(peer_gen, key=lambda w: runs[w][0]["examples_per_s"]),)
+    for who in ("full", "full-bf16") * cls:
         runs[who].append(spawn(argparse.Namespace(**{**vars(args), "seed": seeds[0]}), who))
     load_after = os.getloadavg()
+    summary = {}
+    if cls:
+        summary.update(classification_summary(args, runs, seeds, load_before, load_after))
+    if gen:
+        summary.update(generation_summary(args, runs, seeds, load_before, load_after))
+    summary.update({"seeds": seeds, "steps": args.steps, "batch_size": args.batch, "smoke": args.smoke,
+                    "threads": next(r for rs in runs.values() for r in rs)["threads"],
+                    "activation_checkpointing": args.checkpointing,
+                    "load_avg_before": round(load_before[0], 2), "load_avg_after": round(load_after[0], 2)})
+    print(json.dumps(summary))
+
+
+def _mean(runs: dict[str, list[dict]], who: str, key: str) -> float:
+    return statistics.fmean(r[key] for r in runs[who])
+
+
+def _peak(runs: dict[str, list[dict]], who: str) -> float:  # the largest of the runs' peaks: what the machine must hold
+    return max(r["peak_mb"] for r in runs[who])
+
+
+def generation_summary(args, runs: dict[str, list[dict]], seeds: list[int], load_before, load_after) -> dict:
+    """Print the generation table; return its figures. The peer is scored in its best configuration
+    (the faster of fp32 and bf16 on the first seed, the only one it then runs), peftops in its
+    default precision (bf16)."""
+    print(f"\n{GEN_TASK} (generation), batch {args.batch}, {args.steps} steps, dev {args.gen_dev} prompts "
+          f"(greedy); LoRA r=16 alpha=32 all linear, lr {LORA['lr']}; seeds {seeds}; {os.cpu_count()} CPUs, "
+          f"load {load_before[0]:.2f} -> {load_after[0]:.2f}")
+    print(f"{'contender':38} {'seed':>4} {'examples/s':>10} {'peak MB':>9} {'ROUGE-L':>8} {'tok F1':>7} "
+          f"{'eval ex/s':>9} {'train s':>8} {'final loss':>10}")
+    for who in GENERATION:
+        for seed, r in zip(seeds, runs[who]):
+            print(f"{CONTENDERS[who][0]:38} {seed:4d} {r['examples_per_s']:10.2f} {r['peak_mb']:9.0f} "
+                  f"{r['rouge_l']:8.4f} {r['token_f1']:7.4f} {r['eval_examples_per_s']:9.2f} {r['train_s']:8.1f} "
+                  f"{r['final_loss']:10.4f}")
+    peer = max(("gen-peer", "gen-peer-bf16"), key=lambda w: (len(runs[w]), _mean(runs, w, "examples_per_s")))
+    ours = "gen-lora-bf16"
+    return {
+        "gen_task": GEN_TASK, "gen_dev_examples": args.gen_dev, "gen_peer_best": CONTENDERS[peer][2],
+        "gen_examples_per_s": round(_mean(runs, ours, "examples_per_s"), 3),
+        "peer_gen_examples_per_s": round(_mean(runs, peer, "examples_per_s"), 3),
+        "peer_gen_fp32_vs_bf16_first_seed": [round(runs[w][0]["examples_per_s"], 3) for w in ("gen-peer", "gen-peer-bf16")],
+        "gen_speedup": round(_mean(runs, ours, "examples_per_s") / _mean(runs, peer, "examples_per_s"), 2),
+        "gen_peak_mb": round(_peak(runs, ours)), "peer_gen_peak_mb": round(_peak(runs, peer)),
+        "gen_memory_ratio": round(_peak(runs, ours) / _peak(runs, peer), 3),
+        "gen_rouge_l_mean": round(_mean(runs, ours, "rouge_l"), 4),
+        "peer_gen_rouge_l_mean": round(_mean(runs, peer, "rouge_l"), 4),
+        "gen_token_f1_mean": round(_mean(runs, ours, "token_f1"), 4),
+        "peer_gen_token_f1_mean": round(_mean(runs, peer, "token_f1"), 4),
+        "gen_eval_examples_per_s": round(_mean(runs, ours, "eval_examples_per_s"), 2),
+        "peer_gen_eval_examples_per_s": round(_mean(runs, peer, "eval_examples_per_s"), 2),
+        "gen_per_seed": {who: [{"seed": sd, "examples_per_s": round(r["examples_per_s"], 3),
+                                "peak_mb": round(r["peak_mb"]), "rouge_l": round(r["rouge_l"], 4),
+                                "token_f1": round(r["token_f1"], 4), "final_loss": round(r["final_loss"], 4)}
+                               for sd, r in zip(seeds, runs[who])] for who in GENERATION},
+    }
+
+
+def classification_summary(args, runs: dict[str, list[dict]], seeds: list[int], load_before, load_after) -> dict:
+    """Print the SST-2 table; return its figures."""
+    def mean(who: str, key: str) -> float:
+        return _mean(runs, who, key)
+
+    def peak(who: str) -> float:
+        return _peak(runs, who)
+
     print(f"\nSST-2, batch {args.batch}, {args.steps} steps, dev {args.dev}; LoRA r=16 alpha=32 all linear, "
           f"lr {LORA['lr']}, FFT lr {FULL['lr']}; seeds {seeds}; {os.cpu_count()} CPUs, "
           f"load {load_before[0]:.2f} -> {load_after[0]:.2f}")
     print(f"{'contender':32} {'seed':>4} {'examples/s':>10} {'peak MB':>9} {'dev acc':>8} {'eval ex/s':>9} "
           f"{'train s':>8} {'CPU s':>8} {'final loss':>10}")
-    for who in CONTENDERS:
+    for who in CLASSIFICATION:
         for seed, r in zip(seeds, runs[who]):
             print(f"{CONTENDERS[who][0]:32} {seed:4d} {r['examples_per_s']:10.2f} {r['peak_mb']:9.0f} "
                   f"{r['dev_acc']:8.3f} {r['eval_examples_per_s']:9.1f} {r['train_s']:8.1f} {r['cpu_s']:8.1f} "
                   f"{r['final_loss']:10.4f}")
-
-    def mean(who: str, key: str) -> float:
-        return statistics.fmean(r[key] for r in runs[who])
-
-    def peak(who: str) -> float:  # the largest of the runs' peaks: what the machine must hold
-        return max(r["peak_mb"] for r in runs[who])
-
     ours_ex, peer_ex = mean("lora", "examples_per_s"), mean("peer", "examples_per_s")
     bf16_ex, peer_bf16_ex = mean("lora-bf16", "examples_per_s"), mean("peer-bf16", "examples_per_s")
     peer_best = max(peer_ex, peer_bf16_ex)
     full, full_bf16 = runs["full"][0], runs["full-bf16"][0]
-    summary = {
+    return {
         "bf16_examples_per_s": round(bf16_ex, 3),
         "fp32_examples_per_s": round(ours_ex, 3),
         "bf16_speedup_vs_fp32": round(bf16_ex / ours_ex, 2),
@@ -306,18 +411,13 @@ def main() -> None:
         "full_bf16_speedup_vs_fp32": round(full_bf16["examples_per_s"] / full["examples_per_s"], 2),
         "lora_vs_full_memory_ratio": round(peak("lora") / full["peak_mb"], 3),
         "cpu_speedup": round(mean("peer", "cpu_s") / mean("lora", "cpu_s"), 2),
-        "seeds": seeds,
         "per_seed": {who: [{"seed": sd, "examples_per_s": round(r["examples_per_s"], 3),
                             "peak_mb": round(r["peak_mb"]), "dev_acc": r["dev_acc"],
                             "eval_examples_per_s": round(r["eval_examples_per_s"], 2),
                             "cpu_s": round(r["cpu_s"], 1)} for sd, r in zip(seeds, runs[who])]
-                     for who in CONTENDERS},
-        "steps": args.steps, "batch_size": args.batch, "dev_examples": args.dev,
-        "threads": runs["lora"][0]["threads"], "activation_checkpointing": args.checkpointing,
-        "memory_kind": runs["lora"][0]["memory_kind"], "smoke": args.smoke,
-        "load_avg_before": round(load_before[0], 2), "load_avg_after": round(load_after[0], 2),
+                     for who in CLASSIFICATION},
+        "dev_examples": args.dev, "memory_kind": runs["lora"][0]["memory_kind"],
     }
-    print(json.dumps(summary))
 
 
 if __name__ == "__main__":

@@ -50,3 +50,30 @@ def test_pad_id_is_read_from_the_snapshot_and_matches_its_tokenizer(tmp_path):
     model.config.pad_token_id = 5
     other = write_snapshot(model, tok, snapshot_dir("other", tmp_path), "other")
     assert pad_token_id(other) == 0
+
+
+def test_gemma3_chat_template_is_pinned_with_the_snapshot(tmp_path):
+    from peftops.model.snapshot import CHAT_TEMPLATE_FILE, snapshot_dir, with_chat_template, write_snapshot
+    from tiny import tiny_chat_tokenizer, tiny_model, tiny_tokenizer
+
+    tok = with_chat_template(tiny_chat_tokenizer())
+    assert "namespace(system" in tok.chat_template  # a template the tokenizer has is kept
+    tok = with_chat_template(tiny_tokenizer())  # none: Gemma 3's
+    tok.add_special_tokens({"additional_special_tokens": ["<start_of_turn>", "<end_of_turn>"]})
+    chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi "},
+            {"role": "assistant", "content": "Hello"}]
+    assert tok.apply_chat_template(chat, tokenize=False) == (
+        f"{tok.bos_token}<start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\nHello<end_of_turn>\n")
+    assert tok.apply_chat_template(chat[:2], tokenize=False, add_generation_prompt=True).endswith(
+        "<start_of_turn>model\n")
+    model = tiny_model(0, vocab_size=len(tok))
+    snap = write_snapshot(model, tok, snapshot_dir("gemma-3-270m", tmp_path / "a"), "gemma-3-270m")
+    assert CHAT_TEMPLATE_FILE in snap.files  # the digest covers the template
+    plain = make_snapshot(tmp_path / "b")
+    assert CHAT_TEMPLATE_FILE not in plain.files
+    (snap.path / CHAT_TEMPLATE_FILE).write_text(tok.chat_template + "{{ 'x' }}")
+    with pytest.raises(SnapshotError, match="chat_template.jinja.*corrupted"):
+        open_snapshot(snap.path)
+    (plain.path / CHAT_TEMPLATE_FILE).write_text("{{ bos_token }}")  # dropped in by hand: unpinned
+    with pytest.raises(SnapshotError, match="not in the snapshot manifest"):
+        open_snapshot(plain.path)

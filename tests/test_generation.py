@@ -370,3 +370,31 @@ def test_forgetting_reads_a_source_no_shipped_task_trains_on():
 
     trained = {spec.train for spec in load_manifest().values()}
     assert ForgettingConfig().source not in trained
+
+
+# ---------------------------------------------------------------- latency per generated token
+
+
+def test_latency_per_generated_token_counts_what_was_generated(tmp_path):
+    from dataclasses import replace
+
+    from peftops.evaluation.evaluate import timed_batches
+    from peftops.reports.tables import CompareRow
+
+    tok = tiny_tokenizer()
+    model = tiny_model(vocab_size=len(tok))
+    dev = replace(prepared(write_generation_like(tmp_path), "dev"), stop_ids=[])  # never stops early
+    t = timed_batches(model, dev, pad_id=0, batch_size=4, n_batches=3, warmup=1)
+    assert t["s_per_token"] > 0
+    # no stop token: every output is max_new_tokens long, so the two medians differ by exactly that
+    assert t["s_per_example"] / t["s_per_token"] == pytest.approx(dev.max_new_tokens, rel=1e-9)
+    cls = timed_batches(model, replace(dev, kind="classification", label_token_ids=[[5], [6]]), pad_id=0,
+                        batch_size=4, n_batches=1)
+    assert "s_per_token" not in cls  # a classification has no generated tokens
+    row = CompareRow(task="gen", method="lora", metric="rougeL", score=0.5, metrics={"rougeL": 0.5},
+                     pct_of_full=None, trainable_params=1, trainable_pct=0.1, peak_train_memory_mb=None,
+                     memory_kind=None, train_time_s=None, train_steps=1, examples_per_s=None, adapter_bytes=None,
+                     latency_ms={"1": 9.0}, general_nll_before=1.0, general_nll_after=1.1, dev_examples=16,
+                     latency_ms_per_token={"1": 1.5})
+    assert row.to_dict()["ms_per_token_b1"] == 1.5
+    assert CompareRow.from_dict(row.to_dict()) == row

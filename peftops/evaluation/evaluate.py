@@ -13,6 +13,7 @@ is the score; a few (prompt, reference, output) samples come back for the run's 
 
 from __future__ import annotations
 
+import statistics
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -141,11 +142,22 @@ def latency_per_example(model: torch.nn.Module, split: PreparedSplit, *, pad_id:
                         device: str | torch.device = "cpu", n_batches: int = 5, warmup: int = 1,
                         precision: str | None = None) -> float:
     """Median seconds per example of scoring ``batch_size`` prompts at a time, in ``precision``
-    (default: the one the model is stored for)."""
+    (default: the one the model is stored for); for a generation task, of one greedy output each."""
+    return timed_batches(model, split, pad_id=pad_id, batch_size=batch_size, device=device,
+                         n_batches=n_batches, warmup=warmup, precision=precision)["s_per_example"]
+
+
+@torch.no_grad()
+def timed_batches(model: torch.nn.Module, split: PreparedSplit, *, pad_id: int, batch_size: int,
+                  device: str | torch.device = "cpu", n_batches: int = 5, warmup: int = 1,
+                  precision: str | None = None) -> dict[str, float]:
+    """Median seconds per example over ``n_batches`` timed batches after ``warmup``, and, for a
+    generation task, median seconds per generated token (a batch's time over the tokens it produced,
+    the stop token included: it was computed too)."""
     device = torch.device(device)
     precision = precision or model_precision(model)
     model.eval()
-    times = []
+    per_example, per_token = [], []
     for b in range(warmup + n_batches):
         start = (b * batch_size) % max(1, len(split) - batch_size + 1)
         prompts = split.input_ids[start:start + batch_size]
@@ -154,13 +166,19 @@ def latency_per_example(model: torch.nn.Module, split: PreparedSplit, *, pad_id:
         t0 = time.perf_counter()
         with autocast(device, precision):
             if split.generative:  # a generation task's unit of work: one greedy output
-                greedy_generate(model, prompts, pad_id=pad_id, stop_ids=split.stop_ids,
-                                max_new_tokens=split.max_new_tokens, device=device)
+                got = greedy_generate(model, prompts, pad_id=pad_id, stop_ids=split.stop_ids,
+                                      max_new_tokens=split.max_new_tokens, device=device)
+                tokens = sum(min(len(ids) + 1, split.max_new_tokens) for ids in got.ids)
             else:
                 label_scores(model, prompts, split.label_token_ids, pad_id, device)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
+        elapsed = time.perf_counter() - t0
         if b >= warmup:
-            times.append((time.perf_counter() - t0) / len(prompts))
-    times.sort()
-    return times[len(times) // 2]
+            per_example.append(elapsed / len(prompts))
+            if split.generative:
+                per_token.append(elapsed / max(1, tokens))
+    out = {"s_per_example": statistics.median(per_example)}
+    if per_token:
+        out["s_per_token"] = statistics.median(per_token)
+    return out

@@ -12,7 +12,7 @@ from pydantic import Field
 
 from peftops.config import Config
 from peftops.data.prepared import PreparedSplit
-from peftops.evaluation.evaluate import latency_per_example
+from peftops.evaluation.evaluate import timed_batches
 from peftops.evaluation.forgetting import ForgettingConfig, GeneralTextSet, general_nll
 from peftops.training.precision import autocast, model_precision
 
@@ -32,13 +32,19 @@ class MeasureConfig(Config):
 def measure_model(model: torch.nn.Module, dev: PreparedSplit, texts: GeneralTextSet, *, pad_id: int,
                   cfg: MeasureConfig, device: torch.device, precision: str | None = None) -> dict[str, Any]:
     """``{"latency_ms": {batch size: median ms per example}, "general_nll": nats per token}``, in the
-    run's ``precision`` (default: the one the model is stored for)."""
+    run's ``precision`` (default: the one the model is stored for); a generation task adds
+    ``"latency_ms_per_token"``: {batch size: median ms per generated token}."""
     precision = precision or model_precision(model)
-    latency = {}
+    latency, per_token = {}, {}
     for bs in cfg.latency_batch_sizes:
-        sec = latency_per_example(model, dev, pad_id=pad_id, batch_size=bs, device=device,
-                                  n_batches=cfg.latency_batches, warmup=1, precision=precision)
-        latency[str(bs)] = 1000.0 * sec
+        t = timed_batches(model, dev, pad_id=pad_id, batch_size=bs, device=device,
+                          n_batches=cfg.latency_batches, warmup=1, precision=precision)
+        latency[str(bs)] = 1000.0 * t["s_per_example"]
+        if "s_per_token" in t:
+            per_token[str(bs)] = 1000.0 * t["s_per_token"]
     with autocast(device, precision):
         nll = general_nll(model, texts, pad_id=pad_id, batch_size=cfg.forgetting.batch_size, device=device)
-    return {"latency_ms": latency, "general_nll": nll}
+    out: dict[str, Any] = {"latency_ms": latency, "general_nll": nll}
+    if per_token:
+        out["latency_ms_per_token"] = per_token
+    return out

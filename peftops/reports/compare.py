@@ -82,6 +82,7 @@ def compare_row(task: str, method: str, ev: dict[str, Any], measure: dict[str, A
         examples_per_s=train.get("examples_per_s"), adapter_bytes=train.get("adapter_bytes"),
         latency_ms=dict(measure["latency_ms"]), general_nll_before=nll_before,
         general_nll_after=measure["general_nll"], dev_examples=dev_examples,
+        latency_ms_per_token=dict(measure.get("latency_ms_per_token") or {}),
     )
 
 
@@ -104,4 +105,5 @@ def row_metrics(row: CompareRow) -> dict[str, float]:
         if getattr(row, k) is not None:
             m[k] = getattr(row, k)
     m.update({f"latency_ms_b{bs}": v for bs, v in row.latency_ms.items()})
+    m.update({f"ms_per_token_b{bs}": v for bs, v in row.latency_ms_per_token.items()})
     return m

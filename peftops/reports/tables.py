@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from peftops.evaluation.evaluate import EvalResult
@@ -115,6 +115,7 @@ class CompareRow:
     general_nll_before: float
     general_nll_after: float
     dev_examples: int
+    latency_ms_per_token: dict[str, float] = field(default_factory=dict)  # generation: batch size -> ms per token
 
     @property
     def general_nll_delta(self) -> float:
@@ -124,8 +125,11 @@ class CompareRow:
         """Flat JSON object: ``latency_ms_b<N>`` per batch size, ``metric_<name>`` per metric."""
         d = asdict(self)
         d.pop("latency_ms")
+        d.pop("latency_ms_per_token")
         for bs, ms in sorted(self.latency_ms.items(), key=lambda kv: int(kv[0])):
             d[f"latency_ms_b{bs}"] = ms
+        for bs, ms in sorted(self.latency_ms_per_token.items(), key=lambda kv: int(kv[0])):
+            d[f"ms_per_token_b{bs}"] = ms
         d["general_nll_delta"] = self.general_nll_delta
         return d
 
@@ -134,7 +138,8 @@ class CompareRow:
         d = dict(d)
         d.pop("general_nll_delta", None)
         lat = {k[len("latency_ms_b"):]: d.pop(k) for k in list(d) if k.startswith("latency_ms_b")}
-        return cls(**d, latency_ms=lat)
+        tok = {k[len("ms_per_token_b"):]: d.pop(k) for k in list(d) if k.startswith("ms_per_token_b")}
+        return cls(**d, latency_ms=lat, latency_ms_per_token=tok)
 
 
 def _fmt_opt(v: float | None, fmt: str, suffix: str = "") -> str:
@@ -146,21 +151,25 @@ def compare_headers(rows: list[CompareRow]) -> list[str]:
     metric = rows[0].metric if rows else "score"
     extra = [m for m in (rows[0].metrics if rows else {}) if m != metric]
     sizes = sorted({bs for r in rows for bs in r.latency_ms}, key=int)
+    tok_sizes = sorted({bs for r in rows for bs in r.latency_ms_per_token}, key=int)
     return (["method", f"dev {metric}", *[f"dev {m}" for m in extra], "% of FFT", "trainable params",
              "peak train memory", "train time", "adapter on disk"]
-            + [f"latency b{bs} (ms/ex)" for bs in sizes] + ["general NLL Δ (nats/tok)"])
+            + [f"latency b{bs} (ms/ex)" for bs in sizes] + [f"latency b{bs} (ms/token)" for bs in tok_sizes]
+            + ["general NLL Δ (nats/tok)"])
 
 
 def compare_cells(row: CompareRow, rows: list[CompareRow]) -> list[str]:
     """One table row as strings, in the order of ``compare_headers``."""
     extra = [m for m in row.metrics if m != row.metric]
     sizes = sorted({bs for r in rows for bs in r.latency_ms}, key=int)
+    tok_sizes = sorted({bs for r in rows for bs in r.latency_ms_per_token}, key=int)
     return ([row.method, f"{row.score:.4f}", *[f"{row.metrics[m]:.4f}" for m in extra],
              _fmt_opt(row.pct_of_full, ".1f", "%"),
              f"{row.trainable_params:,} ({row.trainable_pct:.3f}%)",
              _fmt_opt(row.peak_train_memory_mb, ",.0f", " MB"), _fmt_opt(row.train_time_s, ".1f", " s"),
              _fmt_bytes(row.adapter_bytes)]
             + [_fmt_opt(row.latency_ms.get(bs), ".1f") for bs in sizes]
+            + [_fmt_opt(row.latency_ms_per_token.get(bs), ".2f") for bs in tok_sizes]
             + [f"{row.general_nll_delta:+.4f}"])
 
 
