@@ -61,6 +61,8 @@ class PipelineOutputs:
     tracker: Tracker | None = None
     parent_run_id: str = ""
     child_run_ids: dict[str, str] = field(default_factory=dict)
+    model_ids: dict[str, str] = field(default_factory=dict)  # method -> the child run's logged model
+    mirror: dict[str, Any] | None = None  # what the Model Registry mirror changed (tracking.mirror_registry)
 
 
 class _Timer:
@@ -144,6 +146,8 @@ def run_pipeline(params: PipelineParams, home: str | None, opts: PipelineOptions
             "mlflow": {"tracking_uri": tracker.tracking_uri, "experiment": tracker.experiment,
                        "parent_run_id": parent, "ui": tracker.ui_command()},
         }
+        if out.mirror is not None:
+            summary["mlflow"]["model_registry"] = out.mirror
         table_md = markdown(rows)
         tracker.log_text(parent, table_md, "comparison.md")
         tracker.log_table(parent, summary["rows"], "results_table.json")
@@ -194,9 +198,10 @@ def _one_method(stages: StageCalls, out: PipelineOutputs, name: str, child: str,
         tracker.log_dataset(child, f"{out.params.data.task}-{split}", prep.digest, str(path), context,
                             {"examples": size, "split": split})
     if not cached and name != "full":  # a trained adapter is a model of its run (FFT's 1 GB copy is not logged)
-        tracker.log_model(child, f"{out.params.data.task}-{name}", tr.adapter_dir,
-                          params={"method": name, **method_settings(out.params, name)},
-                          tags={"task": out.params.data.task, "base_digest": out.snapshot.digest})
+        out.model_ids[name] = tracker.log_model(child, f"{out.params.data.task}-{name}", tr.adapter_dir,
+                                                params={"method": name, **method_settings(out.params, name)},
+                                                tags={"task": out.params.data.task,
+                                                      "base_digest": out.snapshot.digest})
     with timer("evaluate"):
         ev = out.evals[name] = stages.evaluate(name)
     tracker.log_metrics(child, {f"dev_{k}": v for k, v in ev.metrics.items()} | {
@@ -229,11 +234,36 @@ def _publish(params: PipelineParams, home: str | None, out: PipelineOutputs, opt
         metrics["pct_of_full"] = pct_of_full
     full = out.evals.get(params.gate.baseline)
     child = out.child_run_ids[name]
+    lineage = {"mlflow_run_id": child, "prefect_flow_run_id": str(flow_run.id or "")}
+    if name in out.model_ids:
+        lineage["mlflow_model_id"] = out.model_ids[name]
     published, gate = publish_task(params, home, name, score=ev.score, full_score=full.score if full else None,
-                                   metric=ev.metric, metrics=metrics,
-                                   lineage={"mlflow_run_id": child, "prefect_flow_run_id": str(flow_run.id or "")},
+                                   metric=ev.metric, metrics=metrics, lineage=lineage,
                                    tags={"source": opts.source}, tracker=out.tracker, run_id=child)
     for run_id in (out.parent_run_id, child):
         out.tracker.set_tags(run_id, {"registry.task": published.task, "registry.version": str(published.version),
                                       "registry.adapter_id": published.adapter_id})
+    if params.tracking.mirror_registry:  # after the gate moved (or not) the alias
+        out.mirror = _mirror(out.tracker, home, published.task)
     return published, gate
+
+
+def _mirror(tracker: Tracker, home: str | None, task: str) -> dict[str, Any] | None:
+    """Make MLflow's Model Registry match ours for ``task``. Our registry is the source of truth
+    and the version is already published there: a failure here is a warning (``peftops
+    mlflow-mirror`` resyncs later), never a failed publish."""
+    from registry import Registry
+
+    from peftops.pipeline.mirror import mirror_task
+    from peftops.stages import registry_locations
+
+    try:
+        with Registry.open(**registry_locations(home)) as reg:
+            report = mirror_task(tracker, reg, task)
+    except Exception as err:
+        get_run_logger().warning("%s: not mirrored into MLflow's Model Registry (the registry has the "
+                                 "version; `peftops mlflow-mirror --task %s` retries): %s", task, task, err)
+        return None
+    get_run_logger().info("%s: MLflow model %s in step with the registry (new versions: %s)", task,
+                          report.model_name, ", ".join(f"v{n}" for n in report.created) or "none")
+    return report.to_dict()

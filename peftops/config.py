@@ -373,6 +373,19 @@ class FleetConfig(Config):
         return opts
 
 
+class TrackingConfig(Config):
+    """MLflow tracking (``tracking`` in params.yaml).
+
+    ``mirror_registry``: after each publish, make MLflow's Model Registry match ours for the
+    task (registered model ``peftops-<task>``, one model version per registry version, aliases
+    as ours; ``peftops mlflow-mirror`` does the same at any time). Our registry stays the source
+    of truth: a failed mirror is a warning, never a failed publish.
+    """
+
+    config_prefix: ClassVar[str] = "tracking"
+    mirror_registry: bool = False
+
+
 def fleet_config(value: Any = None, **overrides: Any) -> FleetConfig:
     """A ``FleetConfig`` from a mapping (or an existing one) plus non-None overrides (the CLI's)."""
     base = value.model_dump() if isinstance(value, FleetConfig) else dict(value or {})
@@ -394,6 +407,7 @@ class PipelineParams(Config):
     merge: MergeConfig = Field(default_factory=MergeConfig)
     gate: GateConfig = Field(default_factory=GateConfig)
     fleet: FleetConfig = Field(default_factory=FleetConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     methods: dict[str, dict[str, Any]] = Field(default_factory=lambda: {"lora": {}, "full": {}})
 
 

@@ -49,3 +49,9 @@ class TrainingError(PeftopsError):
 
 class ParityError(PeftopsError):
     """A merged model does not reproduce the adapter-applied model within tolerance."""
+
+
+class MirrorError(PeftopsError):
+    """MLflow's Model Registry could not be made to match ours; the message lists what is off.
+
+    Our registry is the source of truth and is never changed by a failed mirror."""

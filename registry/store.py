@@ -166,8 +166,8 @@ def _row_to_version(r) -> AdapterVersion:
 
 # Lineage keys the rest of peftops records; others are kept as given.
 LINEAGE_KEYS = {
-    "mlflow_run_id": str, "data_digest": str, "git_commit": str, "base_digest": str,
-    "method": str, "hyperparameters": dict, "library_versions": dict,
+    "mlflow_run_id": str, "mlflow_model_id": str, "data_digest": str, "git_commit": str,
+    "base_digest": str, "method": str, "hyperparameters": dict, "library_versions": dict,
     "merge_parity": dict,  # the merge-parity certificate
 }
 
@@ -299,8 +299,9 @@ class Registry:
         """Publish an adapter folder as the next version of `task`.
 
         lineage records where the adapter came from; the keys peftops uses are
-        mlflow_run_id, data_digest, git_commit, method, hyperparameters, library_versions
-        and merge_parity (the merge-parity certificate), see LINEAGE_KEYS.
+        mlflow_run_id, mlflow_model_id (the run's logged model), data_digest, git_commit,
+        method, hyperparameters, library_versions and merge_parity (the merge-parity
+        certificate), see LINEAGE_KEYS.
 
         Blobs are uploaded and verified first, then the version is recorded in one
         transaction. Identical content (same adapter id) already in the task returns the

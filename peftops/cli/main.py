@@ -1,6 +1,6 @@
 # peftops --help
 """The ``peftops`` command: the app, with the commands of each area added to it. Entry point
-only; the commands live in ``stages``, ``reports`` and ``orchestration`` beside this file."""
+only; the commands live in ``stages``, ``reports``, ``orchestration`` and ``mirror`` beside this file."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ apply_defaults()  # offline and quiet, before anything imports the hub or tracki
 
 import typer  # noqa: E402
 
-from peftops.cli import orchestration, reports, stages  # noqa: E402
+from peftops.cli import mirror, orchestration, reports, stages  # noqa: E402
 from peftops.cli.common import set_verbosity  # noqa: E402
 from peftops.cli.stack import stack_app  # noqa: E402
 from registry.cli import registry_app  # noqa: E402
@@ -39,7 +39,7 @@ def _root(show_version: bool = typer.Option(False, "--version", callback=_print_
     set_verbosity(verbose)
 
 
-for area in (stages.app, reports.app, orchestration.app):
+for area in (stages.app, reports.app, orchestration.app, mirror.app):
     for command in area.registered_commands:
         app.registered_commands.append(command)
 app.add_typer(stages.base_app, name="base")

@@ -4,6 +4,11 @@ Default store: ``sqlite:///<state>/mlflow/mlflow.db`` with artifacts under
 ``<state>/mlflow/artifacts``; look at it with ``mlflow ui --backend-store-uri <that uri>``.
 A pipeline opens one parent run and a child run per method; step metrics go in one
 ``log_batch`` call per run (one call per step is ~10x slower on SQLite).
+
+Optionally (``tracking.mirror_registry``, or ``peftops mlflow-mirror`` at any time) our
+registry's versions are mirrored into MLflow's Model Registry, one registered model
+``peftops-<task>`` per task (:meth:`Tracker.mirror_to_model_registry`). Our registry stays the
+source of truth: the mirror only ever writes to MLflow.
 """
 
 from __future__ import annotations
@@ -11,13 +16,22 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from peftops.config import state_home
+from peftops.errors import MirrorError
+
+# What the mirror tags each MLflow model version with (peftops.version finds it again).
+MIRROR_TAGS = ("peftops.task", "peftops.version", "peftops.adapter_id", "peftops.base_digest")
+# Ids and names the mirror puts in MLflow filter strings: nothing that could end the quoted value.
+_FILTER_SAFE = re.compile(r"[A-Za-z0-9._:-]{1,200}")
+
 
 def default_tracking_uri(home: str | Path | None = None) -> str:
     """$MLFLOW_TRACKING_URI, else a SQLite file in the state directory."""
@@ -188,6 +202,218 @@ class Tracker:
 
     def ui_command(self) -> str:
         return f"mlflow ui --backend-store-uri {self.tracking_uri}"
+
+    def mirror_to_model_registry(self, task: str, versions: Sequence[MirrorVersion]) -> MirrorReport:
+        """Make MLflow's Model Registry match our registry for ``task``.
+
+        ``versions``: every version of the task in our registry (one left out counts as
+        deleted). The registered model is :func:`registered_model_name` (``peftops-<task>``);
+        each of our versions is one MLflow model version, tagged :data:`MIRROR_TAGS` and made
+        from the logged model of the run that trained it (else from the files ``fetch``
+        writes, logged under a run ``registry-<task>-v<N>`` of this tracker's experiment).
+        Aliases become exactly ours. Idempotent: a second call changes nothing. MLflow
+        versions of the model that carry no ``peftops.version`` tag are left alone.
+
+        Raises :class:`MirrorError` (with ``.report``) after doing all it could, when a
+        version could not be mirrored or already mirrors other content.
+        """
+        name = registered_model_name(task)
+        if not _FILTER_SAFE.fullmatch(name):
+            raise MirrorError(f"cannot mirror task {task!r}: not a usable MLflow model name")
+        self._ensure_registered_model(name, task)
+        mirrored, stale = self._mirrored_versions(name, task)
+        report, problems = MirrorReport(name), []
+        ours = {v.version: v for v in versions}
+        for v in sorted(ours.values(), key=lambda x: x.version):
+            want = _mirror_tags(task, v)
+            mv = mirrored.get(v.version)
+            if mv is None:
+                try:
+                    mv = mirrored[v.version] = self._create_mirror_version(name, task, v, want)
+                except Exception as err:  # the others are still mirrored; reported at the end
+                    problems.append(f"v{v.version}: {err}")
+                    continue
+                report.created.append(v.version)
+            elif mv.tags.get("peftops.adapter_id") != v.adapter_id:
+                problems.append(f"v{v.version}: MLflow version {mv.version} of {name} holds adapter "
+                                f"{mv.tags.get('peftops.adapter_id')}, ours is {v.adapter_id} (does "
+                                "another registry mirror into this MLflow store?); left as it is")
+                del mirrored[v.version]
+                continue
+            else:
+                for key, value in want.items():  # the status (deprecated) can change
+                    if mv.tags.get(key) != value:
+                        self.client.set_model_version_tag(name, mv.version, key, value)
+        stale += [mv for n, mv in mirrored.items() if n not in ours]
+        wanted = {}
+        for v in ours.values():
+            for alias in v.aliases:
+                if v.version in mirrored:
+                    wanted[alias] = (v.version, str(mirrored[v.version].version))
+                else:
+                    problems.append(f"alias {alias!r}: v{v.version} is not mirrored; removed in MLflow")
+        have = {a: str(mv) for a, mv in (self.client.get_registered_model(name).aliases or {}).items()}
+        for alias in sorted(set(have) - set(wanted)):
+            self.client.delete_registered_model_alias(name, alias)
+            report.aliases_deleted.append(alias)
+        for alias, (version, mlflow_version) in sorted(wanted.items()):
+            if have.get(alias) != mlflow_version:
+                self.client.set_registered_model_alias(name, alias, mlflow_version)
+            report.aliases[alias] = version
+        for mv in stale:  # after the aliases: deleting a version would drop its aliases too
+            self.client.delete_model_version(name, mv.version)
+            report.removed.append(int(mv.tags["peftops.version"]))
+        if problems:
+            err = MirrorError(f"{name}: " + "; ".join(problems))
+            err.report = report  # type: ignore[attr-defined]
+            raise err
+        return report
+
+    def _ensure_registered_model(self, name: str, task: str) -> None:
+        try:
+            self.client.get_registered_model(name)
+            return
+        except Exception as err:
+            if _code(err) != "RESOURCE_DOES_NOT_EXIST":
+                raise
+        try:
+            self.client.create_registered_model(
+                name, tags={"peftops.task": task},
+                description=f"Mirror of the peftops registry's task `{task}`: one version per registry "
+                            "version, aliases as the registry has them. The peftops registry is the source "
+                            "of truth; `peftops mlflow-mirror` resyncs this model.")
+        except Exception as err:  # a concurrent mirror created it first
+            if _code(err) != "RESOURCE_ALREADY_EXISTS":
+                raise
+
+    def _mirrored_versions(self, name: str, task: str) -> tuple[dict[int, Any], list[Any]]:
+        """The MLflow versions the mirror made, by our version number; and the duplicates a
+        concurrent mirror left (the lowest MLflow version of each of ours is kept)."""
+        found: dict[int, Any] = {}
+        stale: list[Any] = []
+        token = None
+        while True:
+            page = self.client.search_model_versions(f"name = '{name}'", page_token=token)
+            for mv in page:
+                ours = (mv.tags or {}).get("peftops.version", "")
+                if not ours.isdigit() or mv.tags.get("peftops.task") != task:
+                    continue  # not the mirror's
+                keep = found.setdefault(int(ours), mv)
+                if keep is not mv:
+                    lo, hi = sorted((keep, mv), key=lambda m: int(m.version))
+                    found[int(ours)] = lo
+                    stale.append(hi)
+            token = page.token
+            if not token:
+                return found, stale
+
+    def _create_mirror_version(self, name: str, task: str, v: MirrorVersion, tags: dict[str, str]) -> Any:
+        model = self._logged_model_of(v) or self._log_from_registry(task, v)
+        # The model's storage location, not models:/<id>: MLflow's SQL registry store resolves
+        # that URI against the process-wide tracking URI rather than this client's.
+        return self.client.create_model_version(
+            name, model.artifact_location, run_id=model.source_run_id,
+            tags={**tags, "peftops.mlflow_model_id": model.model_id},
+            model_id=model.model_id if model.source_run_id else None,
+            description=f"peftops registry {task} v{v.version} ({v.method or 'adapter'}, adapter "
+                        f"{v.adapter_id[:16]}...)")
+
+    def _logged_model_of(self, v: MirrorVersion) -> Any:
+        """The READY logged model of ``v`` in this store: its own id, else its training run's."""
+        from mlflow.entities import LoggedModelStatus
+
+        if v.model_id:
+            try:
+                model = self.client.get_logged_model(v.model_id)
+                if model.status == LoggedModelStatus.READY:
+                    return model
+            except Exception as err:
+                if _code(err) != "RESOURCE_DOES_NOT_EXIST":
+                    raise
+        if not v.run_id or not _FILTER_SAFE.fullmatch(v.run_id):
+            return None
+        try:
+            run = self.client.get_run(v.run_id)
+        except Exception as err:  # a run of another MLflow store (or since deleted)
+            if _code(err) != "RESOURCE_DOES_NOT_EXIST":
+                raise
+            return None
+        found = self.client.search_logged_models([run.info.experiment_id],
+                                                 filter_string=f"source_run_id = '{v.run_id}'")
+        ready = [m for m in found if m.status == LoggedModelStatus.READY]
+        return max(ready, key=lambda m: m.creation_timestamp) if ready else None
+
+    def _log_from_registry(self, task: str, v: MirrorVersion) -> Any:
+        """Log ``v``'s files (from our registry) as a model of a run of its own: for versions
+        published without a run of this MLflow store (``peftops publish``, another server)."""
+        from mlflow.entities import LoggedModelStatus
+
+        if v.fetch is None:
+            raise MirrorError(f"no logged model of {task} v{v.version} in this MLflow store and no files to log")
+        if _FILTER_SAFE.fullmatch(v.adapter_id):  # logged by an earlier mirror that stopped short
+            found = self.client.search_logged_models(
+                [self.experiment_id], filter_string=f"tags.`peftops.adapter_id` = '{v.adapter_id}'")
+            ready = [m for m in found if m.status == LoggedModelStatus.READY and m.source_run_id]
+            if ready:
+                return ready[0]
+        with self.run(f"registry-{task}-v{v.version}",
+                      tags={"task": task, "peftops.mirror": "true", "registry.version": str(v.version),
+                            "registry.adapter_id": v.adapter_id}) as run_id, \
+                tempfile.TemporaryDirectory(prefix="peftops-mirror-") as tmp:
+            folder = Path(tmp) / "adapter"
+            v.fetch(folder)
+            model_id = self.log_model(run_id, f"{task}-v{v.version}", folder,
+                                      params={"method": v.method} if v.method else None,
+                                      tags={"task": task, "base_digest": v.base_digest,
+                                            "peftops.adapter_id": v.adapter_id})
+        return self.client.get_logged_model(model_id)
+
+
+def registered_model_name(task: str) -> str:
+    """The MLflow registered model that mirrors our registry's ``task``: ``peftops-<task>``."""
+    return f"peftops-{task}"
+
+
+@dataclass(frozen=True)
+class MirrorVersion:
+    """One version of our registry as the mirror needs it (plain data: tracking reads no
+    registry). ``run_id`` / ``model_id``: the MLflow run that trained it and its logged model
+    (the version's lineage); ``fetch(dest)`` writes its files into the folder ``dest``, for
+    when this MLflow store has no logged model of it."""
+
+    version: int
+    adapter_id: str
+    base_digest: str
+    method: str = ""
+    status: str = "active"
+    aliases: tuple[str, ...] = ()
+    run_id: str | None = None
+    model_id: str | None = None
+    fetch: Callable[[Path], Any] | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass
+class MirrorReport:
+    """What one mirror call changed in MLflow (version numbers are ours)."""
+
+    model_name: str
+    created: list[int] = field(default_factory=list)  # got an MLflow model version
+    removed: list[int] = field(default_factory=list)  # gone from our registry: MLflow's copy deleted
+    aliases: dict[str, int] = field(default_factory=dict)  # alias -> our version, as MLflow has it now
+    aliases_deleted: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _mirror_tags(task: str, v: MirrorVersion) -> dict[str, str]:
+    return {"peftops.task": task, "peftops.version": str(v.version), "peftops.adapter_id": v.adapter_id,
+            "peftops.base_digest": v.base_digest, "peftops.method": v.method, "peftops.status": v.status}
+
+
+def _code(err: BaseException) -> str:
+    """MLflow's error code of ``err`` (RESOURCE_DOES_NOT_EXIST, ...), '' for other errors."""
+    return str(getattr(err, "error_code", "") or "")
 
 
 class StepLogger:

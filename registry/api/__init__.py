@@ -13,7 +13,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -91,11 +91,22 @@ def _install_handlers(app: FastAPI) -> None:
         return _error(500, "InternalError", "internal error; see the server log")
 
 
+_REDOC_CSP = ("default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
+              "worker-src 'self' blob:; object-src 'none'; base-uri 'none'")
+
+
 def _install_docs(app: FastAPI) -> None:
-    """/docs from the Swagger UI files of the pinned swagger-ui-bundle package (no CDN)."""
+    """/docs (Swagger UI, from the pinned swagger-ui-bundle package) and /redoc (ReDoc, from
+    the pinned fastapi-offline package's static files): no CDN, no web fonts. The pages are
+    guarded like the schema they load; their static assets are open (guard.py)."""
+    from importlib.resources import files
+
     from swagger_ui_bundle import swagger_ui_path
 
     app.mount("/docs-assets", StaticFiles(directory=swagger_ui_path), name="docs-assets")
+    # only the package's data files: its FastAPI subclass is not used
+    redoc_dir = files("fastapi_offline") / "static"
+    app.mount("/redoc-assets", StaticFiles(directory=str(redoc_dir)), name="redoc-assets")
 
     @app.get("/docs", include_in_schema=False)
     def docs() -> HTMLResponse:
@@ -105,8 +116,15 @@ def _install_docs(app: FastAPI) -> None:
                                    swagger_favicon_url="/docs-assets/favicon-32x32.png")
 
     @app.get("/redoc", include_in_schema=False)
-    def redoc() -> RedirectResponse:  # ReDoc has no pinned offline bundle: the same docs
-        return RedirectResponse("/docs")
+    def redoc() -> HTMLResponse:
+        page = get_redoc_html(openapi_url="/openapi.json", title=app.title + " - ReDoc",
+                              redoc_js_url="/redoc-assets/redoc.standalone.js",
+                              redoc_favicon_url="/redoc-assets/favicon.png",
+                              with_google_fonts=False)
+        # the bundle's "API docs by Redocly" footer loads its logo from cdn.redoc.ly: the
+        # browser is told to load nothing from elsewhere (the footer then shows text only)
+        page.headers["content-security-policy"] = _REDOC_CSP
+        return page
 
 
 def create_app(registry: Registry, write_token: str | None = None,

@@ -17,7 +17,8 @@ from limits.strategies import MovingWindowRateLimiter
 from .deps import ApiSettings
 
 _READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-_OPEN_PATHS = ("/health", "/docs-assets/", "/ui-assets/")  # no token needed, even with a read token set
+# no token needed, even with a read token set (static files of the pages, no data)
+_OPEN_PATHS = ("/health", "/docs-assets/", "/redoc-assets/", "/ui-assets/")
 _LOGIN_PATHS = frozenset({"/ui/login", "/ui/logout"})  # the login form checks the token itself
 _READ_POSTS = frozenset({"/export"})  # POST with a body that only reads
 _UI = "/ui"

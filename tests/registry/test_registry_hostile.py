@@ -2,6 +2,7 @@
 looks like markup, and HTTP clients that do not authenticate or send too much."""
 
 import json
+import re
 import struct
 
 import pytest
@@ -136,7 +137,22 @@ def test_read_token_guards_schema_and_docs_which_work_offline(reg):
     page = client.get("/docs", headers=R).text
     assert "/docs-assets/swagger-ui-bundle.js" in page and "cdn" not in page.lower()
     assert client.get("/docs-assets/swagger-ui-bundle.js").status_code == 200
-    assert client.get("/redoc", headers=R, follow_redirects=False).headers["location"] == "/docs"
+    assert client.get("/redoc").status_code == 401  # refused like /docs
+    assert client.get("/redoc", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    redoc = client.get("/redoc", headers=R)
+    assert redoc.status_code == 200 and "text/html" in redoc.headers["content-type"]
+    assert 'spec-url="/openapi.json"' in redoc.text
+    assert '<script src="/redoc-assets/redoc.standalone.js">' in redoc.text
+    # every URL the page loads is on this server: no CDN, no Google fonts
+    loaded = re.findall(r'(?:src|href|spec-url)="([^"]*)"', redoc.text)
+    assert loaded and all(u.startswith("/") and not u.startswith("//") for u in loaded)
+    assert "http://" not in redoc.text and "https://" not in redoc.text
+    assert "fonts.googleapis" not in redoc.text and "cdn" not in redoc.text.lower()
+    csp = redoc.headers["content-security-policy"]  # what the bundle itself would fetch
+    assert "default-src 'self'" in csp and "img-src 'self' data:" in csp
+    js = client.get("/redoc-assets/redoc.standalone.js")  # the assets are open, like /docs'
+    assert js.status_code == 200 and "javascript" in js.headers["content-type"]
+    assert len(js.content) > 100_000 and b"Redoc" in js.content[:2000]
     assert client.get("/health").status_code == 200
 
 

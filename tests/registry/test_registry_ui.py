@@ -209,3 +209,39 @@ def test_registry_pages_in_a_browser(reg, tmp_path, browser):
         runs.shutdown()
         runs.server_close()
         assert json.dumps(reg.verify(check_bytes=False))  # the registry is still readable
+
+
+def test_redoc_renders_offline_in_a_browser(reg, tmp_path, browser):
+    """ReDoc loads the schema itself, without an Authorization header (the login cookie is
+    for /ui only), so this app has no read token; the hostile tests cover the token."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    _fill(reg, tmp_path)
+    app = create_app(reg, "w")
+    summaries = {op.get("summary") for ops in app.openapi()["paths"].values()
+                 for op in ops.values()} - {None}
+    server = _Server(app)
+    base = f"http://127.0.0.1:{server.port}"
+    try:
+        browser.get(base + "/redoc")
+        WebDriverWait(browser, 30).until(
+            lambda b: "peftops adapter registry" in b.find_element(By.TAG_NAME, "body").text)
+        body = browser.find_element(By.TAG_NAME, "body").text
+        assert "Versioned PEFT adapters for pinned base models." in body
+        assert any(s in body for s in summaries)  # the operations were rendered
+        # everything that loaded came from this server; the bundle's footer logo
+        # (cdn.redoc.ly) was refused by the page's Content-Security-Policy, not fetched
+        loaded = browser.execute_script(
+            "return performance.getEntriesByType('resource')"
+            ".filter(e => e.responseStatus > 0).map(e => e.name)")
+        assert base + "/redoc-assets/redoc.standalone.js" in loaded
+        assert base + "/openapi.json" in loaded and all(u.startswith(base) for u in loaded)
+        blocked = browser.execute_async_script(
+            "const done = arguments[0];"
+            "document.addEventListener('securitypolicyviolation', e => done(e.blockedURI));"
+            "const img = new Image(); img.src = 'https://cdn.redoc.ly/redoc/logo-mini.svg';"
+            "document.body.appendChild(img);")
+        assert blocked.startswith("https://cdn.redoc.ly")
+    finally:
+        server.stop()
