@@ -48,7 +48,7 @@ bench-train: $(STAMP)
 	$(PY) bench/train_bench.py
 
 bench-registry: $(STAMP)
-	$(PY) bench/registry_bench.py
+	$(PY) bench/registry_bench.py --backend both
 
 # The fleet: local runner vs Ray (1 worker x 2 CPUs, 2 workers x 1 CPU) on the real base, then the
 # orchestration overhead per task at 1,000 tiny tasks (about 1-1.5 h on 2 cores).

@@ -2,26 +2,54 @@
 
 import json
 import os
+import secrets
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
+TINY = ["--tasks", "6", "--small-tasks", "3", "--per-task", "2", "--repeats", "5",
+        "--publish", "4", "--pool", "8", "--publishers", "2", "--publish-each", "3"]
+
+
+def _bench(tmp_path, *args) -> dict:
+    env = dict(os.environ, MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="1")
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "registry_bench.py"), *TINY, *args,
+         "--out", str(tmp_path / "bench")],
+        capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def test_registry_bench_runs_and_ends_with_json(tmp_path):
-    env = dict(os.environ, MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="1")
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "registry_bench.py"), "--tasks", "6",
-         "--small-tasks", "3", "--per-task", "2", "--repeats", "5", "--publish", "4",
-         "--pool", "8", "--out", str(tmp_path / "bench")],
-        capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
-    assert out.returncode == 0, out.stderr[-3000:]
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result = _bench(tmp_path)
     assert result["sizes"] == {"small": 6, "large": 12}
     for side in ("ours_small", "ours_large", "mlflow_small"):
         assert result[side]["alias_lookup"]["p95_ms"] > 0
     assert result["mlflow_small"]["metric_threshold"] is None
     assert result["publish_per_s"]["ours_large"] > 0
+    assert result["publish_per_s"]["ours_large_concurrent_2"] > 0
+    assert result["publish_concurrent"]["verified"]
     assert set(result["targets"]) == {"p95_under_5ms_at_large", "10x_faster_than_mlflow",
                                       "publish_5x_mlflow"}
+
+
+def test_registry_bench_on_postgresql(tmp_path):
+    try:
+        socket.create_connection(("127.0.0.1", 5432), timeout=1).close()
+    except OSError:
+        pytest.skip("PostgreSQL is not listening on 127.0.0.1:5432")
+    admin = os.environ.get("PEFTOPS_TEST_PG_ADMIN_URL",
+                           "postgresql://postgres@127.0.0.1:5432/postgres")
+    result = _bench(tmp_path, "--backend", "postgresql", "--pg-url", admin, "--pg-db",
+                    f"peftops_bench_registry_test_{secrets.token_hex(4)}")
+    assert result["backends"] == ["postgresql"] and "ours_large" not in result
+    pg = result["postgresql"]
+    assert pg["ours_large"]["metric_threshold"]["p95_ms"] > 0
+    assert pg["publish_per_s"]["ours_large_concurrent_2"] > 0
+    assert pg["publish_concurrent"]["verified"]
+    assert pg["targets"]["10x_faster_than_mlflow"] is None  # no SQLite run, no MLflow
