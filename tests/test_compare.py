@@ -115,6 +115,17 @@ def test_compare_cli_rejects_an_unknown_method_in_one_line(tmp_path):
 
     r = CliRunner().invoke(app, ["compare", "--task", "sst2", "--methods", "lora,nope", "--home", str(tmp_path)])
     assert r.exit_code == 1 and "unknown method 'nope'" in r.output and "Traceback" not in r.output
+    r = CliRunner().invoke(app, ["compare", "--task", "sst2", "--latency-batch-sizes", "1,x", "--home", str(tmp_path)])
+    assert r.exit_code == 1 and "latency_batch_sizes" in r.output and "Traceback" not in r.output
+
+
+def test_latency_batch_sizes_parse():
+    from peftops.reports.compare import parse_batch_sizes
+
+    assert parse_batch_sizes("1, 16") == (1, 16)
+    for bad in ("", "0", "1,-2", "a"):
+        with pytest.raises(ConfigError, match="latency_batch_sizes"):
+            parse_batch_sizes(bad)
 
 
 def test_compare_runs_every_registered_method(prefect_harness, tiny_params, compare_cfg, tmp_path):

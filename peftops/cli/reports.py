@@ -38,10 +38,14 @@ def compare(task: str = typer.Option(..., "--task", "-t", help="a task of the ma
             reuse: bool = typer.Option(False, help="take cache hits: stages whose inputs are unchanged since any "
                                                    "earlier run (compare, demo, fleet) are not run again"),
             threads: Optional[int] = typer.Option(None, help="torch threads (on a shared CPU, 1 is often fastest)"),
+            latency_batch_sizes: str = typer.Option("1,16", "--latency-batch-sizes",
+                                                    help="comma-separated batch sizes the latency is timed at"),
+            latency_batches: int = typer.Option(3, "--latency-batches", min=1,
+                                                help="timed batches per batch size, after one warm-up (median)"),
             as_json: bool = typer.Option(False, "--json", help="print the results as JSON")) -> None:
     """Train every method at the same budget, evaluate against FFT, measure cost, latency, forgetting."""
     from flows.compare import run_compare
-    from peftops.reports.compare import CompareConfig, parse_methods
+    from peftops.reports.compare import CompareConfig, parse_batch_sizes, parse_methods
     from peftops.reports.comparison_files import write_summary
     from peftops.config import state_home
     from peftops.reports.tables import compare_rich_table
@@ -52,7 +56,8 @@ def compare(task: str = typer.Option(..., "--task", "-t", help="a task of the ma
     results = []
     for t in [x.strip() for x in task.split(",") if x.strip()]:
         cfg = CompareConfig(task=t, methods=parse_methods(methods), out_dir=str(out), reuse=reuse, command=command,
-                            threads=threads)
+                            threads=threads, latency_batches=latency_batches,
+                            latency_batch_sizes=parse_batch_sizes(latency_batch_sizes))
         r = run_compare(p, cfg, home, progress=not as_json)
         results.append(r)
         if not as_json:

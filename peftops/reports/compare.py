@@ -16,6 +16,7 @@ from typing import Annotated, Any, ClassVar
 from pydantic import Field, field_validator
 
 from peftops.config import Config, FieldError
+from peftops.errors import ConfigError
 from peftops.evaluation.forgetting import ForgettingConfig
 from peftops.evaluation.measure import BatchSizes, MeasureConfig
 from peftops.methods import available_methods
@@ -65,6 +66,18 @@ def parse_methods(text: str) -> tuple[str, ...]:
         names = available_methods()
         return tuple([m for m in names if m != "full"] + (["full"] if "full" in names else []))
     return tuple(m.strip() for m in text.split(",") if m.strip())
+
+
+def parse_batch_sizes(text: str) -> tuple[int, ...]:
+    """``'1,16'`` -> ``(1, 16)``; anything but positive integers is a ``ConfigError`` naming the option."""
+    try:
+        sizes = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        sizes = ()
+    if not sizes or min(sizes) < 1:
+        raise ConfigError("compare.latency_batch_sizes",
+                          f"batch sizes must be comma-separated positive integers, got {text!r}", "--latency-batch-sizes")
+    return sizes
 
 
 def compare_row(task: str, method: str, ev: dict[str, Any], measure: dict[str, Any], train: dict[str, Any] | None,
