@@ -319,6 +319,16 @@ def _peak(runs: dict[str, list[dict]], who: str) -> float:  # the largest of the
     return max(r["peak_mb"] for r in runs[who])
 
 
+def _print_runs(runs: dict[str, list[dict]], seeds: list[int], contenders: tuple[str, ...], name_width: int,
+                columns: tuple[tuple[str, str, int, str], ...]) -> None:
+    """One line per contender and seed: examples/s, peak MB, then ``columns`` (title, key, width, format)."""
+    cols = (("examples/s", "examples_per_s", 10, ".2f"), ("peak MB", "peak_mb", 9, ".0f"), *columns)
+    print(f"{'contender':{name_width}} {'seed':>4} " + " ".join(f"{t:>{w}}" for t, _, w, _ in cols))
+    for who in contenders:
+        for seed, r in zip(seeds, runs[who]):
+            print(f"{CONTENDERS[who][0]:{name_width}} {seed:4d} " + " ".join(f"{r[k]:{w}{f}}" for _, k, w, f in cols))
+
+
 def generation_summary(args, runs: dict[str, list[dict]], seeds: list[int], load_before, load_after) -> dict:
     """Print the generation table; return its figures. The peer is scored in its best configuration
     (the faster of fp32 and bf16 on the first seed, the only one it then runs), peftops in its
@@ -326,13 +336,9 @@ def generation_summary(args, runs: dict[str, list[dict]], seeds: list[int], load
     print(f"\n{GEN_TASK} (generation), batch {args.batch}, {args.steps} steps, dev {args.gen_dev} prompts "
           f"(greedy); LoRA r=16 alpha=32 all linear, lr {LORA['lr']}; seeds {seeds}; {os.cpu_count()} CPUs, "
           f"load {load_before[0]:.2f} -> {load_after[0]:.2f}")
-    print(f"{'contender':38} {'seed':>4} {'examples/s':>10} {'peak MB':>9} {'ROUGE-L':>8} {'tok F1':>7} "
-          f"{'eval ex/s':>9} {'train s':>8} {'final loss':>10}")
-    for who in GENERATION:
-        for seed, r in zip(seeds, runs[who]):
-            print(f"{CONTENDERS[who][0]:38} {seed:4d} {r['examples_per_s']:10.2f} {r['peak_mb']:9.0f} "
-                  f"{r['rouge_l']:8.4f} {r['token_f1']:7.4f} {r['eval_examples_per_s']:9.2f} {r['train_s']:8.1f} "
-                  f"{r['final_loss']:10.4f}")
+    _print_runs(runs, seeds, GENERATION, 38, (("ROUGE-L", "rouge_l", 8, ".4f"), ("tok F1", "token_f1", 7, ".4f"),
+                                             ("eval ex/s", "eval_examples_per_s", 9, ".2f"),
+                                             ("train s", "train_s", 8, ".1f"), ("final loss", "final_loss", 10, ".4f")))
     peer = max(("gen-peer", "gen-peer-bf16"), key=lambda w: (len(runs[w]), _mean(runs, w, "examples_per_s")))
     ours = "gen-lora-bf16"
     return {
@@ -367,13 +373,10 @@ def classification_summary(args, runs: dict[str, list[dict]], seeds: list[int], 
     print(f"\nSST-2, batch {args.batch}, {args.steps} steps, dev {args.dev}; LoRA r=16 alpha=32 all linear, "
           f"lr {LORA['lr']}, FFT lr {FULL['lr']}; seeds {seeds}; {os.cpu_count()} CPUs, "
           f"load {load_before[0]:.2f} -> {load_after[0]:.2f}")
-    print(f"{'contender':32} {'seed':>4} {'examples/s':>10} {'peak MB':>9} {'dev acc':>8} {'eval ex/s':>9} "
-          f"{'train s':>8} {'CPU s':>8} {'final loss':>10}")
-    for who in CLASSIFICATION:
-        for seed, r in zip(seeds, runs[who]):
-            print(f"{CONTENDERS[who][0]:32} {seed:4d} {r['examples_per_s']:10.2f} {r['peak_mb']:9.0f} "
-                  f"{r['dev_acc']:8.3f} {r['eval_examples_per_s']:9.1f} {r['train_s']:8.1f} {r['cpu_s']:8.1f} "
-                  f"{r['final_loss']:10.4f}")
+    _print_runs(runs, seeds, CLASSIFICATION, 32, (("dev acc", "dev_acc", 8, ".3f"),
+                                                  ("eval ex/s", "eval_examples_per_s", 9, ".1f"),
+                                                  ("train s", "train_s", 8, ".1f"), ("CPU s", "cpu_s", 8, ".1f"),
+                                                  ("final loss", "final_loss", 10, ".4f")))
     ours_ex, peer_ex = mean("lora", "examples_per_s"), mean("peer", "examples_per_s")
     bf16_ex, peer_bf16_ex = mean("lora-bf16", "examples_per_s"), mean("peer-bf16", "examples_per_s")
     peer_best = max(peer_ex, peer_bf16_ex)
