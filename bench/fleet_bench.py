@@ -1,5 +1,6 @@
 # .venv/bin/python -m bench.fleet_bench 1 2                 (local runner by max_concurrency, tiny models)
-# .venv/bin/python -m bench.fleet_bench --runners [--smoke]  (local vs Ray 1x2 vs Ray 2x1, then 1,000 tiny tasks)
+# .venv/bin/python -m bench.fleet_bench --runners [--smoke] [--only runners|orchestration] [--orch-tasks N]
+#     (local vs Ray 1x2 vs Ray 2x1 on the real base, then 1,000 tiny tasks on Ray 2x1)
 """Fleet wall time.
 
 Default: 4 tiny SST-2-shaped tasks (LoRA, 12 steps) for each ``max_concurrency`` given, from a
@@ -74,17 +75,22 @@ def fixed_overhead(report: dict) -> list[float]:
     return out
 
 
-def runners(smoke: bool) -> dict:
+VARIANTS = {"local": {"runner": "local"},
+            "ray_1x2": {"runner": "ray", "address": "", "num_cpus": 2},
+            "ray_2x1": {"runner": "ray", "address": "", "num_cpus": 1}}
+
+
+def runners(smoke: bool, n_orch: int | None = None, only: str = "all") -> dict:
+    """``only``: ``all``, ``runners`` (the three contenders) or ``orchestration`` (the tiny fleet)."""
     tmp = Path(tempfile.mkdtemp(prefix="peftops-bench-runners-"))
     if smoke:
-        params, names, n_orch = tiny_params(tmp, TASKS, 4), list(TASKS), 16
+        params, names, n_orch = tiny_params(tmp, TASKS, 4), list(TASKS), n_orch or 16
     else:
         params, names = real_params(tmp, 20)
-        n_orch = 1000
-    variants = {"local": {"runner": "local"},
-                "ray_1x2": {"runner": "ray", "address": "", "num_cpus": 2},
-                "ray_2x1": {"runner": "ray", "address": "", "num_cpus": 1}}
+        n_orch = n_orch or 1000
+    variants = VARIANTS if only != "orchestration" else {}
     res: dict = {}
+    out: dict = {"smoke": smoke}
     with prefect_test_harness():
         from prefect.settings import PREFECT_API_URL
 
@@ -104,12 +110,22 @@ def runners(smoke: bool) -> dict:
                           "fixed_overhead_s": round(sum(fixed) / len(fixed), 2),
                           "fixed_overhead_frac": round(sum(fixed) / sum(o["seconds"] for o in rep["tasks"].values()), 3)}
             print(f"{label}: {len(names)} tasks in {secs:.1f}s, {res[label]}", flush=True)
+        if variants:
+            local, r1, r2 = (res[k]["adapters_per_h"] for k in ("local", "ray_1x2", "ray_2x1"))
+            out.update({"tasks": len(names), "local_adapters_per_h": local, "ray_1x2_adapters_per_h": r1,
+                        "ray_2x1_adapters_per_h": r2, "ray_2x1_vs_local": round(r2 / local, 3),
+                        "ray_2x1_vs_ideal": round(r2 / (2 * r1), 3),
+                        "seconds": {k: v["seconds"] for k, v in res.items()},
+                        "fixed_overhead_s": {k: v["fixed_overhead_s"] for k, v in res.items()},
+                        "fixed_overhead_frac": {k: v["fixed_overhead_frac"] for k, v in res.items()}})
+        if only == "runners":
+            return out
         orch_names = [f"o{i:04d}" for i in range(n_orch)]
         orch = tiny_params(tmp, orch_names, 1)
         home = tmp / "home-orch"
         make_snapshot(home)
         t0 = time.perf_counter()
-        rep = fleet(methods=["lora"], home=str(home), params=orch, fleet_cfg=variants["ray_2x1"])
+        rep = fleet(methods=["lora"], home=str(home), params=orch, fleet_cfg=VARIANTS["ray_2x1"])
         secs = time.perf_counter() - t0
         stages: dict[str, float] = {}
         for o in rep["tasks"].values():
@@ -119,14 +135,11 @@ def runners(smoke: bool) -> dict:
         breakdown = {k: round(v / n_orch, 3) for k, v in stages.items()}
         breakdown["other (flow run, MLflow runs, Ray)"] = round((task_s - sum(stages.values())) / n_orch, 3)
         print(f"orchestration: {n_orch} one-step tiny tasks in {secs:.1f}s; per task {breakdown}", flush=True)
-    local, r1, r2 = (res[k]["adapters_per_h"] for k in ("local", "ray_1x2", "ray_2x1"))
-    return {"smoke": smoke, "tasks": len(names), "local_adapters_per_h": local, "ray_1x2_adapters_per_h": r1,
-            "ray_2x1_adapters_per_h": r2, "ray_2x1_vs_local": round(r2 / local, 3),
-            "ray_2x1_vs_ideal": round(r2 / (2 * r1), 3),
-            "fixed_overhead_s": {k: v["fixed_overhead_s"] for k, v in res.items()},
-            "fixed_overhead_frac": {k: v["fixed_overhead_frac"] for k, v in res.items()},
-            "orchestration_tasks": n_orch, f"orchestration_s_per_task_{n_orch}": round(secs / n_orch, 3),
-            "orchestration_s_per_task_1000": round(secs / n_orch, 3), "orchestration_breakdown_s": breakdown}
+    out.update({"orchestration_tasks": n_orch, f"orchestration_s_per_task_{n_orch}": round(secs / n_orch, 3),
+                "orchestration_breakdown_s": breakdown})
+    if n_orch == 1000:
+        out["orchestration_s_per_task_1000"] = round(secs / n_orch, 3)
+    return out
 
 
 def main(concurrency: list[int]) -> None:
@@ -149,6 +162,10 @@ def main(concurrency: list[int]) -> None:
 if __name__ == "__main__":
     args = sys.argv[1:]
     if "--runners" in args:
-        print(json.dumps(runners("--smoke" in args)))
+        def opt(name: str, default=None):
+            return args[args.index(name) + 1] if name in args else default
+
+        n = opt("--orch-tasks")
+        print(json.dumps(runners("--smoke" in args, int(n) if n else None, opt("--only", "all"))))
     else:
         main([int(a) for a in args] or [1, 2])

@@ -24,6 +24,7 @@ fleet-wide lock; the ``fleet-task`` deployment in ``prefect.yaml`` runs one task
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -37,10 +38,12 @@ from peftops.config import PipelineParams, for_task, load_params, state_home
 from peftops.config import FleetConfig, fleet_config
 from peftops.fsutil import write_json_atomic
 from peftops.pipeline.tracking import Tracker
+from peftops.training.memory import freeze_heap
 from tasks import base_task
 
 DEFAULT_METHODS = ("lora",)
 REPORT = "fleet-report.json"
+_HEAP_FROZEN: list[bool] = []
 
 
 class FleetFailed(RuntimeError):
@@ -62,8 +65,34 @@ def adapter_pipeline(task: str | None = None, methods: list[str] | tuple[str, ..
     merge (LoRA), publish, tracked in MLflow (``run_tags`` on the parent run); unchanged stages are
     cache hits."""
     p = for_task(params or load_params(params_file), task)
-    return run_pipeline(p, home, PipelineOptions(methods=tuple(methods), source="pipeline", progress=progress,
-                                                 refresh=not cache, parent_tags=dict(run_tags or {})))
+    with untagged_task_runs():
+        return run_pipeline(p, home, PipelineOptions(methods=tuple(methods), source="pipeline", progress=progress,
+                                                     refresh=not cache, parent_tags=dict(run_tags or {})))
+
+
+@contextlib.contextmanager
+def untagged_task_runs():
+    """The stage task runs of a pipeline carry no tags: the flow run keeps its tags (``fleet``,
+    ``fleet-run:<id>``, ``task:<name>``), while a tagged task run costs a tag-concurrency slot
+    lease from the Prefect server before it starts and a release after (two round trips per
+    stage, about an eighth of a one-step task's time on a Ray worker, profiled with py-spy)."""
+    from prefect.context import TagsContext
+
+    with TagsContext(current_tags=set()):
+        yield
+
+
+@contextlib.contextmanager
+def task_flow_settings():
+    """Settings for a fleet task's flow run: no flow-run heartbeats. Prefect's heartbeat thread
+    sleeps in one-second steps and the run's exit waits for it, about 0.5 s per task run (a
+    profile of one-step tiny tasks); a fleet detects its own dead tasks instead (the Ray runner
+    marks a dead attempt's flow run Crashed, ``flows.ray_fleet``), and the fleet's own flow run
+    keeps its heartbeats."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        yield
 
 
 def outcome(state, seconds: float) -> dict[str, Any]:
@@ -110,10 +139,15 @@ def fleet(tasks: list[str] | None = None, methods: list[str] | tuple[str, ...] =
         outcomes = run_on_ray(names, tuple(methods), home, params, cfg, str(flow_run.id or ""), progress)
         return _report(home, outcomes, methods, max_concurrency, time.perf_counter() - t0, note, cfg)
 
+    if not _HEAP_FROZEN:  # once per process: the tasks' collections skip what the imports left alive
+        _HEAP_FROZEN.append(True)
+        freeze_heap()
+
     def one(name: str):
         t = time.perf_counter()
-        state = adapter_pipeline(task=name, methods=tuple(methods), home=home, progress=progress,
-                                 params=params, return_state=True)
+        with task_flow_settings():
+            state = adapter_pipeline(task=name, methods=tuple(methods), home=home, progress=progress,
+                                     params=params, return_state=True)
         return name, state, time.perf_counter() - t
 
     with ThreadPoolExecutor(max_workers=max(1, max_concurrency), thread_name_prefix="fleet") as pool:

@@ -42,6 +42,9 @@ SHARED_ENV = (
 )
 
 
+_RAN_IN_THIS_PROCESS: list[str] = []  # the tasks this worker process has run (its first one freezes the heap)
+
+
 def worker_env() -> dict[str, str]:
     """The driver's values of ``SHARED_ENV``, and a PYTHONPATH that finds this project first."""
     env = {k: os.environ[k] for k in SHARED_ENV if os.environ.get(k)}
@@ -118,11 +121,15 @@ def run_task(name: str, methods: tuple[str, ...], home: str, params: PipelinePar
     import torch
     from prefect import tags
 
-    from flows.fleet import adapter_pipeline, outcome
+    from flows.fleet import adapter_pipeline, outcome, task_flow_settings
     from peftops.pipeline.env import apply_defaults
+    from peftops.training.memory import freeze_heap
 
     apply_defaults()
     torch.set_num_threads(threads)  # Ray sets OMP_NUM_THREADS=1 in workers; use the task's CPUs
+    first = not _RAN_IN_THIS_PROCESS
+    if first:
+        freeze_heap()  # a warm worker's imports are not garbage: keep the per-training collection short
     path = attempts_file(home, fleet_run_id, name)
     previous = read_attempts(path)
     attempt = len(previous) + 1
@@ -131,10 +138,13 @@ def run_task(name: str, methods: tuple[str, ...], home: str, params: PipelinePar
     if previous and not previous[-1]["finished"]:
         _close_dead_attempts(name, fleet_run_id, home, retry_reasons(previous + [{}])[-1])
     t0 = time.perf_counter()
-    with tags("fleet", f"fleet-run:{fleet_run_id}", f"task:{name}"):
+    with tags("fleet", f"fleet-run:{fleet_run_id}", f"task:{name}"), task_flow_settings():
         state = adapter_pipeline(task=name, methods=methods, home=home, progress=progress, params=params,
                                  run_tags={RUN_TAG: fleet_run_id}, return_state=True)
     line = outcome(state, time.perf_counter() - t0)
+    if first:  # again, once the first task's lazy imports (model classes, peft) and the warm base exist
+        _RAN_IN_THIS_PROCESS.append(name)
+        freeze_heap()
     line["worker"] = {"pid": os.getpid(), "host": socket.gethostname(), "threads": torch.get_num_threads()}
     _append(path, {"event": "finish", "attempt": attempt, "pid": os.getpid(), "status": line["status"]})
     return line
@@ -191,8 +201,10 @@ def run_on_ray(names: list[str], methods: tuple[str, ...], home: str | None, par
                 outcomes[name] = ray.get(ref)
             except Exception as err:  # the workers kept dying (or the cluster went away)
                 msg = str(err).strip().splitlines()
+                error = f"{type(err).__name__}: {msg[0] if msg else ''}"
                 outcomes[name] = {"status": "failed", "seconds": round(time.perf_counter() - t0[name], 2),
-                                  "error": f"{type(err).__name__}: {msg[0] if msg else ''}", "state": "Crashed"}
+                                  "error": error, "state": "Crashed"}
+                _close_quietly(name, fleet_run_id, home, f"the fleet gave up on this task: {error}")
             attempts = read_attempts(attempts_file(home, fleet_run_id, name))
             outcomes[name]["attempts"] = len(attempts)
             outcomes[name]["retried"] = retry_reasons(attempts) + (
@@ -203,6 +215,16 @@ def run_on_ray(names: list[str], methods: tuple[str, ...], home: str | None, par
     finally:
         if started:
             ray.shutdown()
+
+
+def _close_quietly(task: str, fleet_run_id: str, home: str | None, reason: str) -> None:
+    """Close what the last dead attempt left Running (its runs send no heartbeats to time out);
+    the report already says the task failed, so a tracking server that is down as well is not a
+    second error."""
+    try:
+        _close_dead_attempts(task, fleet_run_id, home, reason)
+    except Exception:  # noqa: BLE001 - best effort; the failure itself is reported
+        pass
 
 
 def _resumed_from(home: str | None, task: str, methods: tuple[str, ...]) -> dict[str, int]:

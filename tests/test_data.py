@@ -98,3 +98,25 @@ def test_manifest_validation_names_entry_and_field(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_manifest(m)
     assert "tasks.mine.template" in str(err.value) and str(m) in str(err.value)
+
+
+def test_a_manifest_is_parsed_once_per_content_and_again_when_edited(tmp_path, monkeypatch):
+    """Every stage of every fleet task looks its entry up: an unchanged manifest is not re-parsed,
+    an edited one is, and a caller extending the returned mapping does not change the next one."""
+    import peftops.data.manifest as manifest
+
+    parses = []
+    real = manifest.load_yaml
+    monkeypatch.setattr(manifest, "load_yaml", lambda p, what: parses.append(p) or real(p, what))
+    m = tmp_path / "tasks.yaml"
+    entry = ("  {name}:\n    train: a.tsv\n    dev: b.tsv\n    template: '{{sentence}}'\n    fields: {{sentence: s}}\n"
+             "    labels: {{'0': ' no', '1': ' yes'}}\n    label_field: label\n")
+    m.write_text("tasks:\n" + entry.format(name="one"))
+    first = manifest.load_manifest(m)
+    first["intruder"] = first["one"]
+    assert sorted(manifest.load_manifest(m)) == ["one"] and len(parses) == 1
+    for _ in range(3):
+        assert get_task("one", m).name == "one"
+    assert parses.count(m) == 1  # the embedded manifest may be parsed once too, never this one again
+    m.write_text("tasks:\n" + entry.format(name="one") + entry.format(name="two"))
+    assert sorted(manifest.load_manifest(m)) == ["one", "two"] and parses.count(m) == 2

@@ -116,6 +116,13 @@ def test_a_fleet_on_ray_publishes_each_adapter_once_through_the_shared_services(
     runs = _flow_runs(f"fleet-run:{report['flow_run_id']}")
     assert sorted(r.name.removeprefix("pipeline-") for r in runs) == sorted(TASKS)
     assert all(r.state.is_completed() for r in runs)
+    assert all({"fleet", f"task:{r.name.removeprefix('pipeline-')}"} <= set(r.tags) for r in runs)
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as prefect:  # the stage task runs carry no tags (no slot leases)
+        stage_runs = prefect.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[r.id for r in runs])))
+    assert stage_runs and not any(tr.tags for tr in stage_runs)
 
 
 def test_a_worker_killed_mid_training_is_retried_and_resumes(ray_stack):

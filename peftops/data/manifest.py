@@ -12,6 +12,7 @@ data root and must stay inside it (``../`` that climbs out is refused; see :func
 
 from __future__ import annotations
 
+import hashlib
 import os
 import string
 from pathlib import Path
@@ -276,13 +277,32 @@ def parse_task(name: str, entry: Any, source: str) -> TaskSpec:
     return validate(TaskSpec, {**entry, "name": str(name), "source": source}, prefix, source)
 
 
+# Validated manifests by path and content digest: every stage of every task looks its entry up,
+# and a fleet's manifest holds every task, so re-parsing it per lookup made a task's cost grow with
+# the fleet (a 1,000-entry manifest parsed eight times per task). Reading and hashing the bytes
+# is cheap; an edited file is parsed again.
+_PARSED: dict[tuple[str, str], dict[str, TaskSpec]] = {}
+_PARSED_MAX = 8
+
+
 def load_manifest(path: str | Path | None = None) -> dict[str, TaskSpec]:
     """Read and validate a task manifest (the embedded one when ``path`` is None)."""
     p = Path(path) if path else EMBEDDED_MANIFEST
+    try:
+        key: tuple[str, str] | None = (str(p.resolve()), hashlib.sha256(p.read_bytes()).hexdigest())
+    except OSError:
+        key = None  # load_yaml names the missing or unreadable file
+    if key is not None and key in _PARSED:
+        return dict(_PARSED[key])  # TaskSpec is frozen; the dict is the caller's to extend
     raw = load_yaml(p, "manifest")
     if not isinstance(raw, dict) or not isinstance(raw.get("tasks"), dict):
         raise ConfigError("tasks", "the manifest needs a top-level 'tasks' mapping", str(p))
-    return {str(name): parse_task(str(name), entry, str(p)) for name, entry in raw["tasks"].items()}
+    tasks = {str(name): parse_task(str(name), entry, str(p)) for name, entry in raw["tasks"].items()}
+    if key is not None:
+        if len(_PARSED) >= _PARSED_MAX:
+            _PARSED.pop(next(iter(_PARSED)))
+        _PARSED[key] = tasks
+    return dict(tasks)
 
 
 def all_tasks(manifest: str | Path | None = None) -> dict[str, TaskSpec]:
