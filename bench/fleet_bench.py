@@ -69,21 +69,27 @@ def real_params(tmp: Path, steps: int) -> tuple[PipelineParams, list[str]]:
     return p, sorted(entries)
 
 
-def fixed_overhead(report: dict) -> list[float]:
-    """Per task: wall seconds minus the training loop and the evaluation stage."""
-    out = []
-    for o in report["tasks"].values():
-        train = sum(r.get("train_time_s") or 0 for r in o["rows"])
-        out.append(o["seconds"] - train - o["stage_seconds"].get("evaluate", 0.0))
-    return out
+def overheads(report: dict, steps: int, demo_steps: int) -> dict:
+    """A fleet's per-task costs beside its training and evaluation loops (means over its tasks).
 
-
-VARIANTS = {"local": {"runner": "local"},
-            "ray_1x2": {"runner": "ray", "address": "", "num_cpus": 2},
-            "ray_2x1": {"runner": "ray", "address": "", "num_cpus": 1},
-            # one single-thread worker alone: a 1.5-CPU request fits once on the 2-CPU private
-            # cluster, and its torch threads are int(1.5) = 1 (the ideal for two cores is twice this)
-            "ray_1x1": {"runner": "ray", "address": "", "num_cpus": 1.5}}
+    ``fixed_overhead_s``: wall seconds less the training loop and the evaluation stage (base and
+    adapter); it includes the merge. ``merge_s``: the merge stage alone (model loads, the fp32
+    fold, and the parity certificate's forward passes over ``merge.probe_size`` probes through both
+    models, the part that grows with the task's sequence length). ``setup_s``: the rest (pinning
+    the base, preparing the data, building models, checkpoints, tracking, publishing, Prefect).
+    ``demo_training_s``: a demo-budget LoRA training (``demo_steps``) at this run's seconds per step.
+    """
+    tasks = list(report["tasks"].values())
+    loop = [sum(r.get("train_time_s") or 0 for r in o["rows"]) for o in tasks]
+    fixed = [o["seconds"] - lp - o["stage_seconds"].get("evaluate", 0.0) for o, lp in zip(tasks, loop)]
+    merge = [o["stage_seconds"].get("merge", 0.0) for o in tasks]
+    demo = demo_steps * sum(loop) / steps / len(tasks)
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    return {"fixed_overhead_s": round(mean(fixed), 2), "merge_s": round(mean(merge), 2),
+            "setup_s": round(mean(fixed) - mean(merge), 2), "demo_training_s": round(demo, 1),
+            "fixed_overhead_frac": round(mean(fixed) / demo, 3),
+            "setup_frac": round((mean(fixed) - mean(merge)) / demo, 3),
+            "fixed_overhead_frac_of_task": round(sum(fixed) / sum(o["seconds"] for o in tasks), 3)}
 
 
 def runners(smoke: bool, n_orch: int | None = None, only: str = "all") -> dict:
@@ -116,17 +122,8 @@ def runners(smoke: bool, n_orch: int | None = None, only: str = "all") -> dict:
             t0 = time.perf_counter()
             rep = fleet(methods=["lora"], home=str(home), params=params, fleet_cfg=cfg, max_concurrency=1)
             secs = time.perf_counter() - t0
-            fixed = fixed_overhead(rep)
-            # a demo-budget LoRA training (``demo_steps``), from this run's loop time per step
-            per_step = [r["train_time_s"] / steps for o in rep["tasks"].values() for r in o["rows"]
-                        if r.get("train_time_s")]
-            demo_train_s = demo_steps * sum(per_step) / len(per_step)
             res[label] = {"seconds": round(secs, 1), "adapters_per_h": round(len(names) * 3600 / secs, 1),
-                          "fixed_overhead_s": round(sum(fixed) / len(fixed), 2),
-                          "demo_training_s": round(demo_train_s, 1),
-                          "fixed_overhead_frac": round(sum(fixed) / len(fixed) / demo_train_s, 3),
-                          "fixed_overhead_frac_of_task": round(
-                              sum(fixed) / sum(o["seconds"] for o in rep["tasks"].values()), 3)}
+                          **overheads(rep, steps, demo_steps)}
             print(f"{label}: {len(names)} tasks in {secs:.1f}s, {res[label]}", flush=True)
         if variants:
             local, r1, r2, r11 = (res[k]["adapters_per_h"] for k in ("local", "ray_1x2", "ray_2x1", "ray_1x1"))
@@ -135,10 +132,9 @@ def runners(smoke: bool, n_orch: int | None = None, only: str = "all") -> dict:
                         "ray_2x1_vs_local": round(r2 / local, 3), "ray_2x1_vs_1x2": round(r2 / r1, 3),
                         "ray_2x1_vs_ideal": round(r2 / (2 * r11), 3),
                         "seconds": {k: v["seconds"] for k, v in res.items()},
-                        "fixed_overhead_s": {k: v["fixed_overhead_s"] for k, v in res.items()},
-                        "demo_training_s": {k: v["demo_training_s"] for k, v in res.items()},
-                        "fixed_overhead_frac": {k: v["fixed_overhead_frac"] for k, v in res.items()},
-                        "fixed_overhead_frac_of_task": {k: v["fixed_overhead_frac_of_task"] for k, v in res.items()}})
+                        **{key: {k: v[key] for k, v in res.items()} for key in (
+                            "fixed_overhead_s", "merge_s", "setup_s", "demo_training_s", "fixed_overhead_frac",
+                            "setup_frac", "fixed_overhead_frac_of_task")}})
         if only == "runners":
             return out
         orch_names = [f"o{i:04d}" for i in range(n_orch)]

@@ -1,5 +1,7 @@
 """The pinned snapshot: digest, verification, corruption."""
 
+import json
+
 import pytest
 
 from peftops.model.snapshot import PINNED_FILES, open_snapshot
@@ -77,3 +79,23 @@ def test_gemma3_chat_template_is_pinned_with_the_snapshot(tmp_path):
     (plain.path / CHAT_TEMPLATE_FILE).write_text("{{ bos_token }}")  # dropped in by hand: unpinned
     with pytest.raises(SnapshotError, match="not in the snapshot manifest"):
         open_snapshot(plain.path)
+
+
+def test_the_digest_does_not_depend_on_how_the_tokenizer_was_loaded(tmp_path):
+    """A snapshot built offline (HF_HUB_OFFLINE=1: the tokenizer is loaded with local_files_only)
+    pins the same digest as one built online: load options are not part of the model."""
+    from transformers import AutoTokenizer
+
+    from peftops.model.snapshot import snapshot_dir, write_snapshot
+    from tiny import tiny_model, tiny_tokenizer
+
+    tiny_tokenizer().save_pretrained(tmp_path / "tok")
+    model = tiny_model(0, vocab_size=len(tiny_tokenizer()))
+    digests = []
+    for offline in (True, False):
+        tok = AutoTokenizer.from_pretrained(tmp_path / "tok", local_files_only=offline)
+        snap = write_snapshot(model, tok, snapshot_dir("m", tmp_path / f"home-{offline}"), "m")
+        cfg = json.loads((snap.path / "tokenizer_config.json").read_text())
+        assert "local_files_only" not in cfg
+        digests.append(snap.digest)
+    assert digests[0] == digests[1]

@@ -69,6 +69,22 @@ def snapshot_dir(name: str, home: str | Path | None = None) -> Path:
     return state_home(home) / "base" / name
 
 
+# Options of the call that loaded the tokenizer, which ``save_pretrained`` writes back into
+# tokenizer_config.json: with them the snapshot's digest would depend on the environment it was
+# built in (HF_HUB_OFFLINE=1 records local_files_only: true), not only on the model.
+LOAD_OPTIONS = ("local_files_only", "cache_dir", "force_download", "proxies", "token", "revision",
+                "subfolder", "_commit_hash", "trust_remote_code")
+
+
+def _drop_load_options(path: Path) -> None:
+    if not path.exists():
+        return
+    cfg = json.loads(path.read_text())
+    if any(k in cfg for k in LOAD_OPTIONS):
+        path.write_text(json.dumps({k: v for k, v in cfg.items() if k not in LOAD_OPTIONS},
+                                   indent=2, ensure_ascii=False) + "\n")
+
+
 def write_snapshot(model: torch.nn.Module, tokenizer, out_dir: Path, name: str) -> BaseSnapshot:
     """Write ``model`` + ``tokenizer`` as a pinned snapshot (atomically) and return it.
 
@@ -99,6 +115,7 @@ def write_snapshot(model: torch.nn.Module, tokenizer, out_dir: Path, name: str) 
         cfg["architectures"] = [type(model).__name__]
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
         tokenizer.save_pretrained(str(tmp))
+        _drop_load_options(tmp / "tokenizer_config.json")
         missing = [f for f in PINNED_FILES if not (tmp / f).exists()]
         if missing:
             raise SnapshotError(f"snapshot for {name} is missing {', '.join(missing)} after writing")
