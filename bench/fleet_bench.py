@@ -92,8 +92,16 @@ def overheads(report: dict, steps: int, demo_steps: int) -> dict:
             "fixed_overhead_frac_of_task": round(sum(fixed) / sum(o["seconds"] for o in tasks), 3)}
 
 
+VARIANTS = {"local": {"runner": "local"},
+            "ray_1x2": {"runner": "ray", "address": "", "num_cpus": 2},
+            "ray_2x1": {"runner": "ray", "address": "", "num_cpus": 1},
+            # one single-thread worker alone: a 1.5-CPU request fits once on the 2-CPU private
+            # cluster, and its torch threads are int(1.5) = 1 (the ideal for two cores is twice this)
+            "ray_1x1": {"runner": "ray", "address": "", "num_cpus": 1.5}}
+
+
 def runners(smoke: bool, n_orch: int | None = None, only: str = "all") -> dict:
-    """``only``: ``all``, ``runners`` (the three contenders) or ``orchestration`` (the tiny fleet)."""
+    """``only``: ``all``, ``runners`` (the four contenders) or ``orchestration`` (the tiny fleet)."""
     tmp = Path(tempfile.mkdtemp(prefix="peftops-bench-runners-"))
     from peftops.config import load_params
 
