@@ -50,8 +50,8 @@ bench-train: $(STAMP)
 bench-registry: $(STAMP)
 	$(PY) bench/registry_bench.py --backend both
 
-# The fleet: local runner vs Ray (1 worker x 2 CPUs, 2 workers x 1 CPU) on the real base, then the
-# orchestration overhead per task at 1,000 tiny tasks (about 1-1.5 h on 2 cores).
+# The fleet: local runner vs Ray (1 worker x 2 CPUs, 2 workers x 1 CPU, 1 single-thread worker) on the
+# real base, then the orchestration overhead per task at 1,000 tiny tasks (about 1.5 h on 2 cores).
 bench-fleet: $(STAMP)
 	$(PY) -m bench.fleet_bench --runners
 
