@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import gc
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -43,7 +44,6 @@ from tasks import base_task
 
 DEFAULT_METHODS = ("lora",)
 REPORT = "fleet-report.json"
-_HEAP_FROZEN: list[bool] = []
 
 
 class FleetFailed(RuntimeError):
@@ -85,8 +85,7 @@ def untagged_task_runs():
 @contextlib.contextmanager
 def task_flow_settings():
     """Settings for a fleet task's flow run: no flow-run heartbeats. Prefect's heartbeat thread
-    sleeps in one-second steps and the run's exit waits for it, about 0.5 s per task run (a
-    profile of one-step tiny tasks); a fleet detects its own dead tasks instead (the Ray runner
+    sleeps in one-second steps and the run's exit waits for it, up to a second per task run; a fleet detects its own dead tasks instead (the Ray runner
     marks a dead attempt's flow run Crashed, ``flows.ray_fleet``), and the fleet's own flow run
     keeps its heartbeats."""
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
@@ -139,8 +138,7 @@ def fleet(tasks: list[str] | None = None, methods: list[str] | tuple[str, ...] =
         outcomes = run_on_ray(names, tuple(methods), home, params, cfg, str(flow_run.id or ""), progress)
         return _report(home, outcomes, methods, max_concurrency, time.perf_counter() - t0, note, cfg)
 
-    if not _HEAP_FROZEN:  # once per process: the tasks' collections skip what the imports left alive
-        _HEAP_FROZEN.append(True)
+    if not gc.get_freeze_count():  # once per process: the tasks' collections skip what the imports left alive
         freeze_heap()
 
     def one(name: str):

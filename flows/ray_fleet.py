@@ -17,6 +17,7 @@ version instead of a second one.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import socket
@@ -40,9 +41,6 @@ SHARED_ENV = (
     "DO_NOT_TRACK", "MLFLOW_DISABLE_TELEMETRY", "RAY_USAGE_STATS_ENABLED", "TOKENIZERS_PARALLELISM",
     "PEFTOPS_WORKER_SETUP", "PEFTOPS_WARM_BASE", LOOPBACK_VAR,
 )
-
-
-_RAN_IN_THIS_PROCESS: list[str] = []  # the tasks this worker process has run (its first one freezes the heap)
 
 
 def worker_env() -> dict[str, str]:
@@ -127,7 +125,7 @@ def run_task(name: str, methods: tuple[str, ...], home: str, params: PipelinePar
 
     apply_defaults()
     torch.set_num_threads(threads)  # Ray sets OMP_NUM_THREADS=1 in workers; use the task's CPUs
-    first = not _RAN_IN_THIS_PROCESS
+    first = not gc.get_freeze_count()  # this worker process's first task
     if first:
         freeze_heap()  # a warm worker's imports are not garbage: keep the per-training collection short
     path = attempts_file(home, fleet_run_id, name)
@@ -143,7 +141,6 @@ def run_task(name: str, methods: tuple[str, ...], home: str, params: PipelinePar
                                  run_tags={RUN_TAG: fleet_run_id}, return_state=True)
     line = outcome(state, time.perf_counter() - t0)
     if first:  # again, once the first task's lazy imports (model classes, peft) and the warm base exist
-        _RAN_IN_THIS_PROCESS.append(name)
         freeze_heap()
     line["worker"] = {"pid": os.getpid(), "host": socket.gethostname(), "threads": torch.get_num_threads()}
     _append(path, {"event": "finish", "attempt": attempt, "pid": os.getpid(), "status": line["status"]})

@@ -71,7 +71,7 @@ def freeze_heap() -> None:
     """Collect, then move every object alive now out of the collector's sight (``gc.freeze``).
     A long-lived process (a fleet, a Ray worker) holds ~600k objects from torch, transformers,
     Prefect and MLflow plus its warm base; without this each ``release_memory`` scans them all
-    (0.37-0.6 s per collection, once per training) though none is garbage. Objects created later
+    (0.37 s a collection after those imports, once per training) though none is garbage. Objects created later
     are collected as usual; a frozen object is freed by reference counting but never as part of
     a cycle, so call it where what is alive is meant to stay (after imports, after a worker's
     first task), not between tasks."""
