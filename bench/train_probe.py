@@ -1,4 +1,4 @@
-# .venv/bin/python bench/train_probe.py [--steps 6] [--threads 1]
+# .venv/bin/python bench/train_probe.py [--steps 6] [--threads 1] [--precision fp32|bf16] [--memory]
 """Where a peftops LoRA training step's memory and time go, on the real Gemma 3 270M.
 
 Two measurements behind BENCHMARKS.md's "what bounds it" paragraphs, on the same snapshot and
@@ -7,7 +7,10 @@ SST-2 split as ``bench/train_bench.py`` (run that once first: it prepares the sp
   1. resident memory after each import the training process needs (torch, transformers'
      modeling code, peft's LoRA) and after loading the model: the floor under any trainer;
   2. a torch.profiler table of ``--steps`` LoRA training steps (after two untimed ones), with
-     activation checkpointing, as ``peftops.training.loop.train`` runs them;
+     activation checkpointing, as ``peftops.training.loop.train`` runs them, in ``--precision``
+     (bf16: the frozen base in bf16, LoRA in fp32, products under autocast, as the loop does);
+     ``--memory`` adds where the step's resident memory peaks (forward, backward, optimizer) and
+     the profiler's largest allocations;
   3. what loading the tokenizer adds (peftops trains on tokenized splits and does not load it).
 """
 
@@ -37,6 +40,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=6, help="profiled steps")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    ap.add_argument("--memory", action="store_true", help="also where the step's memory peaks")
     args = ap.parse_args()
 
     print(f"resident at start: {rss_mb()} MB")
@@ -53,22 +58,26 @@ def main() -> None:
     from peftops.training.batching import build_batch, length_bucketed_batches, supervised_loss
     from peftops.data.prepared import load_prepared
     from peftops.methods import get_method, make_config
-    from peftops.training.memory import set_mmap_threshold, trim_heap
+    from peftops.training.kernels import fuse_rms_norms
+    from peftops.training.memory import PeakMemory, current_rss_bytes, set_mmap_threshold, trim_heap
     from peftops.training.loop import hf_model
+    from peftops.training.precision import autocast, place_parameters, storage_dtype
 
     torch.set_num_threads(args.threads)
     bench_args = argparse.Namespace(steps=30, batch=8, warmup=3, train=480, dev=200, seed=0, home=None,
-                                    threads=args.threads, checkpointing=True)
+                                    threads=args.threads, checkpointing=True,
+                                    task=tb.CLS_TASK, gen_dev=50)
     _, snap, train_path, _ = tb._setup(bench_args)
     split = load_prepared(train_path)
     before = rss_mb()
-    base = load_model(snap)
-    print(f"load model (memory-mapped)         +{rss_mb() - before:4d} MB  -> {rss_mb()} MB "
-          "(weights become resident as a step reads them)")
-
     method = get_method("lora")
+    base = load_model(snap, "cpu", storage_dtype(args.precision, method))
+    print(f"load model ({args.precision})                +{rss_mb() - before:4d} MB  -> {rss_mb()} MB "
+          "(fp32: memory-mapped, weights become resident as a step reads them)")
+
     torch.manual_seed(0)
-    model = method.apply(base, make_config("lora", tb.LORA))
+    model = place_parameters(method.apply(base, make_config("lora", tb.LORA)), args.precision)
+    fuse_rms_norms(model)  # as peftops.training.loop.train does
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=tb.LORA["lr"], fused=True)
     set_mmap_threshold()
@@ -77,25 +86,42 @@ def main() -> None:
     order = length_bucketed_batches([len(x) + 1 for x in split.input_ids], 8, 0, 0)
     pad = pad_token_id(snap)
 
+    phases: dict[str, float] = {}
+
+    def phase(name: str, mem) -> None:
+        phases[name] = max(phases.get(name, 0.0), mem.peak_mb)
+
     def step(i: int) -> None:
         rows = order[i]
         b = build_batch([split.input_ids[r] for r in rows],
                         [split.label_token_ids[split.labels[r]] for r in rows], pad)
-        loss = supervised_loss(model, b) / len(rows)
+        with PeakMemory() as mem:
+            with autocast("cpu", args.precision):
+                loss = supervised_loss(model, b) / len(rows)
+        phase("forward", mem)
         trim_heap()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        with PeakMemory() as mem:
+            loss.backward()
+        phase("backward", mem)
+        with PeakMemory() as mem:
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        phase("optimizer", mem)
         trim_heap()
 
     for i in range(2):
         step(i)
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    floor = current_rss_bytes() / 2**20
+    phases.clear()
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=args.memory) as prof:
         for i in range(2, 2 + args.steps):
             step(i)
-    print(f"after {2 + args.steps} steps: {rss_mb()} MB resident")
-    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
+    print(f"after {2 + args.steps} steps: {rss_mb()} MB resident; between steps {floor:.0f} MB; peak RSS by phase: "
+          + ", ".join(f"{k} {v:.0f} MB (+{v - floor:.0f})" for k, v in phases.items()))
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=44))
+    if args.memory:
+        print(prof.key_averages().table(sort_by="self_cpu_memory_usage", row_limit=12))
 
     from peftops.model.snapshot import load_tokenizer
 

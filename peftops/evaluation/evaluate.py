@@ -24,6 +24,7 @@ from peftops.training.batching import IGNORE, build_batch, forward_logits, super
 from peftops.data.prepared import PreparedSplit
 from peftops.evaluation.generate import generate_all, greedy_generate
 from peftops.evaluation.metrics import compute, compute_generation
+from peftops.training.kernels import fuse_rms_norms
 from peftops.training.precision import autocast, model_precision
 
 
@@ -82,6 +83,7 @@ def evaluate(model: torch.nn.Module, split: PreparedSplit, *, pad_id: int, batch
     device = torch.device(device)
     precision = precision or model_precision(model)
     model.eval()
+    fuse_rms_norms(model)  # the training loop's norms: same values, fewer passes
     if split.generative:
         return evaluate_generation(model, split, pad_id=pad_id, batch_size=batch_size, device=device,
                                    precision=precision, tokenizer=tokenizer, n_samples=n_samples)

@@ -14,6 +14,7 @@ from peftops.config import Config
 from peftops.data.prepared import PreparedSplit
 from peftops.evaluation.evaluate import timed_batches
 from peftops.evaluation.forgetting import ForgettingConfig, GeneralTextSet, general_nll
+from peftops.training.kernels import fuse_rms_norms
 from peftops.training.precision import autocast, model_precision
 
 
@@ -35,6 +36,7 @@ def measure_model(model: torch.nn.Module, dev: PreparedSplit, texts: GeneralText
     run's ``precision`` (default: the one the model is stored for); a generation task adds
     ``"latency_ms_per_token"``: {batch size: median ms per generated token}."""
     precision = precision or model_precision(model)
+    fuse_rms_norms(model)  # latency as served by peftops' own evaluator
     latency, per_token = {}, {}
     for bs in cfg.latency_batch_sizes:
         t = timed_batches(model, dev, pad_id=pad_id, batch_size=bs, device=device,

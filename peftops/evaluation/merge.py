@@ -41,6 +41,7 @@ from peftops.data.prepared import PreparedSplit
 from peftops.errors import ParityError, PeftopsError
 from peftops.fsutil import write_json_atomic
 from peftops.methods import get_method, read_method_file
+from peftops.training.kernels import fuse_rms_norms
 from peftops.training.precision import autocast, dtype_of, keep_activation_dtype, place_parameters, storage_dtype
 
 # Max |Δlogit| allowed between a bf16 adapter-applied model and its bf16-rounded merge. bf16 keeps
@@ -140,6 +141,7 @@ def merge_adapter(snapshot: BaseSnapshot, adapter_dir: Path, probe: PreparedSpli
     tolerance = tolerance_for(precision, cfg.tolerance)
     t0 = time.perf_counter()
     adapted = method.load(load_model(snapshot, dtype=storage_dtype(precision, method)), Path(adapter_dir))
+    fuse_rms_norms(adapted)  # as in training and evaluation; the merged model below inherits it or gets it
     before = last_logits(keep_activation_dtype(adapted, precision), prompts, pad, precision=precision)
     greedy_before = _greedy(adapted, probe, prompts, pad, precision) if probe.generative else None
     if storage_dtype(precision, method) == torch.float32:
@@ -151,6 +153,7 @@ def merge_adapter(snapshot: BaseSnapshot, adapter_dir: Path, probe: PreparedSpli
     # The merged model as the run's precision stores it (bf16: the fp32 fold's parameters rounded
     # once; buffers such as RoPE's frequencies stay as loaded, as in a bf16 from_pretrained).
     served = merged if low == torch.float32 else _rounded(merged)
+    fuse_rms_norms(served)
     after = last_logits(served, prompts, pad, precision=precision)
     max_abs, kl = compare_logits(before, after)
     cert = ParityCertificate(
@@ -177,6 +180,7 @@ def merge_adapter(snapshot: BaseSnapshot, adapter_dir: Path, probe: PreparedSpli
         write_snapshot(out, tokenizer, export_dir, f"{snapshot.name}+{Path(adapter_dir).name}")
         del merged, served, out
         reloaded = load_plain(export_dir, storage_dtype(precision))
+        fuse_rms_norms(reloaded)
         exp_abs, exp_kl = compare_logits(before, last_logits(reloaded, prompts, pad, precision=precision))
         cert.export_max_abs_dlogit, cert.export_mean_kl = exp_abs, exp_kl
         if greedy_before is not None and _first_difference(greedy_before, _greedy(reloaded, probe, prompts, pad,

@@ -1,13 +1,17 @@
-"""Two CPU training kernels written with plain torch ops: a cheaper dropout mask and a
-single-pass cross-entropy through a frozen LM head.
+"""Three CPU training kernels written with plain torch ops: a cheaper dropout mask, a
+single-pass cross-entropy through a frozen LM head, and Gemma's RMSNorm with a hand-written
+backward.
 
-Both exist because a profile of a Gemma 3 270M LoRA step on CPU (``bench/train_probe.py``)
-spent 8 % of its time in ``bernoulli_`` (dropout masks, drawn twice per step when activations
-are recomputed), and the LM head's two matrix products each stream the whole 262,144 x 640 fp32
-embedding (671 MB) from memory: ~0.2 s of a ~2 s step. ``bench/kernels_bench.py`` times both
-against the stock ops. On CUDA both fall back to the stock ops,
-which are fused kernels there already. Both run in fp32 and in bf16 (see
-``peftops.training.precision``).
+They exist because profiles of a Gemma 3 270M LoRA step on CPU (``bench/train_probe.py``) spent
+8 % of the fp32 step in ``bernoulli_`` (dropout masks, drawn twice per step when activations are
+recomputed); the LM head's two matrix products each stream the whole 262,144 x 640 fp32
+embedding (671 MB) from memory (~0.2 s of a ~2 s step); and, once bf16 made the products cheap,
+~20 % of a bf16 step in the element-wise graph of 109 RMSNorms (an fp32 copy, pow, mean, rsqrt,
+two products and a cast forward; autograd's dozen ops backward) and in multiplying by a bool
+mask, which torch does element by element (7x slower than by a uint8 one).
+``bench/kernels_bench.py`` times the first two against the stock ops. On CUDA the dropout and
+the head fall back to the stock ops, which are fused kernels there already. All run in fp32 and
+in bf16 (see ``peftops.training.precision``).
 """
 
 from __future__ import annotations
@@ -17,10 +21,12 @@ import math
 import torch
 import torch.nn.functional as F
 
-# Vocabulary rows per chunk of the fused head: 512 x 640 x 4 B = 1.3 MB, which stays in cache
-# between the chunk's two products (`bench/kernels_bench.py --chunks 512,2048,8192`, 8 rows,
-# forward + backward: 152, 148 and 204 ms, against 212 ms for the unfused pair).
-HEAD_CHUNK = 512
+# Vocabulary rows per chunk of the fused head: 2048 x 640 = 5.2 MB in fp32, 2.6 MB in bf16, which
+# stays in cache between the chunk's two products. `bench/kernels_bench.py --chunks ...`, 8 rows,
+# forward + backward, one thread: fp32 144 / 141 / 143 ms at 512 / 2048 / 4096 rows (stock pair
+# 171-183 ms); bf16 81 / 65 / 55-58 / 56 ms at 512 / 1024 / 2048 / 4096 (stock pair 71-78 ms):
+# small bf16 chunks pay more in per-chunk calls than they save in cache.
+HEAD_CHUNK = 2048
 
 
 # ---------------------------------------------------------------- dropout
@@ -43,11 +49,16 @@ def keep_mask(shape: torch.Size, p: float, device: torch.device | str = "cpu") -
 
 
 class _MaskedScale(torch.autograd.Function):
-    """y = x * keep / (1 - p); saves the 1-byte mask, not a float copy of it."""
+    """y = x * keep / (1 - p); saves the 1-byte mask, not a float copy of it.
+
+    The mask is multiplied in as uint8 (a view of the bool, no copy): torch's vectorised kernels
+    convert uint8 lanes, while a bool operand takes its element-by-element path (one thread,
+    8 x 64 x 640: 387 us in bf16, 182 us in fp32, against 90 and 68 us for uint8;
+    ``python bench/kernels_bench.py``)."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, p: float) -> torch.Tensor:
-        keep = keep_mask(x.shape, p, x.device)
+        keep = keep_mask(x.shape, p, x.device).view(torch.uint8)
         ctx.save_for_backward(keep)
         ctx.scale = 1.0 / (1.0 - p)
         return torch.mul(x, keep).mul_(ctx.scale)
@@ -164,3 +175,80 @@ def head_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torc
         weight = weight.float()
     with torch.autocast(device_type=hidden.device.type, enabled=False):
         return _HeadCrossEntropy.apply(hidden, weight, targets, chunk).sum()
+
+
+# ---------------------------------------------------------------- Gemma's RMSNorm
+
+
+class _GemmaRMSNorm(torch.autograd.Function):
+    """y = x / rms(x) * (1 + w), computed in fp32 and rounded to x's dtype once, as Gemma's module
+    does; saves x (as given) and the per-row 1/rms, and forms the gradients in one short pass:
+    dx = r * (g' - x_hat * mean(g' * x_hat)), with g' = g * (1 + w) and x_hat = x * r;
+    dw = sum over rows of g * x_hat (only when w is trained)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        xf = x.to(torch.float32, copy=True)  # a copy even in fp32: it is scaled in place below
+        r = torch.rsqrt(xf.square().mean(-1, keepdim=True).add_(eps))
+        ctx.save_for_backward(x, r, weight)
+        return xf.mul_(r).mul_(weight.float() + 1.0).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, r, weight = ctx.saved_tensors
+        x_hat = x.float() * r
+        g = grad.float()
+        grad_weight = None
+        if ctx.needs_input_grad[1]:
+            grad_weight = (g * x_hat).flatten(0, -2).sum(0).to(weight.dtype)
+        g = g * (weight.float() + 1.0)
+        dot = (g * x_hat).mean(-1, keepdim=True)
+        grad_x = g.sub_(x_hat.mul_(dot)).mul_(r)
+        return grad_x.to(x.dtype), grad_weight, None
+
+
+def gemma_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """Gemma's RMSNorm, ``x * rsqrt(mean(x^2) + eps) * (1 + weight)`` in fp32, returned in x's
+    dtype: the values of transformers' ``Gemma3RMSNorm``, with a backward of a few fused steps
+    instead of autograd's graph (one thread, 8 x 64 x 640 bf16, forward + backward: 1.2 ms -> 0.65
+    ms; ``python bench/kernels_bench.py``). Autocast is off inside: the dtypes are chosen here."""
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        return _GemmaRMSNorm.apply(x, weight, eps)
+
+
+def _gemma_norm_classes() -> tuple[type, ...]:
+    """transformers' Gemma RMSNorm classes that compute exactly ``gemma_rms_norm`` (importable ones)."""
+    classes = []
+    for module, name in (("transformers.models.gemma3.modeling_gemma3", "Gemma3RMSNorm"),
+                         ("transformers.models.gemma2.modeling_gemma2", "Gemma2RMSNorm"),
+                         ("transformers.models.gemma.modeling_gemma", "GemmaRMSNorm")):
+        try:
+            classes.append(getattr(__import__(module, fromlist=[name]), name))
+        except (ImportError, AttributeError):
+            continue
+    return tuple(classes)
+
+
+def _fused_forward(self, x: torch.Tensor) -> torch.Tensor:
+    return gemma_rms_norm(x, self.weight, self.eps)
+
+
+_FUSED: dict[type, type] = {}
+
+
+def fuse_rms_norms(module: torch.nn.Module) -> int:
+    """Give every Gemma RMSNorm under ``module`` the forward of :func:`gemma_rms_norm` (idempotent);
+    returns how many were changed. Each instance becomes a subclass of its own class with only
+    ``forward`` replaced, so parameters, state-dict keys, ``isinstance`` checks (peft's, for
+    LayerNorm tuning) and saved weights are unchanged."""
+    classes = _gemma_norm_classes()
+    changed = 0
+    for sub in module.modules():
+        cls = type(sub)
+        if cls in classes:
+            if cls not in _FUSED:
+                _FUSED[cls] = type(f"Fused{cls.__name__}", (cls,), {"forward": _fused_forward,
+                                                                   "__module__": __name__})
+            sub.__class__ = _FUSED[cls]
+            changed += 1
+    return changed

@@ -1,9 +1,12 @@
-"""Peak memory of a stage: CUDA max-allocated on a GPU, sampled process RSS on a CPU.
+"""Peak memory of a stage: CUDA max-allocated on a GPU, the process's peak RSS on a CPU.
 
-``ru_maxrss`` is a high-water mark for the whole process, so a second stage in the same
-process would inherit the first one's peak. Sampling the resident set size in a thread gives
-the peak *during* the stage instead; freed memory is handed back to the OS first
-(``malloc_trim``) so the previous stage's garbage does not count.
+``ru_maxrss`` is a high-water mark for the whole life of the process, so a second stage in the
+same process would inherit the first one's peak. On Linux the kernel's own high-water mark
+(``VmHWM``) can be reset to the current RSS (writing ``5`` to ``/proc/self/clear_refs``): the
+peak *during* the stage is then exact and costs nothing while the stage runs. Elsewhere a thread
+samples the RSS every 5 ms, which can miss a short spike and competes with the training thread
+for the interpreter. Freed memory is handed back to the OS first (``malloc_trim``) so the previous stage's
+garbage does not count.
 """
 
 from __future__ import annotations
@@ -85,13 +88,48 @@ def release_memory() -> None:
     trim_heap()
 
 
+_HWM_LOCK = threading.Lock()
+_ACTIVE: list["PeakMemory"] = []  # open contexts using the kernel's high-water mark
+
+
+def _read_hwm() -> int | None:
+    """The process's peak RSS since the last reset (``VmHWM``), bytes; None if not readable."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _reset_hwm() -> bool:
+    """Reset ``VmHWM`` to the current RSS; False where the kernel does not allow it."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _fold_hwm() -> None:
+    """Give every open context the peak since the last reset (call with the lock held, before a
+    reset and at each exit): nested contexts then each see their own peak."""
+    hwm = _read_hwm() or 0
+    for ctx in _ACTIVE:
+        ctx.peak_bytes = max(ctx.peak_bytes, hwm)
+
+
 class PeakMemory:
-    """Context manager measuring peak memory in MB while its block runs."""
+    """Context manager measuring peak memory in MB while its block runs (contexts may nest)."""
 
     def __init__(self, device: str | torch.device = "cpu", interval_s: float = 0.005):
         self.device = torch.device(device)
         self.interval_s = interval_s
         self.peak_bytes = 0
+        self.method = ""
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -105,16 +143,28 @@ class PeakMemory:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
-        else:
-            self.peak_bytes = current_rss_bytes()
-            self._thread = threading.Thread(target=self._sample, name="peak-rss", daemon=True)
-            self._thread.start()
+            self.method = "cuda"
+            return self
+        self.peak_bytes = current_rss_bytes()
+        with _HWM_LOCK:
+            _fold_hwm()
+            if _read_hwm() is not None and _reset_hwm():
+                _ACTIVE.append(self)
+                self.method = "hwm"
+                return self
+        self.method = "sampled"
+        self._thread = threading.Thread(target=self._sample, name="peak-rss", daemon=True)
+        self._thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
-        if self.device.type == "cuda":
+        if self.method == "cuda":
             torch.cuda.synchronize(self.device)
             self.peak_bytes = torch.cuda.max_memory_allocated(self.device)
+        elif self.method == "hwm":
+            with _HWM_LOCK:
+                _fold_hwm()
+                _ACTIVE.remove(self)
         else:
             self._stop.set()
             assert self._thread is not None
