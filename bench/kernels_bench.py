@@ -3,6 +3,10 @@
 
   dropout: ``MaskDropout`` against ``F.dropout``, forward + backward of one LoRA input of the
            shape a Gemma 3 270M SST-2 batch gives (8 rows x 40 tokens, 640 and 2,048 features);
+  mask:    multiplying that input by a dropout mask held as bool (stock) and as its uint8 view
+           (what ``MaskDropout`` does), forward only;
+  norm:    ``gemma_rms_norm`` against transformers' ``Gemma3RMSNorm``, forward + backward, on the
+           hidden states (8 x 40 x 640) and on the per-head q/k norms' input (8 x 4 x 40 x 256);
   head:    ``head_cross_entropy`` against logits + ``F.cross_entropy``, forward + backward to the
            hidden states, 8 label rows through a 262,144 x 640 head (random weights of the real
            shape: the cost is the shape's, not the values').
@@ -26,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from peftops.training.kernels import HEAD_CHUNK, MaskDropout, head_cross_entropy  # noqa: E402
+from peftops.training.kernels import HEAD_CHUNK, MaskDropout, gemma_rms_norm, head_cross_entropy  # noqa: E402
 
 
 def _ms(fn, reps: int) -> float:
@@ -35,6 +39,15 @@ def _ms(fn, reps: int) -> float:
     for _ in range(reps):
         fn()
     return (time.perf_counter() - t0) / reps * 1e3
+
+
+def _race(fns: dict, rounds: int, reps: int) -> dict[str, float]:
+    """Median ms of each contender over ``rounds`` rounds, the contenders alternating."""
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(rounds):
+        for k, fn in fns.items():
+            times[k].append(_ms(fn, reps))
+    return {k: round(statistics.median(v), 3) for k, v in times.items()}
 
 
 def main() -> None:
@@ -53,27 +66,32 @@ def main() -> None:
     for feats in (640, 2048):
         x = torch.randn(8, 40, feats, dtype=dt, requires_grad=True)
         g = torch.randn_like(x)
-        fns = {"stock": lambda: F.dropout(x, 0.05, True).backward(g),
-               "peftops": lambda: drop(x).backward(g)}
-        times = {k: [] for k in fns}
-        for _ in range(a.rounds):
-            for k, fn in fns.items():
-                times[k].append(_ms(fn, 20))
-        out[f"dropout_8x40x{feats}"] = {k: round(statistics.median(v), 3) for k, v in times.items()}
+        out[f"dropout_8x40x{feats}"] = _race({"stock": lambda: F.dropout(x, 0.05, True).backward(g),
+                                              "peftops": lambda: drop(x).backward(g)}, a.rounds, 20)
+    x = torch.randn(8, 40, 640, dtype=dt)
+    keep = torch.rand(x.shape) > 0.05
+    out["mask_mul_8x40x640"] = _race({"stock": lambda: torch.mul(x, keep),
+                                      "peftops": lambda: torch.mul(x, keep.view(torch.uint8))}, a.rounds, 50)
+
+    from transformers.models.gemma3.modeling_gemma3 import Gemma3RMSNorm
+
+    for shape in ((8, 40, 640), (8, 4, 40, 256)):
+        norm = Gemma3RMSNorm(shape[-1]).requires_grad_(False).to(dt)
+        x = torch.randn(shape, dtype=dt, requires_grad=True)
+        g = torch.randn_like(x)
+        out["norm_" + "x".join(map(str, shape))] = _race(
+            {"stock": lambda: norm(x).backward(g),
+             "peftops": lambda: gemma_rms_norm(x, norm.weight, norm.eps).backward(g)}, a.rounds, 20)
 
     weight = (torch.randn(262_144, 640) * 0.02).to(dt)
     hidden = torch.randn(8, 640, dtype=dt, requires_grad=True)
     targets = torch.randint(0, weight.shape[0], (8,))
     for chunk in (int(c) for c in a.chunks.split(",")):
-        fns = {"stock": lambda: F.cross_entropy((hidden @ weight.T).float(), targets, reduction="sum").backward(),
-               "peftops": lambda: head_cross_entropy(hidden, weight, targets, chunk).backward()}
-        times = {k: [] for k in fns}
-        for _ in range(a.rounds):
-            for k, fn in fns.items():
-                times[k].append(_ms(fn, 3))
-        out[f"head_8rows_chunk{chunk}"] = {k: round(statistics.median(v), 3) for k, v in times.items()}
+        out[f"head_8rows_chunk{chunk}"] = _race(
+            {"stock": lambda: F.cross_entropy((hidden @ weight.T).float(), targets, reduction="sum").backward(),
+             "peftops": lambda: head_cross_entropy(hidden, weight, targets, chunk).backward()}, a.rounds, 3)
 
-    print(f"{'forward + backward, ms':28} {'stock':>9} {'peftops':>9} {'ratio':>6}")
+    print(f"{'ms (mask: forward only)':28} {'stock':>9} {'peftops':>9} {'ratio':>6}")
     for name, r in out.items():
         r["speedup"] = round(r["stock"] / r["peftops"], 2)
         print(f"{name:28} {r['stock']:9.3f} {r['peftops']:9.3f} {r['speedup']:5.2f}x")

@@ -17,6 +17,7 @@ SST-2 split as ``bench/train_bench.py`` (run that once first: it prepares the sp
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import sys
 from pathlib import Path
@@ -59,7 +60,7 @@ def main() -> None:
     from peftops.data.prepared import load_prepared
     from peftops.methods import get_method, make_config
     from peftops.training.kernels import fuse_rms_norms
-    from peftops.training.memory import PeakMemory, current_rss_bytes, set_mmap_threshold, trim_heap
+    from peftops.training.memory import PeakMemory, set_mmap_threshold, trim_heap
     from peftops.training.loop import hf_model
     from peftops.training.precision import autocast, place_parameters, storage_dtype
 
@@ -88,37 +89,41 @@ def main() -> None:
 
     phases: dict[str, float] = {}
 
-    def phase(name: str, mem) -> None:
+    @contextlib.contextmanager
+    def phase(name: str):
+        """With --memory, the peak RSS of the block (``PeakMemory`` collects garbage on entry, so
+        its time is not the loop's); otherwise nothing."""
+        if not args.memory:
+            yield
+            return
+        with PeakMemory() as mem:
+            yield
         phases[name] = max(phases.get(name, 0.0), mem.peak_mb)
 
     def step(i: int) -> None:
         rows = order[i]
         b = build_batch([split.input_ids[r] for r in rows],
                         [split.label_token_ids[split.labels[r]] for r in rows], pad)
-        with PeakMemory() as mem:
-            with autocast("cpu", args.precision):
-                loss = supervised_loss(model, b) / len(rows)
-        phase("forward", mem)
+        with phase("forward"), autocast("cpu", args.precision):
+            loss = supervised_loss(model, b) / len(rows)
         trim_heap()
-        with PeakMemory() as mem:
+        with phase("backward"):
             loss.backward()
-        phase("backward", mem)
-        with PeakMemory() as mem:
+        with phase("optimizer"):
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             opt.zero_grad(set_to_none=True)
-        phase("optimizer", mem)
         trim_heap()
 
     for i in range(2):
         step(i)
-    floor = current_rss_bytes() / 2**20
+    floor = rss_mb()
     phases.clear()
     with profile(activities=[ProfilerActivity.CPU], profile_memory=args.memory) as prof:
         for i in range(2, 2 + args.steps):
             step(i)
-    print(f"after {2 + args.steps} steps: {rss_mb()} MB resident; between steps {floor:.0f} MB; peak RSS by phase: "
-          + ", ".join(f"{k} {v:.0f} MB (+{v - floor:.0f})" for k, v in phases.items()))
+    print(f"after {2 + args.steps} steps: {rss_mb()} MB resident; between steps {floor} MB"
+          + "".join(f"; {k} peak {v:.0f} MB (+{v - floor:.0f})" for k, v in phases.items()))
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=44))
     if args.memory:
         print(prof.key_averages().table(sort_by="self_cpu_memory_usage", row_limit=12))

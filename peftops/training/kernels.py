@@ -6,16 +6,18 @@ They exist because profiles of a Gemma 3 270M LoRA step on CPU (``bench/train_pr
 8 % of the fp32 step in ``bernoulli_`` (dropout masks, drawn twice per step when activations are
 recomputed); the LM head's two matrix products each stream the whole 262,144 x 640 fp32
 embedding (671 MB) from memory (~0.2 s of a ~2 s step); and, once bf16 made the products cheap,
-~20 % of a bf16 step in the element-wise graph of 109 RMSNorms (an fp32 copy, pow, mean, rsqrt,
-two products and a cast forward; autograd's dozen ops backward) and in multiplying by a bool
-mask, which torch does element by element (7x slower than by a uint8 one).
-``bench/kernels_bench.py`` times the first two against the stock ops. On CUDA the dropout and
+``aten::mul`` took 20 % of a bf16 step's self time and ``PowBackward`` 5 % more
+(``bench/train_probe.py --precision bf16 --steps 4``), mostly in the element-wise graph of 109
+RMSNorms (an fp32 copy, pow, mean, rsqrt, two products and a cast forward; autograd's dozen ops
+backward) and in multiplying by a bool mask, which torch does element by element.
+``bench/kernels_bench.py`` times each against the stock ops. On CUDA the dropout and
 the head fall back to the stock ops, which are fused kernels there already. All run in fp32 and
 in bf16 (see ``peftops.training.precision``).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -53,8 +55,8 @@ class _MaskedScale(torch.autograd.Function):
 
     The mask is multiplied in as uint8 (a view of the bool, no copy): torch's vectorised kernels
     convert uint8 lanes, while a bool operand takes its element-by-element path (one thread,
-    8 x 64 x 640: 387 us in bf16, 182 us in fp32, against 90 and 68 us for uint8;
-    ``python bench/kernels_bench.py``)."""
+    8 x 40 x 640: 0.213 ms in bf16, 0.114 ms in fp32, against 0.054 and 0.041 ms for uint8;
+    ``python bench/kernels_bench.py --dtype bf16|fp32``, row ``mask_mul``)."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, p: float) -> torch.Tensor:
@@ -210,12 +212,15 @@ class _GemmaRMSNorm(torch.autograd.Function):
 def gemma_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """Gemma's RMSNorm, ``x * rsqrt(mean(x^2) + eps) * (1 + weight)`` in fp32, returned in x's
     dtype: the values of transformers' ``Gemma3RMSNorm``, with a backward of a few fused steps
-    instead of autograd's graph (one thread, 8 x 64 x 640 bf16, forward + backward: 1.2 ms -> 0.65
-    ms; ``python bench/kernels_bench.py``). Autocast is off inside: the dtypes are chosen here."""
+    instead of autograd's graph (one thread, forward + backward, ``python bench/kernels_bench.py
+    --dtype bf16|fp32``, rows ``norm``: 8 x 40 x 640 bf16 1.02 -> 0.49 ms, fp32 0.63 -> 0.38 ms;
+    q/k norms 8 x 4 x 40 x 256 bf16 2.44 -> 1.04 ms). Autocast is off inside: the dtypes are
+    chosen here."""
     with torch.autocast(device_type=x.device.type, enabled=False):
         return _GemmaRMSNorm.apply(x, weight, eps)
 
 
+@functools.lru_cache(maxsize=1)
 def _gemma_norm_classes() -> tuple[type, ...]:
     """transformers' Gemma RMSNorm classes that compute exactly ``gemma_rms_norm`` (importable ones)."""
     classes = []

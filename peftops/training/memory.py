@@ -5,8 +5,8 @@ same process would inherit the first one's peak. On Linux the kernel's own high-
 (``VmHWM``) can be reset to the current RSS (writing ``5`` to ``/proc/self/clear_refs``): the
 peak *during* the stage is then exact and costs nothing while the stage runs. Elsewhere a thread
 samples the RSS every 5 ms, which can miss a short spike and competes with the training thread
-for the interpreter. Freed memory is handed back to the OS first (``malloc_trim``) so the previous stage's
-garbage does not count.
+for the interpreter. Freed memory is handed back to the OS first (``malloc_trim``) so the
+previous stage's garbage does not count.
 """
 
 from __future__ import annotations
@@ -114,12 +114,14 @@ def _reset_hwm() -> bool:
         return False
 
 
-def _fold_hwm() -> None:
+def _fold_hwm() -> bool:
     """Give every open context the peak since the last reset (call with the lock held, before a
-    reset and at each exit): nested contexts then each see their own peak."""
-    hwm = _read_hwm() or 0
+    reset and at each exit): nested contexts then each see their own peak. False when ``VmHWM``
+    cannot be read."""
+    hwm = _read_hwm()
     for ctx in _ACTIVE:
-        ctx.peak_bytes = max(ctx.peak_bytes, hwm)
+        ctx.peak_bytes = max(ctx.peak_bytes, hwm or 0)
+    return hwm is not None
 
 
 class PeakMemory:
@@ -147,8 +149,7 @@ class PeakMemory:
             return self
         self.peak_bytes = current_rss_bytes()
         with _HWM_LOCK:
-            _fold_hwm()
-            if _read_hwm() is not None and _reset_hwm():
+            if _fold_hwm() and _reset_hwm():
                 _ACTIVE.append(self)
                 self.method = "hwm"
                 return self
