@@ -7,6 +7,9 @@
            (what ``MaskDropout`` does), forward only;
   norm:    ``gemma_rms_norm`` against transformers' ``Gemma3RMSNorm``, forward + backward, on the
            hidden states (8 x 40 x 640) and on the per-head q/k norms' input (8 x 4 x 40 x 256);
+  lora:    ``FusedLoraLinear`` (scaling folded into B, the sum inside one addmm) against peft's LoRA
+           ``Linear``, forward + backward of the MLP's 640 -> 2,048 projection with r = 16 and
+           dropout 0.05 (peftops' mask in both), under bf16 autocast with ``--dtype bf16``;
   head:    ``head_cross_entropy`` against logits + ``F.cross_entropy``, forward + backward to the
            hidden states, 8 label rows through a 262,144 x 640 head (random weights of the real
            shape: the cost is the shape's, not the values').
@@ -19,6 +22,7 @@ the two contenders alternating; the last line is one JSON object.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import sys
@@ -82,6 +86,30 @@ def main() -> None:
         out["norm_" + "x".join(map(str, shape))] = _race(
             {"stock": lambda: norm(x).backward(g),
              "peftops": lambda: gemma_rms_norm(x, norm.weight, norm.eps).backward(g)}, a.rounds, 20)
+
+    from peft import LoraConfig, get_peft_model
+
+    from peftops.methods.lora.fused import fuse_lora_linears
+    from peftops.training.kernels import replace_dropouts
+
+    pair = {}
+    for name in ("stock", "peftops"):
+        torch.manual_seed(0)
+        body = torch.nn.Sequential(torch.nn.Linear(640, 2048, bias=False)).to(dt)
+        peft_model = get_peft_model(body, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules=["0"]))
+        replace_dropouts(peft_model, "lora_dropout")
+        if name == "peftops":
+            assert fuse_lora_linears(peft_model) == 1
+        pair[name] = peft_model.train()
+    x = torch.randn(8, 40, 640, dtype=dt)
+    g = torch.randn(8, 40, 2048, dtype=dt)
+
+    def lora_step(model):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dt == torch.bfloat16):
+            y = model(x)
+        y.backward(g)
+
+    out["lora_8x40_640to2048"] = _race({n: functools.partial(lora_step, m) for n, m in pair.items()}, a.rounds, 20)
 
     weight = (torch.randn(262_144, 640) * 0.02).to(dt)
     hidden = torch.randn(8, 640, dtype=dt, requires_grad=True)

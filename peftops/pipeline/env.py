@@ -17,6 +17,11 @@ DEFAULTS = {
     # Prefect's temporary server (no PREFECT_API_URL) must come up within this; its 20 s default
     # is too short on a loaded 2-core machine.
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+    # oneDNN (torch's bf16 products on CPU) keeps a compiled kernel per matrix shape, 1,024 of them
+    # by default; length-bucketed batches bring new shapes all run long, so a bf16 training's resident
+    # memory grew by 12-20 MB a step. oneDNN reads this when it creates its first kernel, so it takes
+    # effect even after torch is imported. See BENCHMARKS.md "bf16" for the peak it saves.
+    "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "64",
 }
 
 
