@@ -1,4 +1,4 @@
-# .venv/bin/python bench/kernels_bench.py [--rounds 5] [--chunks 512,2048,8192] [--dtype fp32|bf16]
+# .venv/bin/python bench/kernels_bench.py [--rounds 5] [--chunks 512,2048,8192] [--dtype fp32|bf16] [--products]
 """peftops' CPU kernels against the stock ops they replace, side by side in one process.
 
   dropout: ``MaskDropout`` against ``F.dropout``, forward + backward of one LoRA input of the
@@ -14,7 +14,8 @@
            hidden states, 8 label rows through a 262,144 x 640 head (random weights of the real
            shape: the cost is the shape's, not the values').
 
-``--dtype bf16`` times both in bf16 (inputs and head weight in bf16; the stock pair's logits in
+``--products`` times plain matrix products in fp32 against bf16 instead: the most any bf16 step can
+gain on this CPU. ``--dtype bf16`` times both in bf16 (inputs and head weight in bf16; the stock pair's logits in
 bf16, then fp32 for the loss, as under autocast). One torch thread, as in ``make bench-train``. Each figure is the median of ``--rounds`` rounds,
 the two contenders alternating; the last line is one JSON object.
 """
@@ -60,7 +61,11 @@ def main() -> None:
     ap.add_argument("--chunks", default=str(HEAD_CHUNK),
                     help="comma-separated head chunk sizes (vocabulary rows) to time")
     ap.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
+    ap.add_argument("--products", action="store_true",
+                    help="instead: plain matrix products, fp32 against bf16 (what bf16 can buy on this CPU)")
     a = ap.parse_args()
+    if a.products:
+        return products(a.rounds)
     dt = torch.bfloat16 if a.dtype == "bf16" else torch.float32
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -124,6 +129,27 @@ def main() -> None:
         r["speedup"] = round(r["stock"] / r["peftops"], 2)
         print(f"{name:28} {r['stock']:9.3f} {r['peftops']:9.3f} {r['speedup']:5.2f}x")
     print(json.dumps({"dtype": a.dtype, **out}))
+
+
+# (rows, inner, cols): the issue's three (a LoRA step's 256-row products, an eighth of the head) and a
+# SST-2 batch's 320 rows (8 x 40 tokens) through the MLP.
+PRODUCTS = ((256, 640, 2048), (256, 2048, 640), (512, 640, 32768), (320, 640, 2048))
+
+
+def products(rounds: int) -> None:
+    """fp32 against bf16 on the products of ``PRODUCTS``, one thread; the bound on any bf16 speed-up."""
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    out: dict[str, dict[str, float]] = {}
+    for m, k, n in PRODUCTS:
+        x, w = torch.randn(m, k), torch.randn(k, n)
+        xb, wb = x.bfloat16(), w.bfloat16()
+        out[f"mm_{m}x{k}x{n}"] = _race({"fp32": lambda: x @ w, "bf16": lambda: xb @ wb}, rounds, 10)
+    print(f"{'ms':28} {'fp32':>9} {'bf16':>9} {'ratio':>6}")
+    for name, r in out.items():
+        r["speedup"] = round(r["fp32"] / r["bf16"], 2)
+        print(f"{name:28} {r['fp32']:9.3f} {r['bf16']:9.3f} {r['speedup']:5.2f}x")
+    print(json.dumps({"products": out}))
 
 
 if __name__ == "__main__":

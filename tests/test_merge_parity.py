@@ -77,3 +77,17 @@ def test_methods_that_cannot_merge_are_refused_clearly(tiny_params, tiny_home):
     _train(params, home, "prompt")
     with pytest.raises(PeftopsError, match="method 'prompt' cannot be merged"):
         P.stage_merge(params, home, "prompt")
+
+
+def test_probe_logits_come_back_in_the_prompts_order_whatever_the_batching():
+    """The certificate batches its probes shortest first; row i is still prompt i's logits."""
+    from peftops.evaluation.merge import last_logits
+    from tiny import tiny_model
+
+    model = tiny_model(layers=2).eval()
+    g = torch.Generator().manual_seed(4)
+    prompts = [torch.randint(3, 160, (n,), generator=g).tolist() for n in (9, 2, 14, 5, 5, 1, 11)]
+    together = last_logits(model, prompts, pad_id=0, batch_size=3)
+    one_by_one = torch.cat([last_logits(model, [p], pad_id=0, batch_size=1) for p in prompts])
+    assert together.shape == (len(prompts), 160)
+    torch.testing.assert_close(together, one_by_one, rtol=1e-4, atol=1e-4)
