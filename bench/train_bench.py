@@ -33,7 +33,8 @@ and bf16 on the first seed and then only in the faster of the two (its best CPU 
 a generation run of the peer costs ~10 minutes of one core here); peftops LoRA runs in its default precision (bf16). Same hyperparameters, steps and
 seeds; both are scored by the same greedy decoder on ``--gen-dev`` dev prompts (ROUGE-L, token
 F1). The ``gen_*`` figures compare peftops with the peer's faster configuration. ``--only`` runs
-one of the two halves. ``--smoke`` is a short run to prove the bench works (4 steps, one seed, 16 dev
+one of the two halves; ``--only mrpc`` (not part of ``all``) runs peftops LoRA fp32 against bf16 on
+MRPC, seeds interleaved, for the F1 half of the accuracy target. ``--smoke`` is a short run to prove the bench works (4 steps, one seed, 16 dev
 examples): its figures mean nothing. A table goes to stdout and, as the last line, one JSON object.
 """
 
@@ -73,9 +74,13 @@ CONTENDERS = {  # name -> (label, runner, precision, task)
     "gen-peer": ("TRL SFTTrainer + peft LoRA (gen)", "peer", "fp32", GEN_TASK),
     "gen-peer-bf16": ("TRL SFTTrainer + peft LoRA bf16 (gen)", "peer", "bf16", GEN_TASK),
     "gen-lora-bf16": ("peftops LoRA bf16 (gen)", "lora", "bf16", GEN_TASK),
+    # MRPC (paraphrase, scored by F1): the accuracy target's second task, peftops in both precisions
+    "mrpc-lora": ("peftops LoRA fp32 (MRPC)", "lora", "fp32", "mrpc"),
+    "mrpc-lora-bf16": ("peftops LoRA bf16 (MRPC)", "lora", "bf16", "mrpc"),
 }
 CLASSIFICATION = ("peer", "peer-bf16", "lora", "lora-bf16", "full", "full-bf16")
 GENERATION = ("gen-peer", "gen-peer-bf16", "gen-lora-bf16")
+MRPC = ("mrpc-lora", "mrpc-lora-bf16")
 
 
 def _params(args, precision: str = "fp32", task: str = CLS_TASK):
@@ -130,7 +135,10 @@ def _score(model, dev_path, pad_id, precision: str = "fp32", tokenizer=None):
 def _scores(ev) -> dict:
     """The evaluation figures a contender reports: accuracy (classification) or ROUGE-L and the
     other generation metrics."""
-    out = {"dev_acc": ev.score if ev.metric == "accuracy" else None, "eval_examples_per_s": ev.examples_per_s}
+    out = {"dev_acc": ev.score if ev.metric == "accuracy" else ev.metrics.get("accuracy"),
+           "eval_examples_per_s": ev.examples_per_s}
+    if ev.metric == "f1":
+        out["dev_f1"] = ev.score
     if "rougeL" in ev.metrics:
         out.update({"rouge_l": ev.metrics["rougeL"], "token_f1": ev.metrics.get("token_f1"),
                     "exact_match": ev.metrics.get("exact_match"), "dev_loss": ev.metrics.get("dev_loss")})
@@ -263,8 +271,9 @@ def main() -> None:
     ap.add_argument("--dev", type=int, default=200, help="dev examples scored (classification)")
     ap.add_argument("--gen-dev", type=int, default=50,
                     help="dev prompts generated and scored (generation: greedy, up to the task's max_new_tokens)")
-    ap.add_argument("--only", choices=("all", "classification", "generation"), default="all",
-                    help="run only the SST-2 classification contenders or only the generation ones")
+    ap.add_argument("--only", choices=("all", "classification", "generation", "mrpc"), default="all",
+                    help="run only the SST-2 classification contenders or only the generation ones; mrpc: "
+                         "peftops LoRA fp32 against bf16 on MRPC (F1), seeds interleaved (not part of all)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads for every contender (0 = torch's default, one per core); 1 by default "
                          "so that other processes on the machine do not stall OpenMP's thread team")
@@ -286,8 +295,10 @@ def main() -> None:
         args.steps, args.warmup, args.seeds, args.dev, args.gen_dev = 4, 1, "0", 16, 8
 
     cls, gen = args.only in ("all", "classification"), args.only in ("all", "generation")
-    prepare_once(args, (CLS_TASK,) * cls + (GEN_TASK,) * gen)
     seeds = [int(x) for x in args.seeds.split(",")]
+    if args.only == "mrpc":
+        return mrpc_accuracy(args, seeds)
+    prepare_once(args, (CLS_TASK,) * cls + (GEN_TASK,) * gen)
     load_before = os.getloadavg()
     runs: dict[str, list[dict]] = {who: [] for who in CONTENDERS}
     peer_gen: tuple[str, ...] = ("gen-peer", "gen-peer-bf16")  # both on the first seed, then the faster
@@ -309,6 +320,30 @@ def main() -> None:
                     "activation_checkpointing": args.checkpointing,
                     "load_avg_before": round(load_before[0], 2), "load_avg_after": round(load_after[0], 2)})
     print(json.dumps(summary))
+
+
+def mrpc_accuracy(args, seeds: list[int]) -> None:
+    """peftops LoRA fp32 against bf16 on MRPC, seeds interleaved: the F1 half of the accuracy target."""
+    prepare_once(args, ("mrpc",))
+    load_before = os.getloadavg()
+    runs: dict[str, list[dict]] = {who: [] for who in MRPC}
+    for seed in seeds:
+        for who in MRPC:
+            runs[who].append(spawn(argparse.Namespace(**{**vars(args), "seed": seed}), who))
+    load_after = os.getloadavg()
+    print(f"\nMRPC, batch {args.batch}, {args.steps} steps, dev {args.dev}; seeds {seeds}; "
+          f"load {load_before[0]:.2f} -> {load_after[0]:.2f}")
+    _print_runs(runs, seeds, MRPC, 28, (("dev F1", "dev_f1", 7, ".3f"), ("dev acc", "dev_acc", 8, ".3f")))
+    print(json.dumps({"mrpc_bf16_dev_f1_mean": round(_mean(runs, "mrpc-lora-bf16", "dev_f1"), 4),
+                      "mrpc_fp32_dev_f1_mean": round(_mean(runs, "mrpc-lora", "dev_f1"), 4),
+                      "mrpc_bf16_dev_acc_mean": round(_mean(runs, "mrpc-lora-bf16", "dev_acc"), 4),
+                      "mrpc_fp32_dev_acc_mean": round(_mean(runs, "mrpc-lora", "dev_acc"), 4),
+                      "mrpc_bf16_examples_per_s": round(_mean(runs, "mrpc-lora-bf16", "examples_per_s"), 3),
+                      "mrpc_fp32_examples_per_s": round(_mean(runs, "mrpc-lora", "examples_per_s"), 3),
+                      "per_seed": {who: [{"seed": s_, "dev_f1": r["dev_f1"], "dev_acc": r["dev_acc"]}
+                                         for s_, r in zip(seeds, runs[who])] for who in MRPC},
+                      "seeds": seeds, "steps": args.steps, "batch_size": args.batch, "smoke": args.smoke,
+                      "load_avg_before": round(load_before[0], 2), "load_avg_after": round(load_after[0], 2)}))
 
 
 def _mean(runs: dict[str, list[dict]], who: str, key: str) -> float:

@@ -1,4 +1,4 @@
-# .venv/bin/python bench/train_probe.py [--steps 6] [--threads 1] [--precision fp32|bf16] [--memory]
+# .venv/bin/python bench/train_probe.py [--steps 6] [--threads 1] [--precision fp32|bf16] [--memory] [--method lora|full]
 """Where a peftops LoRA training step's memory and time go, on the real Gemma 3 270M.
 
 Two measurements behind BENCHMARKS.md's "what bounds it" paragraphs, on the same snapshot and
@@ -6,7 +6,7 @@ SST-2 split as ``bench/train_bench.py`` (run that once first: it prepares the sp
 
   1. resident memory after each import the training process needs (torch, transformers'
      modeling code, peft's LoRA) and after loading the model: the floor under any trainer;
-  2. a torch.profiler table of ``--steps`` LoRA training steps (after two untimed ones), with
+  2. a torch.profiler table of ``--steps`` LoRA (or, ``--method full``, FFT) training steps (after two untimed ones), with
      activation checkpointing, as ``peftops.training.loop.train`` runs them, in ``--precision``
      (bf16: the frozen base in bf16, LoRA in fp32, products under autocast, as the loop does);
      ``--memory`` adds where the step's resident memory peaks (forward, backward, optimizer) and
@@ -43,6 +43,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     ap.add_argument("--memory", action="store_true", help="also where the step's memory peaks")
+    ap.add_argument("--method", choices=("lora", "full"), default="lora",
+                    help="lora (the bench's LoRA) or full (FFT, fp32 master weights; bf16 products with bf16)")
     args = ap.parse_args()
 
     print(f"resident at start: {rss_mb()} MB")
@@ -71,16 +73,17 @@ def main() -> None:
     _, snap, train_path, _ = tb._setup(bench_args)
     split = load_prepared(train_path)
     before = rss_mb()
-    method = get_method("lora")
+    method = get_method(args.method)
+    method_values = tb.LORA if args.method == "lora" else tb.FULL
     base = load_model(snap, "cpu", storage_dtype(args.precision, method))
     print(f"load model ({args.precision})                +{rss_mb() - before:4d} MB  -> {rss_mb()} MB "
           "(fp32: memory-mapped, weights become resident as a step reads them)")
 
     torch.manual_seed(0)
-    model = place_parameters(method.apply(base, make_config("lora", tb.LORA)), args.precision)
+    model = place_parameters(method.apply(base, make_config(args.method, method_values)), args.precision)
     fuse_rms_norms(model)  # as peftops.training.loop.train does
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=tb.LORA["lr"], fused=True)
+    opt = torch.optim.AdamW(params, lr=method_values["lr"], fused=True)
     set_mmap_threshold()
     hf_model(model).activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     model.train()
