@@ -124,11 +124,16 @@ def main() -> None:
             {"stock": lambda: F.cross_entropy((hidden @ weight.T).float(), targets, reduction="sum").backward(),
              "peftops": lambda: head_cross_entropy(hidden, weight, targets, chunk).backward()}, a.rounds, 3)
 
-    print(f"{'ms (mask: forward only)':28} {'stock':>9} {'peftops':>9} {'ratio':>6}")
-    for name, r in out.items():
-        r["speedup"] = round(r["stock"] / r["peftops"], 2)
-        print(f"{name:28} {r['stock']:9.3f} {r['peftops']:9.3f} {r['speedup']:5.2f}x")
+    _print_table(out, "ms (mask: forward only)", "stock", "peftops")
     print(json.dumps({"dtype": a.dtype, **out}))
+
+
+def _print_table(out: dict[str, dict[str, float]], title: str, slow: str, fast: str) -> None:
+    """One row per entry of ``out``: its two contenders' ms and their ratio (stored as ``speedup``)."""
+    print(f"{title:28} {slow:>9} {fast:>9} {'ratio':>6}")
+    for name, r in out.items():
+        r["speedup"] = round(r[slow] / r[fast], 2)
+        print(f"{name:28} {r[slow]:9.3f} {r[fast]:9.3f} {r['speedup']:5.2f}x")
 
 
 # (rows, inner, cols): the issue's three (a LoRA step's 256-row products, an eighth of the head) and a
@@ -145,10 +150,7 @@ def products(rounds: int) -> None:
         x, w = torch.randn(m, k), torch.randn(k, n)
         xb, wb = x.bfloat16(), w.bfloat16()
         out[f"mm_{m}x{k}x{n}"] = _race({"fp32": lambda: x @ w, "bf16": lambda: xb @ wb}, rounds, 10)
-    print(f"{'ms':28} {'fp32':>9} {'bf16':>9} {'ratio':>6}")
-    for name, r in out.items():
-        r["speedup"] = round(r["fp32"] / r["bf16"], 2)
-        print(f"{name:28} {r['fp32']:9.3f} {r['bf16']:9.3f} {r['speedup']:5.2f}x")
+    _print_table(out, "ms", "fp32", "bf16")
     print(json.dumps({"products": out}))
 
 

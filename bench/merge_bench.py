@@ -16,28 +16,28 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
 
 from peftops.pipeline.env import apply_defaults  # noqa: E402
 
 apply_defaults()
 
 
-def padded_tokens(prompts: list[list[int]], batch_size: int = 16, *, sort: bool) -> int:
-    """Tokens the forward passes process when ``prompts`` are batched ``batch_size`` at a time."""
-    lengths = sorted(map(len, prompts)) if sort else [len(p) for p in prompts]
-    return sum(max(lengths[i:i + batch_size]) * len(lengths[i:i + batch_size])
-               for i in range(0, len(lengths), batch_size))
+def padded_tokens(lengths: list[int], batches: list[list[int]]) -> int:
+    """Tokens the forward passes process: each batch of row indices padded to its longest row."""
+    return sum(max(lengths[i] for i in rows) * len(rows) for rows in batches)
 
 
 def main() -> None:
     import torch
 
     from peftops.config import DataConfig, MergeConfig, load_params, state_home
+    from merge_bf16_probe import save_random_lora
     from peftops.data.prepared import load_prepared, prepare
     from peftops.evaluation.merge import merge_adapter
-    from peftops.methods import get_method, make_config
-    from peftops.model.snapshot import load_model, load_tokenizer
+    from peftops.model.snapshot import load_tokenizer
     from peftops.stages import stage_base
+    from peftops.training.batching import shortest_first
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--task", default="rte")
@@ -49,31 +49,24 @@ def main() -> None:
     params = load_params(None)
     snap = stage_base(params, args.home)
     data_dir = state_home(args.home) / "bench" / f"merge-{args.task}"
-    probe = prepare(DataConfig(task=args.task, train_size=params.data.train_size, dev_size=params.data.dev_size),
-                    load_tokenizer(snap), data_dir)
-    probe = load_prepared(probe.dev_path)
+    prepared = prepare(DataConfig(task=args.task, train_size=params.data.train_size,
+                                  dev_size=params.data.dev_size), load_tokenizer(snap), data_dir)
+    probe = load_prepared(prepared.dev_path)
     cfg = MergeConfig()
-    prompts = probe.input_ids[: cfg.probe_size]
+    lengths = [len(p) for p in probe.input_ids[: cfg.probe_size]]
     times = []
     with tempfile.TemporaryDirectory() as tmp:
-        lora, lcfg = get_method("lora"), make_config("lora", {"r": 16, "alpha": 32})
-        torch.manual_seed(0)
-        model = lora.apply(load_model(snap), lcfg)
-        with torch.no_grad():
-            for n, p in model.named_parameters():
-                if "lora_B" in n:
-                    p.normal_(0.0, 0.02)
-        lora.save(model, lcfg, Path(tmp))
-        del model
+        save_random_lora(snap, Path(tmp))
         for i in range(args.repeats):
             cert = merge_adapter(snap, Path(tmp), probe, cfg, precision=args.precision)
             times.append(cert.merge_time_s)
             print(f"repeat {i}: merge {cert.merge_time_s:.1f} s, max |dlogit| {cert.max_abs_dlogit:.3g}, "
                   f"passed {cert.passed}", flush=True)
-    print(json.dumps({"task": args.task, "precision": args.precision, "probes": len(prompts),
-                      "merge_time_s": round(statistics.median(times), 2), "repeats": times,
-                      "tokens": sum(map(len, prompts)), "padded_tokens_dev_order": padded_tokens(prompts, sort=False),
-                      "padded_tokens_sorted": padded_tokens(prompts, sort=True)}))
+    in_order = [list(range(s, min(s + 16, len(lengths)))) for s in range(0, len(lengths), 16)]
+    print(json.dumps({"task": args.task, "precision": args.precision, "probes": len(lengths),
+                      "merge_time_s": round(statistics.median(times), 2), "repeats": times, "tokens": sum(lengths),
+                      "padded_tokens_dev_order": padded_tokens(lengths, in_order),
+                      "padded_tokens_sorted": padded_tokens(lengths, shortest_first(lengths, 16))}))
 
 
 if __name__ == "__main__":

@@ -17,13 +17,30 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
+def save_random_lora(snap, out_dir: Path, std: float = 0.02) -> None:
+    """Write an r=16, alpha=32 LoRA on every linear layer of ``snap`` whose ``B`` entries are drawn
+    from N(0, std) (seed 0) to ``out_dir``: a merge's cost and rounding are the shapes', not the values'."""
+    import torch
+
+    from peftops.methods import get_method, make_config
+    from peftops.model.snapshot import load_model
+
+    lora, cfg = get_method("lora"), make_config("lora", {"r": 16, "alpha": 32})
+    torch.manual_seed(0)
+    model = lora.apply(load_model(snap), cfg)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0.0, std)
+    lora.save(model, cfg, out_dir)
+
+
 def main() -> None:
     import torch
 
     from peftops.config import BaseConfig, MergeConfig
     from peftops.data.prepared import PreparedSplit
     from peftops.evaluation.merge import compare_logits, last_logits, merge_adapter
-    from peftops.methods import get_method, make_config
     from peftops.model.snapshot import import_base, load_model, load_tokenizer
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -42,15 +59,7 @@ def main() -> None:
                           lines=list(range(len(prompts))), source="mem", source_sha256="")
     out: dict = {"probes": len(prompts), "lora_b_std": args.std}
     with tempfile.TemporaryDirectory() as tmp:
-        lora = get_method("lora")
-        torch.manual_seed(0)
-        model = lora.apply(load_model(snap), make_config("lora", {"r": 16, "alpha": 32}))
-        with torch.no_grad():
-            for n, p in model.named_parameters():
-                if "lora_B" in n:
-                    p.normal_(0.0, args.std)
-        lora.save(model, make_config("lora", {"r": 16, "alpha": 32}), Path(tmp))
-        del model
+        save_random_lora(snap, Path(tmp), args.std)
         cfg = MergeConfig(probe_size=len(prompts), tolerance=1e9)  # measure, do not refuse
         for precision in ("fp32", "bf16"):
             cert = merge_adapter(snap, Path(tmp), probe, cfg, precision=precision)

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from peftops.training.batching import IGNORE, build_batch, forward_logits, supervised_loss
+from peftops.training.batching import IGNORE, build_batch, forward_logits, shortest_first, supervised_loss
 from peftops.data.prepared import PreparedSplit
 from peftops.evaluation.generate import generate_all, greedy_generate
 from peftops.evaluation.metrics import compute, compute_generation
@@ -87,12 +87,10 @@ def evaluate(model: torch.nn.Module, split: PreparedSplit, *, pad_id: int, batch
     if split.generative:
         return evaluate_generation(model, split, pad_id=pad_id, batch_size=batch_size, device=device,
                                    precision=precision, tokenizer=tokenizer, n_samples=n_samples)
-    order = sorted(range(len(split)), key=lambda i: len(split.input_ids[i]))  # less padding
     preds = [0] * len(split)
     t0 = time.perf_counter()
     with autocast(device, precision):
-        for start in range(0, len(order), batch_size):
-            rows = order[start:start + batch_size]
+        for rows in shortest_first([len(x) for x in split.input_ids], batch_size):
             scores = label_scores(model, [split.input_ids[i] for i in rows], split.label_token_ids, pad_id, device)
             for i, p in zip(rows, scores.argmax(-1).tolist()):
                 preds[i] = p
@@ -106,10 +104,9 @@ def evaluate(model: torch.nn.Module, split: PreparedSplit, *, pad_id: int, batch
 def response_loss(model: torch.nn.Module, split: PreparedSplit, *, pad_id: int, batch_size: int,
                   device: torch.device) -> float:
     """Mean cross-entropy (nats) per response token of a generation split, as in training."""
-    order = sorted(range(len(split)), key=lambda i: len(split.input_ids[i]) + len(split.response_ids[i]))
     total, count = 0.0, 0
-    for start in range(0, len(order), batch_size):
-        rows = order[start:start + batch_size]
+    lengths = [len(p) + len(r) for p, r in zip(split.input_ids, split.response_ids)]
+    for rows in shortest_first(lengths, batch_size):
         batch = build_batch([split.input_ids[i] for i in rows], [split.response_ids[i] for i in rows],
                             pad_id).to(device)
         total += float(supervised_loss(model, batch))

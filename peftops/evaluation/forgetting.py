@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from peftops.training.batching import IGNORE, build_batch, forward_logits
+from peftops.training.batching import IGNORE, build_batch, forward_logits, shortest_first
 from peftops.config import Config
 from peftops.data.manifest import data_path
 from peftops.data.reading import decode_text, jsonl_rows, read_source
@@ -107,10 +107,9 @@ def general_nll(model: torch.nn.Module, texts: GeneralTextSet, *, pad_id: int, b
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model.eval()
-    order = sorted(range(len(texts)), key=lambda i: len(texts.input_ids[i]))
     total, count = 0.0, 0
-    for start in range(0, len(order), batch_size):
-        rows = [texts.input_ids[i] for i in order[start:start + batch_size]]
+    for batch_rows in shortest_first([len(x) for x in texts.input_ids], batch_size):
+        rows = [texts.input_ids[i] for i in batch_rows]
         batch = build_batch([r[:1] for r in rows], [r[1:] for r in rows], pad_id).to(device)
         logits = forward_logits(model, batch).float()
         loss = F.cross_entropy(logits.flatten(0, 1), batch.targets.flatten(), ignore_index=IGNORE,

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 
 from peftops.methods.prompt.method import PromptTuned
-from peftops.training.batching import build_batch, hf_model
+from peftops.training.batching import build_batch, hf_model, shortest_first
 
 
 @dataclass
@@ -129,11 +129,9 @@ def generate_all(model: torch.nn.Module, prompts: list[list[int]], *, pad_id: in
                  tokenizer=None, stop: tuple[str, ...] | list[str] = ()) -> Generated:
     """:func:`greedy_generate` over many prompts, ``batch_size`` at a time (sorted by length, so
     little padding), results in the prompts' order."""
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     ids: list[list[int]] = [[] for _ in prompts]
     texts = [""] * len(prompts)
-    for start in range(0, len(order), batch_size):
-        rows = order[start:start + batch_size]
+    for rows in shortest_first([len(p) for p in prompts], batch_size):
         got = greedy_generate(model, [prompts[i] for i in rows], pad_id=pad_id, stop_ids=stop_ids,
                               max_new_tokens=max_new_tokens, device=device, tokenizer=tokenizer, stop=stop)
         for k, i in enumerate(rows):

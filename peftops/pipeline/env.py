@@ -18,9 +18,9 @@ DEFAULTS = {
     # is too short on a loaded 2-core machine.
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
     # oneDNN (torch's bf16 products on CPU) keeps a compiled kernel per matrix shape, 1,024 of them
-    # by default; length-bucketed batches bring new shapes all run long, so a bf16 training's resident
-    # memory grew by 12-20 MB a step. oneDNN reads this when it creates its first kernel, so it takes
-    # effect even after torch is imported. See BENCHMARKS.md "bf16" for the peak it saves.
+    # by default; length-bucketed batches bring new shapes all run long, and a bf16 training's resident
+    # memory grows with them (peak 1,429 -> 1,257 MB with 64: BENCHMARKS.md "bf16"). oneDNN reads
+    # this when it creates its first kernel, so it takes effect even after torch is imported.
     "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "64",
 }
 

@@ -33,6 +33,16 @@ class Batch:
                      self.targets.to(device), self.n_examples)
 
 
+def shortest_first(lengths: list[int], batch_size: int) -> list[list[int]]:
+    """Row indices in batches of ``batch_size``, shortest rows first (a stable sort).
+
+    A batch is padded to its longest row, so scoring rows in length order wastes the least on
+    padding; callers put each result back at its row's index.
+    """
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+
+
 def build_batch(prompts: list[list[int]], continuations: list[list[int]], pad_id: int) -> Batch:
     """Rows ``prompt + continuation[:-1]``; targets are the continuation tokens.
 

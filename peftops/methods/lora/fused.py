@@ -43,7 +43,6 @@ def _fused_class() -> type:
                                         self.lora_B[name].weight, self.scaling[name])
             return result
 
-    FusedLoraLinear.__module__ = __name__
     return FusedLoraLinear
 
 
@@ -72,11 +71,12 @@ def fuse_lora_linears(model: torch.nn.Module) -> int:
     """Give every peft LoRA ``Linear`` under ``model`` the fused forward (idempotent); returns how
     many were changed. Only the instance's class changes (a subclass with ``forward`` replaced), so
     parameters, state-dict keys, ``isinstance`` checks, saving and ``merge_and_unload`` are peft's."""
+    from peft.tuners.lora.layer import Linear
+
     fused = _fused_class()
-    base = fused.__mro__[1]
     changed = 0
     for sub in model.modules():
-        if type(sub) is base:
+        if type(sub) is Linear:
             sub.__class__ = fused
             changed += 1
     return changed
