@@ -88,10 +88,24 @@ def task_flow_settings():
     sleeps in one-second steps and the run's exit waits for it, up to a second per task run; a fleet detects its own dead tasks instead (the Ray runner
     marks a dead attempt's flow run Crashed, ``flows.ray_fleet``), and the fleet's own flow run
     keeps its heartbeats."""
-    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+    from prefect.context import SettingsContext, get_settings_context
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY
 
-    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+    context = get_settings_context()
+    # Built once per settings object, not per task: rebuilding Prefect's settings validates
+    # every field and reads the environment, a tenth of a second of a one-step task (cProfile).
+    cached = _NO_HEARTBEAT.get(id(context.settings))
+    if cached is None or cached[0] is not context.settings:
+        if len(_NO_HEARTBEAT) >= 8:
+            _NO_HEARTBEAT.clear()
+        cached = (context.settings, context.settings.copy_with_update(
+            updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}))
+        _NO_HEARTBEAT[id(context.settings)] = cached
+    with SettingsContext(profile=context.profile, settings=cached[1]):
         yield
+
+
+_NO_HEARTBEAT: dict[int, tuple[Any, Any]] = {}  # id(settings) -> (those settings, them without heartbeats)
 
 
 def outcome(state, seconds: float) -> dict[str, Any]:

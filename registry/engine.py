@@ -10,6 +10,7 @@ transaction tries to upgrade. PostgreSQL URLs are routed to psycopg 3.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -157,7 +158,9 @@ def _alembic_config(conn: Connection) -> Config:
     return cfg
 
 
+@functools.lru_cache(maxsize=1)
 def head_revision() -> str:
+    """The newest migration (read from the scripts once per process: they ship with the code)."""
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     head = ScriptDirectory.from_config(cfg).get_current_head()

@@ -122,8 +122,12 @@ class Tracker:
         return StepLogger(self, run_id, every)
 
     def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
-        for k, v in tags.items():
-            self.client.set_tag(run_id, k, str(v))
+        """All of ``tags`` in one ``log_batch`` call per hundred (one commit each, not one per tag)."""
+        from mlflow.entities import RunTag
+
+        items = [RunTag(k, str(v)) for k, v in tags.items()]
+        for start in range(0, len(items), 100):
+            self.client.log_batch(run_id, tags=items[start:start + 100])
 
     def log_artifact(self, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(run_id, str(path), artifact_path)
