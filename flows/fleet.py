@@ -91,21 +91,18 @@ def task_flow_settings():
     from prefect.context import SettingsContext, get_settings_context
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY
 
+    global _NO_HEARTBEAT
     context = get_settings_context()
-    # Built once per settings object, not per task: rebuilding Prefect's settings validates
-    # every field and reads the environment, a tenth of a second of a one-step task (cProfile).
-    cached = _NO_HEARTBEAT.get(id(context.settings))
-    if cached is None or cached[0] is not context.settings:
-        if len(_NO_HEARTBEAT) >= 8:
-            _NO_HEARTBEAT.clear()
-        cached = (context.settings, context.settings.copy_with_update(
+    # Built once per outer settings object, not per task: rebuilding Prefect's settings validates
+    # every field and reads the environment again.
+    if _NO_HEARTBEAT[0] is not context.settings:
+        _NO_HEARTBEAT = (context.settings, context.settings.copy_with_update(
             updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}))
-        _NO_HEARTBEAT[id(context.settings)] = cached
-    with SettingsContext(profile=context.profile, settings=cached[1]):
+    with SettingsContext(profile=context.profile, settings=_NO_HEARTBEAT[1]):
         yield
 
 
-_NO_HEARTBEAT: dict[int, tuple[Any, Any]] = {}  # id(settings) -> (those settings, them without heartbeats)
+_NO_HEARTBEAT: tuple[Any, Any] = (None, None)  # (the outer settings, them without heartbeats)
 
 
 def outcome(state, seconds: float) -> dict[str, Any]:

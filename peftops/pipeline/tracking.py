@@ -54,6 +54,9 @@ def _flat(params: dict[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
+_BATCH_LIMITS = {"metrics": 1000, "params": 100, "tags": 100}  # MLflow's per-call maxima
+
+
 class Tracker:
     """A thin handle over one MLflow experiment."""
 
@@ -95,27 +98,22 @@ class Tracker:
     def log_params(self, run_id: str, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
 
-        flat = _flat(params)
-        items = [Param(k, v) for k, v in flat.items()]
-        for start in range(0, len(items), 100):
-            self.client.log_batch(run_id, params=items[start:start + 100])
+        self._log_batches(run_id, "params", [Param(k, v) for k, v in _flat(params).items()])
 
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
         from mlflow.entities import Metric
 
         ts = int(time.time() * 1000)
-        items = [Metric(k, float(v), ts, step) for k, v in metrics.items() if v is not None]
-        for start in range(0, len(items), 1000):
-            self.client.log_batch(run_id, metrics=items[start:start + 1000])
+        self._log_batches(run_id, "metrics",
+                          [Metric(k, float(v), ts, step) for k, v in metrics.items() if v is not None])
 
     def log_history(self, run_id: str, history: list[dict[str, float]]) -> None:
         """Per-step metrics (each record has a 'step' key) in batched calls."""
         from mlflow.entities import Metric
 
         ts = int(time.time() * 1000)
-        items = [Metric(k, float(v), ts, int(rec["step"])) for rec in history for k, v in rec.items() if k != "step"]
-        for start in range(0, len(items), 1000):
-            self.client.log_batch(run_id, metrics=items[start:start + 1000])
+        self._log_batches(run_id, "metrics", [Metric(k, float(v), ts, int(rec["step"]))
+                                              for rec in history for k, v in rec.items() if k != "step"])
 
     def step_logger(self, run_id: str, every: int = 10) -> "StepLogger":
         """A callback for the training loop that logs each step's metrics while the run trains."""
@@ -125,9 +123,14 @@ class Tracker:
         """All of ``tags`` in one ``log_batch`` call per hundred (one commit each, not one per tag)."""
         from mlflow.entities import RunTag
 
-        items = [RunTag(k, str(v)) for k, v in tags.items()]
-        for start in range(0, len(items), 100):
-            self.client.log_batch(run_id, tags=items[start:start + 100])
+        self._log_batches(run_id, "tags", [RunTag(k, str(v)) for k, v in tags.items()])
+
+    def _log_batches(self, run_id: str, kind: str, items: list[Any]) -> None:
+        """``items`` (``kind``: metrics, params or tags) in as few ``log_batch`` calls as MLflow's
+        per-call limits allow: one commit per call, not one per item."""
+        size = _BATCH_LIMITS[kind]
+        for start in range(0, len(items), size):
+            self.client.log_batch(run_id, **{kind: items[start:start + size]})
 
     def log_artifact(self, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(run_id, str(path), artifact_path)
