@@ -1,10 +1,11 @@
 # python bench/registry_bench.py --backend both
 """Adapter-registry benchmark: our registry at 10k and 100k versions on SQLite and on
-PostgreSQL, vs MLflow's Model Registry at 10k on SQLite, plus 8 concurrent publishers.
+PostgreSQL, vs MLflow's Model Registry at 10k on the same backend, plus 8 concurrent publishers.
 
 Each PostgreSQL size gets a database of its own (created fresh, dropped at the end); blobs
-are on the local file store on both backends. MLflow runs on SQLite only (its embedded
-default): PostgreSQL's comparisons take that run as their reference.
+are on the local file store on both backends. MLflow runs on SQLite (its embedded default)
+and, when PostgreSQL is benched, in a database of its own on the same server: PostgreSQL's
+targets are against that run, and its ratios against MLflow on SQLite are printed beside.
 
 Synthesis uses bulk inserts (it is not what is measured); every measured query goes
 through the public Python API (ours) or MlflowClient (theirs), and publish throughput goes
@@ -55,6 +56,8 @@ TEAMS = [f"team-{i:02d}" for i in range(20)]  # a tag value matches 5% of versio
 WARMUP = 20  # untimed publishes before the timed ones
 BATCH = 100  # adapters per publish_many call
 WARM_EACH = 2  # untimed publishes per concurrent publisher, before the common start
+MIN_CALLS = 20  # timed calls of a query at least, whatever its time budget
+PEER_BUDGET_S = 60.0  # timed seconds per MLflow query at most (its tag filters on PostgreSQL: ~1-7 s a call)
 QUERIES = ["versions_of_task", "alias_lookup", "filter_by_tag", "filter_by_method",
            "metric_threshold", "task_list_page"]
 
@@ -94,9 +97,12 @@ def _q(xs: list[float], p: int) -> float:
     return round(statistics.quantiles(sorted(xs), n=100, method="inclusive")[p - 1], 4)
 
 
-def timed(fn, args_list) -> dict[str, float]:
+def timed(fn, args_list, budget_s: float | None = None) -> dict[str, float]:
     """Wall-clock p50/p95 (the figures), plus the p95 of the CPU time this thread spent:
-    when the machine is shared, the gap between the two is time spent waiting for a core."""
+    when the machine is shared, the gap between the two is time spent waiting for a core.
+    budget_s: stop once the timed calls have taken that long (at least MIN_CALLS of them): a
+    peer's query that takes seconds would otherwise hold the bench for half an hour. ``n`` is
+    how many were timed."""
     for a in args_list[:5]:  # warm caches and statement compilation
         fn(*a)
     wall, cpu = [], []
@@ -105,10 +111,12 @@ def timed(fn, args_list) -> dict[str, float]:
         fn(*a)
         wall.append((time.perf_counter() - t0) * 1000)
         cpu.append((time.thread_time() - c0) * 1000)
-    return {"p50_ms": _q(wall, 50), "p95_ms": _q(wall, 95), "cpu_p95_ms": _q(cpu, 95)}
+        if budget_s is not None and len(wall) >= MIN_CALLS and sum(wall) > budget_s * 1000:
+            break
+    return {"p50_ms": _q(wall, 50), "p95_ms": _q(wall, 95), "cpu_p95_ms": _q(cpu, 95),
+            "n": len(wall)}
 
 
-# ----------------------------------------------------------------------------- ours
 def synthesize(reg: Registry, n_tasks: int, per_task: int, pool: list[dict]) -> None:
     """Bulk-insert n_tasks x per_task versions that reference real, stored blobs."""
     rng = random.Random(42)
@@ -357,13 +365,16 @@ def pg_database(server_url: str, name: str, drop_only: bool = False) -> str:
 
 
 # ----------------------------------------------------------------------------- MLflow
-def bench_mlflow(work: Path, n_models: int, per_model: int,
-                 repeats: int) -> tuple[dict, float, float]:
+def bench_mlflow(work: Path, n_models: int, per_model: int, repeats: int,
+                 uri: str | None = None) -> tuple[dict, float, float]:
+    """MLflow's Model Registry at n_models x per_model versions: query latencies, its mean
+    create_model_version rate and the synthesis time. uri: its backend store (default: a fresh
+    SQLite file under work; a PostgreSQL URL for the same-backend reference)."""
     from mlflow.tracking import MlflowClient
 
-    d = work / "mlflow"
+    d = work / ("mlflow" if uri is None else "mlflow-pg")
     d.mkdir(parents=True, exist_ok=True)
-    uri = f"sqlite:///{d / 'mlflow.db'}"
+    uri = uri or f"sqlite:///{d / 'mlflow.db'}"
     c = MlflowClient(tracking_uri=uri, registry_uri=uri)
     rng = random.Random(42)
     os.sync()
@@ -383,20 +394,21 @@ def bench_mlflow(work: Path, n_models: int, per_model: int,
     synth_s = time.perf_counter() - t0
     rate = n_models * per_model / version_s
     tasks = [(f"task-{rng.randrange(n_models):05d}",) for _ in range(repeats)]
+    b = PEER_BUDGET_S
     res = {
         "versions_of_task": timed(
-            lambda t: c.search_model_versions(f"name = '{t}'"), tasks),
-        "alias_lookup": timed(lambda t: c.get_model_version_by_alias(t, "production"), tasks),
+            lambda t: c.search_model_versions(f"name = '{t}'"), tasks, b),
+        "alias_lookup": timed(lambda t: c.get_model_version_by_alias(t, "production"), tasks, b),
         "filter_by_tag": timed(
             lambda team: c.search_model_versions(f"tags.team = '{team}'", max_results=100),
-            [(rng.choice(TEAMS),) for _ in range(repeats)]),
+            [(rng.choice(TEAMS),) for _ in range(repeats)], b),
         "filter_by_method": timed(
             lambda m: c.search_model_versions(f"tags.method = '{m}'", max_results=100),
-            [(rng.choice(["dora", "ia3", "lora"]),) for _ in range(repeats)]),
+            [(rng.choice(["dora", "ia3", "lora"]),) for _ in range(repeats)], b),
         # MLflow's Model Registry keeps no metrics on versions and cannot filter by one.
         "metric_threshold": None,
         "task_list_page": timed(lambda: c.search_registered_models(max_results=100),
-                                [()] * repeats),
+                                [()] * repeats, b),
     }
     return res, rate, synth_s
 
@@ -534,10 +546,20 @@ def main() -> None:
                 print("publish cost breakdown ...", file=sys.stderr)
                 breakdown = publish_breakdown(work, 305)
         ml, pub_ml, s3 = (None, None, None)
-        if "sqlite" in backends and not a.skip_mlflow:
-            print(f"MLflow registry @ {small_n:,} versions (registering them) ...",
+        ml_pg, pub_ml_pg, s3_pg = (None, None, None)
+        if not a.skip_mlflow:
+            print(f"MLflow registry on SQLite @ {small_n:,} versions (registering them) ...",
                   file=sys.stderr)
             ml, pub_ml, s3 = bench_mlflow(work, a.small_tasks, a.per_task, a.repeats)
+        if "postgresql" in backends and not a.skip_mlflow:
+            # The same-backend peer for our PostgreSQL figures: one round trip to a server
+            # costs more than a whole in-process SQLite lookup, so only MLflow on the same
+            # server measures the registries rather than the transports.
+            print(f"MLflow registry on PostgreSQL @ {small_n:,} versions ...", file=sys.stderr)
+            pg_dbs.append(f"{a.pg_db}_mlflow")
+            ml_pg, pub_ml_pg, s3_pg = bench_mlflow(
+                work, a.small_tasks, a.per_task, a.repeats,
+                uri=normalize_url(pg_database(a.pg_url, pg_dbs[-1])))
     finally:
         if not a.keep:
             for name in pg_dbs:
@@ -570,23 +592,34 @@ def main() -> None:
             "targets": targets})
     if "postgresql" in by_backend:
         r = by_backend["postgresql"]
-        speed, targets, rows = compare(r["ours_small"], r["ours_large"], r["publish_per_s"],
-                                       ml, pub_ml, a.publishers)
-        ref = "mlflow_small on SQLite, this run" if ml else None
-        print_table("PostgreSQL" + (" (MLflow column: MLflow on SQLite, this run)" if ml
-                                    else " (no MLflow reference: p95 target only)"),
-                    rows, small_n, big_n)
+        pub_small = r["publish_per_s"]["ours_small"]
+        results["postgresql"] = {**r}
+        # Against MLflow on the same PostgreSQL server (the targets), then on SQLite (for
+        # reference: a transport against an in-process library).
+        for key, ref_ml, ref_pub, title in (
+                ("", ml_pg, pub_ml_pg, "MLflow on PostgreSQL, this run"),
+                ("_sqlite", ml, pub_ml, "MLflow on SQLite, this run")):
+            if ref_ml is None and key:
+                continue
+            speed, targets, rows = compare(r["ours_small"], r["ours_large"],
+                                           r["publish_per_s"], ref_ml, ref_pub, a.publishers)
+            print_table("PostgreSQL" + (f" (MLflow column: {title})" if ref_ml
+                                        else " (no MLflow reference: p95 target only)"),
+                        rows, small_n, big_n)
+            results["postgresql"].update({
+                f"mlflow_reference{key}": title if ref_ml else None,
+                f"speedup_vs_mlflow_small{key}": speed,
+                f"publish_speedup{key}": round(pub_small / ref_pub, 2) if ref_pub else None,
+                f"publish_batched_speedup{key}": round(
+                    r["publish_per_s"]["ours_small_batched"] / ref_pub, 2) if ref_pub else None,
+                f"targets{key}": targets})
+        results["postgresql"]["mlflow_small"] = ml_pg
+        results["postgresql"]["publish_per_s"]["mlflow_small"] = (
+            round(pub_ml_pg, 1) if pub_ml_pg else None)
         print(f"synthesis: ours@small {r['synthesis_small_s']:.1f}s, ours@large "
-              f"{r['synthesis_large_s']:.1f}s")
+              f"{r['synthesis_large_s']:.1f}s" + (f", MLflow@small {s3_pg:.1f}s" if s3_pg else ""))
         print("CPU-time p95 ours@large (ms): " + ", ".join(
             f"{q} {r['ours_large'][q]['cpu_p95_ms']:.3f}" for q in QUERIES))
-        pub_small = r["publish_per_s"]["ours_small"]
-        results["postgresql"] = {
-            **r, "mlflow_reference": ref, "speedup_vs_mlflow_small": speed,
-            "publish_speedup": round(pub_small / pub_ml, 2) if pub_ml else None,
-            "publish_batched_speedup": round(
-                r["publish_per_s"]["ours_small_batched"] / pub_ml, 2) if pub_ml else None,
-            "targets": targets}
     try:
         load = "load average %.2f %.2f %.2f" % os.getloadavg()
     except OSError:

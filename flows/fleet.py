@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import gc
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -35,10 +36,12 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
 from flows.pipeline import PipelineOptions, run_pipeline
+from flows.stagecalls import RESULTS_DIR
 from peftops.config import PipelineParams, for_task, load_params, state_home
 from peftops.config import FleetConfig, fleet_config
 from peftops.fsutil import write_json_atomic
 from peftops.pipeline.tracking import Tracker
+from peftops.stages import Layout
 from peftops.training.memory import freeze_heap
 from tasks import base_task
 
@@ -68,6 +71,18 @@ def adapter_pipeline(task: str | None = None, methods: list[str] | tuple[str, ..
     with untagged_task_runs():
         return run_pipeline(p, home, PipelineOptions(methods=tuple(methods), source="pipeline", progress=progress,
                                                      refresh=not cache, parent_tags=dict(run_tags or {})))
+
+
+def pipeline_flow(home: str | None):
+    """``adapter_pipeline`` with its result storage named: the stage results' folder under the
+    state home. Without one, every flow run asks the Prefect API server for a default storage
+    block (three requests a fleet task, whose answer is always "none")."""
+    return _pipeline_flow(Layout.of(home).home / RESULTS_DIR)
+
+
+@functools.lru_cache(maxsize=16)
+def _pipeline_flow(results: Any):  # one Flow per folder, not per task: with_options copies the flow
+    return adapter_pipeline.with_options(result_storage=results)
 
 
 @contextlib.contextmanager
@@ -155,7 +170,7 @@ def fleet(tasks: list[str] | None = None, methods: list[str] | tuple[str, ...] =
     def one(name: str):
         t = time.perf_counter()
         with task_flow_settings():
-            state = adapter_pipeline(task=name, methods=tuple(methods), home=home, progress=progress,
+            state = pipeline_flow(home)(task=name, methods=tuple(methods), home=home, progress=progress,
                                      params=params, return_state=True)
         return name, state, time.perf_counter() - t
 

@@ -119,7 +119,7 @@ def run_task(name: str, methods: tuple[str, ...], home: str, params: PipelinePar
     import torch
     from prefect import tags
 
-    from flows.fleet import adapter_pipeline, outcome, task_flow_settings
+    from flows.fleet import outcome, pipeline_flow, task_flow_settings
     from peftops.pipeline.env import apply_defaults
     from peftops.training.memory import freeze_heap
 
@@ -137,7 +137,7 @@ def run_task(name: str, methods: tuple[str, ...], home: str, params: PipelinePar
         _close_dead_attempts(name, fleet_run_id, home, retry_reasons(previous + [{}])[-1])
     t0 = time.perf_counter()
     with tags("fleet", f"fleet-run:{fleet_run_id}", f"task:{name}"), task_flow_settings():
-        state = adapter_pipeline(task=name, methods=methods, home=home, progress=progress, params=params,
+        state = pipeline_flow(home)(task=name, methods=methods, home=home, progress=progress, params=params,
                                  run_tags={RUN_TAG: fleet_run_id}, return_state=True)
     line = outcome(state, time.perf_counter() - t0)
     if first:  # again, once the first task's lazy imports (model classes, peft) and the warm base exist

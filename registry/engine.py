@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import select
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DisconnectionError, IntegrityError
 
 from .db import VERSION_TABLE
 from .errors import StorageUnavailable
@@ -69,8 +71,8 @@ def create_registry_engine(url: str, *, busy_timeout_ms: int = 60_000,
     url = normalize_url(url)
     u = make_url(url)
     if u.get_backend_name() != "sqlite":
-        engine = create_engine(url, pool_pre_ping=True,
-                               connect_args={"connect_timeout": connect_timeout_s})
+        engine = create_engine(url, connect_args={"connect_timeout": connect_timeout_s})
+        event.listen(engine, "checkout", _drop_if_closed_by_server)
         _typed_errors(engine)
         return engine
     if u.database and u.database != ":memory:":
@@ -104,6 +106,22 @@ def create_registry_engine(url: str, *, busy_timeout_ms: int = 60_000,
     return engine
 
 
+def _drop_if_closed_by_server(dbapi_conn, _record, _proxy) -> None:
+    """A pooled PostgreSQL connection is checked before use without a round trip: an idle
+    connection has nothing to read, so a readable socket means the server ended it (restart,
+    pg_terminate_backend, idle timeout: its FATAL message and EOF are waiting). The pool then
+    opens a fresh one. What it buys: pool_pre_ping's SELECT 1 was one of a point lookup's two
+    round trips (``python bench/registry_bench.py --backend postgresql``). A server that vanished
+    without closing (a cut network) is still found by the statement itself, as a one-line
+    StorageUnavailable."""
+    pgconn = dbapi_conn.pgconn
+    if pgconn.status != 0:  # libpq's CONNECTION_OK
+        raise DisconnectionError("connection closed")
+    readable, _, _ = select.select([pgconn.socket], [], [], 0)
+    if readable:
+        raise DisconnectionError("connection ended by the server")
+
+
 def _typed_errors(engine: Engine) -> None:
     @event.listens_for(engine, "handle_error")
     def _on_error(ctx):
@@ -123,31 +141,63 @@ def write_tx(engine: Engine) -> Iterator[Connection]:
 def raw_write_tx(engine: Engine) -> Iterator[Any]:
     """write_tx on the pooled DBAPI connection itself, for statements run through
     rawsql.RawTx: no Core Connection, event dispatch or result wrapping around it (the
-    publish hot path). Commits on success, rolls back on any exception."""
+    publish hot path). Commits on success, rolls back on any exception.
+
+    On PostgreSQL the transaction runs in psycopg's pipeline mode: statements are sent without
+    waiting for their answers until one is needed (a fetch), so a publish's BEGIN, lock and task
+    row are one round trip and its tags, metrics, counters and COMMIT another (8 -> 3 in all).
+    An error then surfaces at the next fetch or at the commit, both inside this block."""
     raw = engine.raw_connection()
+    dbapi = raw.driver_connection
     try:
         try:
             if engine.dialect.name == "sqlite":
-                raw.driver_connection.execute("BEGIN IMMEDIATE")
+                dbapi.execute("BEGIN IMMEDIATE")
             try:
-                yield raw.driver_connection
+                with _pipelined(dbapi, engine.dialect.name):
+                    yield dbapi
+                    dbapi.commit()  # pipelined: sent behind the last statements
             except BaseException:
                 raw.rollback()
                 raise
-            raw.commit()
         except engine.dialect.loaded_dbapi.OperationalError as e:
             err = unavailable(engine, e)
             if err is None:
                 raise
             raise err from None
+        except engine.dialect.loaded_dbapi.IntegrityError as e:
+            raise IntegrityError("COMMIT", None, e) from e  # the retry logic speaks SQLAlchemy's
     finally:
         raw.close()  # back to the pool
+
+
+def _pipelined(dbapi_conn, dialect: str):
+    if dialect == "postgresql":
+        from psycopg import Pipeline  # the driver normalize_url routes PostgreSQL URLs to
+
+        if Pipeline.is_supported():  # libpq >= 14
+            return dbapi_conn.pipeline()
+    return contextlib.nullcontext()
 
 
 @contextlib.contextmanager
 def read_tx(engine: Engine) -> Iterator[Connection]:
     """A read-only transaction (one consistent snapshot)."""
     with engine.connect() as conn, conn.begin():
+        yield conn
+
+
+@contextlib.contextmanager
+def read_one(engine: Engine) -> Iterator[Connection]:
+    """A connection for a read that is one statement, which is its own snapshot: on
+    PostgreSQL in autocommit, so the read is one round trip instead of BEGIN, the statement and
+    COMMIT (a point lookup 3 -> 1). Anything read after the first statement (an error
+    message's detail) may see later commits."""
+    if engine.dialect.name != "postgresql":
+        with read_tx(engine) as conn:
+            yield conn
+        return
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         yield conn
 
 

@@ -104,7 +104,11 @@ class RawTx:
 
     def first(self, stmt: Prepared, values: Mapping[str, Any] | None = None):
         """The first row as a tuple, or None."""
-        return self.run(stmt, values).fetchone()
+        cursor = self.run(stmt, values)
+        try:  # in a pipeline (engine.raw_write_tx) a statement's error arrives with its rows
+            return cursor.fetchone()
+        except self._integrity as e:
+            raise IntegrityError(stmt.rendered(self.dialect, values or {}).sql, None, e) from e
 
     def scalar(self, stmt: Prepared, values: Mapping[str, Any] | None = None):
         """The first column of the first row, or None."""

@@ -27,7 +27,7 @@ from . import db, names
 from .adapter import CONFIG_FILE, WEIGHTS_FILE, AdapterFolder, scan_adapter
 from .blobs import BlobStore, open_blob_store
 from .config import busy_timeout_ms, default_blob_uri, default_db_url
-from .engine import create_registry_engine, raw_write_tx, read_tx, upgrade, write_tx
+from .engine import create_registry_engine, raw_write_tx, read_one, read_tx, upgrade, write_tx
 from .errors import (BasePinMismatch, Conflict, InvalidAdapter, InvalidArgument, LintError,
                      NotFound, UnknownMetric)
 from .jsonlimits import check_text, check_value
@@ -266,7 +266,7 @@ class Registry:
         """A registered base by digest."""
         if digest in self._bases:
             return self._bases[digest]
-        with read_tx(self.engine) as conn:
+        with read_one(self.engine) as conn:
             row = conn.execute(select(db.bases).where(db.bases.c.digest == digest)).first()
         if row is None:
             raise NotFound(f"base {digest} is not registered; call register_base(snapshot_dir, "
@@ -278,7 +278,7 @@ class Registry:
 
     def list_bases(self) -> list[BaseModel]:
         """All registered bases, oldest first."""
-        with read_tx(self.engine) as conn:
+        with read_one(self.engine) as conn:
             digests = conn.execute(
                 select(db.bases.c.digest).order_by(db.bases.c.created_at)).scalars().all()
         return [self.get_base(d) for d in digests]
@@ -444,7 +444,7 @@ class Registry:
             if not self.blobs.exists(entry["sha256"]):
                 self.blobs.put(folder.path / fname, entry["sha256"], folder.data.get(fname))
         version = latest + 1
-        vid = tx.run(_INSERT_VERSION, dict(row, task_id=task_id, version=version)).fetchone()[0]
+        vid = tx.scalar(_INSERT_VERSION, dict(row, task_id=task_id, version=version))
         if tags:
             tx.many(_INSERT_TAG, [{"version_id": vid, "key": k, "value": v}
                                   for k, v in tags.items()])
@@ -492,7 +492,7 @@ class Registry:
             q, params["alias"] = GET_BY_ALIAS, names.alias_name(alias)
         else:
             q = GET_LATEST
-        with read_tx(self.engine) as conn:
+        with read_one(self.engine) as conn:
             row = conn.execute(q, params).first()
             if row is None:
                 self._raise_missing(conn, task, version, alias)
@@ -535,7 +535,9 @@ class Registry:
             task=task, base_digest=base_digest, method=method, alias=alias, tag=tag,
             metric=metric, created_after=created_after, created_before=created_before,
             status=status, limit=limit, page_token=page_token)
-        with read_tx(self.engine) as conn:
+        # Without a metric the search is one statement; with one, the check that the metric is
+        # recorded and the search read one snapshot.
+        with (read_tx if metric is not None else read_one)(self.engine) as conn:
             if metric is not None and conn.execute(
                     _METRIC_RECORDED, {"key": params["mkey"]}).first() is None:
                 raise UnknownMetric(params["mkey"], self._metric_names(conn))
@@ -552,7 +554,7 @@ class Registry:
 
     def metric_names(self) -> list[str]:
         """Every metric name some version records, sorted (what a metric search accepts)."""
-        with read_tx(self.engine) as conn:
+        with read_one(self.engine) as conn:
             return self._metric_names(conn)
 
     def list_tasks(self, limit: int = 100, page_token: str | None = None) -> Page:
@@ -614,7 +616,7 @@ class Registry:
 
     def count_versions(self) -> int:
         """Number of versions stored (all tasks)."""
-        with read_tx(self.engine) as conn:
+        with read_one(self.engine) as conn:
             return conn.execute(select(func.count()).select_from(db.versions)).scalar_one()
 
     # ------------------------------------------------------------------ mutations
@@ -697,7 +699,7 @@ class Registry:
                    _H.c.moved_at).join(_T, _T.c.id == _H.c.task_id).where(_T.c.name == task)
         if alias is not None:
             q = q.where(_H.c.alias == names.alias_name(alias))
-        with read_tx(self.engine) as conn:
+        with read_one(self.engine) as conn:
             rows = conn.execute(q.order_by(_H.c.id.desc()).limit(limit)).all()
         return [AliasMove(task, a, f, t, who, at.replace(tzinfo=_UTC))
                 for a, f, t, who, at in rows]

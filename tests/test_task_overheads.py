@@ -35,3 +35,33 @@ def test_task_flow_settings_turns_heartbeats_off_and_reuses_its_settings():
             assert PREFECT_FLOWS_HEARTBEAT_FREQUENCY.value() is None
             assert get_settings_context().settings is not first
         assert PREFECT_FLOWS_HEARTBEAT_FREQUENCY.value() == 45
+
+
+def test_pipeline_flow_names_its_result_storage_so_no_run_asks_the_server(tmp_path, monkeypatch):
+    """Without a result storage, each flow run asks the Prefect API server for a default
+    storage block; the fleet's pipeline flow names the stage results' folder instead."""
+    import prefect.results
+    from prefect import flow
+
+    from flows.fleet import adapter_pipeline, pipeline_flow
+    from flows.stagecalls import RESULTS_DIR
+    from peftops.stages import Layout
+
+    pf = pipeline_flow(str(tmp_path))
+    assert pf.result_storage == Layout.of(str(tmp_path)).home / RESULTS_DIR
+    assert pipeline_flow(str(tmp_path)) is pf  # one Flow per folder, not one per task
+    assert pf.fn is adapter_pipeline.fn
+
+    asked = []
+    real = prefect.results._read_server_default_result_storage_block_id
+    monkeypatch.setattr(prefect.results, "_read_server_default_result_storage_block_id",
+                        lambda: asked.append(1) or real())
+
+    @flow
+    def tiny() -> int:
+        return 1
+
+    assert tiny() == 1 and asked  # the default: the server is asked
+    asked.clear()
+    assert tiny.with_options(result_storage=pf.result_storage)() == 1
+    assert asked == []

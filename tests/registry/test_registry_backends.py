@@ -9,7 +9,7 @@ from regtestlib import DIGEST, make_adapter, make_base
 
 from registry import CorruptBlob, Registry, S3BlobStore
 from registry.db import VERSION_TABLE, Base
-from registry.engine import create_registry_engine, current_revision, head_revision
+from registry.engine import create_registry_engine, current_revision, head_revision, read_one
 
 
 @pytest.fixture
@@ -84,6 +84,36 @@ def test_postgres_end_to_end(tmp_path, pg_url):
     reg.close()
     # A second open finds the schema at head and does not migrate again.
     Registry.open(pg_url, (tmp_path / "blobs").as_uri()).close()
+
+
+def test_postgres_pooled_connections_ended_by_the_server_are_replaced(tmp_path, pg_url):
+    """The pool checks a connection before use without a round trip (no pre-ping): one the
+    server has ended is replaced, so the next read and publish succeed; a single-statement
+    read runs in autocommit (no BEGIN and COMMIT round trips)."""
+    reg = Registry.open(pg_url, (tmp_path / "blobs").as_uri())
+    reg.register_base(make_base(tmp_path / "base"), digest=DIGEST)
+    v1 = reg.publish("t", make_adapter(tmp_path / "a1", seed=1), base_digest=DIGEST,
+                     method="lora")
+    with read_one(reg.engine) as conn:  # the one pooled connection, reused next
+        assert conn.connection.driver_connection.autocommit
+        pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one()
+    admin = create_registry_engine(pg_url)
+    with admin.connect() as conn:
+        assert conn.exec_driver_sql(f"SELECT pg_terminate_backend({pid}, 5000)").scalar_one()
+    admin.dispose()
+    assert reg.get("t", version=1) == v1
+    with read_one(reg.engine) as conn:
+        assert conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one() != pid
+    with reg.engine.connect() as conn:  # a write's connection, ended the same way
+        pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one()
+    admin = create_registry_engine(pg_url)
+    with admin.connect() as conn:
+        assert conn.exec_driver_sql(f"SELECT pg_terminate_backend({pid}, 5000)").scalar_one()
+    admin.dispose()
+    v2 = reg.publish("t", make_adapter(tmp_path / "a2", seed=2), base_digest=DIGEST,
+                     method="lora")
+    assert [v.version for v in reg.versions("t")] == [v2.version, 1]
+    reg.close()
 
 
 def _schema_diff(url: str):
