@@ -4,7 +4,10 @@ SQLite gets WAL (readers never block the writer), a busy timeout, and explicit t
 control: pysqlite's own implicit BEGIN is switched off so that write transactions start
 with BEGIN IMMEDIATE. That takes the write lock up front, so concurrent writer processes
 queue on the busy timeout instead of failing halfway with "database is locked" when a read
-transaction tries to upgrade. PostgreSQL URLs are routed to psycopg 3.
+transaction tries to upgrade. PostgreSQL URLs are routed to psycopg 3, and there every round
+trip to the server costs more than a whole lookup in SQLite: pooled connections are checked
+without one, a single-statement read runs in autocommit (``read_one``), and publish pipelines
+its statements (``raw_write_tx``).
 """
 
 from __future__ import annotations
@@ -117,8 +120,9 @@ def _drop_if_closed_by_server(dbapi_conn, _record, _proxy) -> None:
     pgconn = dbapi_conn.pgconn
     if pgconn.status != 0:  # libpq's CONNECTION_OK
         raise DisconnectionError("connection closed")
-    readable, _, _ = select.select([pgconn.socket], [], [], 0)
-    if readable:
+    poller = select.poll()  # not select(): a busy process's descriptors can pass FD_SETSIZE
+    poller.register(pgconn.socket, select.POLLIN)
+    if poller.poll(0):
         raise DisconnectionError("connection ended by the server")
 
 

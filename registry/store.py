@@ -62,15 +62,33 @@ _LOCK_EXCLUSIVE = Prepared(select(db.lock.c.id).where(db.lock.c.id == 1).with_fo
 _T = db.tasks
 _TASK_COLS = (_T.c.id, _T.c.name, _T.c.base_digest, _T.c.latest_version, _T.c.n_versions,
               _T.c.created_at, _T.c.updated_at)
+
+
 _TASKS_FIRST = select(*_TASK_COLS).order_by(_T.c.name).limit(bindparam("lim"))
 _TASKS_AFTER = select(*_TASK_COLS).where(_T.c.name > bindparam("after")).order_by(
     _T.c.name).limit(bindparam("lim"))
-# Aliases of the tasks on one page, selected by the page's name range: a fixed statement,
-# where an IN list of ids would be re-rendered for every page.
+# SQLite: the aliases of the tasks on one page, selected by the page's name range (a fixed
+# statement, where an IN list of ids would be re-rendered for every page).
 _TASK_ALIASES = select(db.aliases.c.task_id, db.aliases.c.alias, db.versions.c.version).join(
     db.versions, db.versions.c.id == db.aliases.c.version_id).join(
     _T, _T.c.id == db.aliases.c.task_id).where(
     _T.c.name >= bindparam("lo"), _T.c.name <= bindparam("hi"))
+
+
+def _with_aliases(page):
+    """PostgreSQL: a page of tasks joined to their aliases, one statement (one round trip), a
+    row per (task, alias), planned as one probe of the aliases' primary key per task. There the
+    name-range statement above scans every alias of the registry (4.8 ms at 100k versions,
+    EXPLAIN ANALYZE); SQLite plans this join as a scan instead (37 ms at 100k), so each
+    backend keeps the form it runs well."""
+    t = page.subquery("page")
+    a, v = db.aliases, db.versions
+    return select(*t.c, a.c.alias, v.c.version).select_from(
+        t.outerjoin(a.join(v, v.c.id == a.c.version_id), a.c.task_id == t.c.id)).order_by(
+        t.c.name, a.c.alias)
+
+
+_TASKS_JOINED = {_TASKS_FIRST: _with_aliases(_TASKS_FIRST), _TASKS_AFTER: _with_aliases(_TASKS_AFTER)}
 _INSERT_TAG = Prepared(insert(db.tags))
 _INSERT_METRIC = Prepared(insert(db.metrics))
 _A = db.aliases
@@ -565,17 +583,29 @@ class Registry:
         q = _TASKS_FIRST
         if page_token is not None:
             q, params["after"] = _TASKS_AFTER, decode_token(page_token, "tasks")[0]
-        with read_tx(self.engine) as conn:
-            rows = conn.execute(q, params).all()
-            token = None
+        token = None
+        if self.engine.dialect.name == "postgresql":
+            with read_one(self.engine) as conn:
+                joined = conn.execute(_TASKS_JOINED[q], params).all()
+            rows = list({r[0]: r[:7] for r in joined}.values())  # the task rows, in name order
             if len(rows) > limit:
                 rows = rows[:limit]
                 token = encode_token("tasks", [rows[-1][1]])
             alias_map: dict[int, dict[str, int]] = {r[0]: {} for r in rows}
-            if rows:
-                for tid, alias, ver in conn.execute(
-                        _TASK_ALIASES, {"lo": rows[0][1], "hi": rows[-1][1]}).all():
-                    alias_map[tid][alias] = ver
+            for r in joined:
+                if r[7] is not None and r[0] in alias_map:  # not the row past the page's end
+                    alias_map[r[0]][r[7]] = r[8]
+        else:
+            with read_tx(self.engine) as conn:
+                rows = conn.execute(q, params).all()
+                if len(rows) > limit:
+                    rows = rows[:limit]
+                    token = encode_token("tasks", [rows[-1][1]])
+                alias_map = {r[0]: {} for r in rows}
+                if rows:
+                    for tid, alias, ver in conn.execute(
+                            _TASK_ALIASES, {"lo": rows[0][1], "hi": rows[-1][1]}).all():
+                        alias_map[tid][alias] = ver
         return Page([TaskInfo(name=name, base_digest=base, n_versions=n, latest_version=latest,
                               aliases=alias_map[tid], created_at=created.replace(tzinfo=_UTC),
                               updated_at=updated.replace(tzinfo=_UTC))

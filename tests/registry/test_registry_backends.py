@@ -79,6 +79,11 @@ def test_postgres_end_to_end(tmp_path, pg_url):
     assert [v.metrics["acc"] for v in nxt] == [0.7, 0.6]
     assert len(reg.search(tag=("k", "0")).items) == 4
     assert [t.name for t in reg.list_tasks()] == ["t0", "t1"]
+    first = reg.list_tasks(limit=1)  # one statement on PostgreSQL: the page joined to its aliases
+    assert [(t.name, t.aliases) for t in first] == [("t0", {})]
+    rest = reg.list_tasks(limit=1, page_token=first.next_page_token)
+    assert [(t.name, t.aliases, t.n_versions) for t in rest] == [("t1", {"production": 3}, 5)]
+    assert rest.next_page_token is None
     reg.delete("t0", 1)
     assert reg.gc() == 2  # weights and config of a0 (configs differ by their path field)
     reg.close()
