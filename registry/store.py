@@ -553,13 +553,14 @@ class Registry:
             task=task, base_digest=base_digest, method=method, alias=alias, tag=tag,
             metric=metric, created_after=created_after, created_before=created_before,
             status=status, limit=limit, page_token=page_token)
-        # Without a metric the search is one statement; with one, the check that the metric is
-        # recorded and the search read one snapshot.
-        with (read_tx if metric is not None else read_one)(self.engine) as conn:
-            if metric is not None and conn.execute(
+        # One statement. A metric that matched no row may be one no version records: only then
+        # is that checked (a page with rows proves the name), so the common case stays one
+        # round trip on PostgreSQL.
+        with read_one(self.engine) as conn:
+            rows = conn.execute(q, params).all()
+            if not rows and metric is not None and conn.execute(
                     _METRIC_RECORDED, {"key": params["mkey"]}).first() is None:
                 raise UnknownMetric(params["mkey"], self._metric_names(conn))
-            rows = conn.execute(q, params).all()
         token = None
         if len(rows) > limit:
             rows = rows[:limit]
