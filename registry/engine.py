@@ -25,10 +25,11 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DisconnectionError, IntegrityError
+from sqlalchemy.exc import DisconnectionError
 
 from .db import VERSION_TABLE
 from .errors import StorageUnavailable
+from .rawsql import sqlalchemy_integrity
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 _WRITE = "registry_write"
@@ -113,15 +114,14 @@ def _drop_if_closed_by_server(dbapi_conn, _record, _proxy) -> None:
     """A pooled PostgreSQL connection is checked before use without a round trip: an idle
     connection has nothing to read, so a readable socket means the server ended it (restart,
     pg_terminate_backend, idle timeout: its FATAL message and EOF are waiting). The pool then
-    opens a fresh one. What it buys: pool_pre_ping's SELECT 1 was one of a point lookup's two
-    round trips (``python bench/registry_bench.py --backend postgresql``). A server that vanished
+    opens a fresh one. What it buys: pool_pre_ping's SELECT 1 was one of a point lookup's four
+    round trips, with BEGIN and COMMIT (``python bench/pg_roundtrips.py``). A server that vanished
     without closing (a cut network) is still found by the statement itself, as a one-line
     StorageUnavailable."""
-    pgconn = dbapi_conn.pgconn
-    if pgconn.status != 0:  # libpq's CONNECTION_OK
+    if dbapi_conn.closed or dbapi_conn.broken:
         raise DisconnectionError("connection closed")
     poller = select.poll()  # not select(): a busy process's descriptors can pass FD_SETSIZE
-    poller.register(pgconn.socket, select.POLLIN)
+    poller.register(dbapi_conn.pgconn.socket, select.POLLIN)
     if poller.poll(0):
         raise DisconnectionError("connection ended by the server")
 
@@ -148,9 +148,10 @@ def raw_write_tx(engine: Engine) -> Iterator[Any]:
     publish hot path). Commits on success, rolls back on any exception.
 
     On PostgreSQL the transaction runs in psycopg's pipeline mode: statements are sent without
-    waiting for their answers until one is needed (a fetch), so a publish's BEGIN, lock and task
-    row are one round trip and its tags, metrics, counters and COMMIT another (8 -> 3 in all).
-    An error then surfaces at the next fetch or at the commit, both inside this block."""
+    waiting for their answers until one is needed (a fetch), so a publish's lock and task row
+    share one wait and its tags, metrics, counters and COMMIT another (answers read from the
+    server per publish 9 -> 5, ``python bench/pg_roundtrips.py``). An error then surfaces at the
+    next fetch or at the commit, both inside this block."""
     raw = engine.raw_connection()
     dbapi = raw.driver_connection
     try:
@@ -158,7 +159,8 @@ def raw_write_tx(engine: Engine) -> Iterator[Any]:
             if engine.dialect.name == "sqlite":
                 dbapi.execute("BEGIN IMMEDIATE")
             try:
-                with _pipelined(dbapi, engine.dialect.name):
+                with _pipelined(dbapi, engine.dialect.name), \
+                        sqlalchemy_integrity(engine.dialect, "COMMIT"):
                     yield dbapi
                     dbapi.commit()  # pipelined: sent behind the last statements
             except BaseException:
@@ -169,8 +171,6 @@ def raw_write_tx(engine: Engine) -> Iterator[Any]:
             if err is None:
                 raise
             raise err from None
-        except engine.dialect.loaded_dbapi.IntegrityError as e:
-            raise IntegrityError("COMMIT", None, e) from e  # the retry logic speaks SQLAlchemy's
     finally:
         raw.close()  # back to the pool
 
@@ -195,7 +195,8 @@ def read_tx(engine: Engine) -> Iterator[Connection]:
 def read_one(engine: Engine) -> Iterator[Connection]:
     """A connection for a read that is one statement, which is its own snapshot: on
     PostgreSQL in autocommit, so the read is one round trip instead of BEGIN, the statement and
-    COMMIT (a point lookup 3 -> 1). Anything read after the first statement (an error
+    COMMIT (with the pre-ping gone, a point lookup reads 4 -> 1 answers from the server,
+    ``python bench/pg_roundtrips.py``). Anything read after the first statement (an error
     message's detail) may see later commits."""
     if engine.dialect.name != "postgresql":
         with read_tx(engine) as conn:

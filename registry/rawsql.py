@@ -15,7 +15,8 @@ mutations, through ``RawTx.of``). Reads that return whole versions stay on Core.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import Connection
@@ -73,6 +74,17 @@ class Prepared:
         return r
 
 
+@contextlib.contextmanager
+def sqlalchemy_integrity(dialect: Dialect, sql: str, params: Any = None) -> Iterator[None]:
+    """The driver's IntegrityError raised inside, re-raised as SQLAlchemy's: publish's retry
+    loop catches that one, whether the error came at execute, at a fetch or at the commit (in
+    a pipeline, engine.raw_write_tx, a statement's error arrives with its rows or at COMMIT)."""
+    try:
+        yield
+    except dialect.loaded_dbapi.IntegrityError as e:
+        raise IntegrityError(sql, params, e) from e
+
+
 class RawTx:
     """Run Prepared statements on the DBAPI cursor of ``conn``'s open transaction.
 
@@ -84,7 +96,6 @@ class RawTx:
         self.dialect = dialect
         self.name = dialect.name
         self._cursor = dbapi_conn.cursor()
-        self._integrity = dialect.loaded_dbapi.IntegrityError
 
     @classmethod
     def of(cls, conn: Connection) -> "RawTx":
@@ -96,19 +107,15 @@ class RawTx:
         values = values or {}
         r = stmt.rendered(self.dialect, values)
         params = r.params(values)
-        try:
+        with sqlalchemy_integrity(self.dialect, r.sql, params):
             self._cursor.execute(r.sql, params)
-        except self._integrity as e:  # the retry logic above speaks SQLAlchemy's errors
-            raise IntegrityError(r.sql, params, e) from e
         return self._cursor
 
     def first(self, stmt: Prepared, values: Mapping[str, Any] | None = None):
         """The first row as a tuple, or None."""
         cursor = self.run(stmt, values)
-        try:  # in a pipeline (engine.raw_write_tx) a statement's error arrives with its rows
+        with sqlalchemy_integrity(self.dialect, stmt.rendered(self.dialect, values or {}).sql):
             return cursor.fetchone()
-        except self._integrity as e:
-            raise IntegrityError(stmt.rendered(self.dialect, values or {}).sql, None, e) from e
 
     def scalar(self, stmt: Prepared, values: Mapping[str, Any] | None = None):
         """The first column of the first row, or None."""
@@ -119,7 +126,5 @@ class RawTx:
         """executemany of an INSERT over ``rows`` (dicts with the same keys, by column)."""
         r = stmt.rendered(self.dialect, rows[0])
         params = [r.params(v) for v in rows]
-        try:
+        with sqlalchemy_integrity(self.dialect, r.sql, params):
             self._cursor.executemany(r.sql, params)
-        except self._integrity as e:
-            raise IntegrityError(r.sql, params, e) from e

@@ -62,8 +62,6 @@ _LOCK_EXCLUSIVE = Prepared(select(db.lock.c.id).where(db.lock.c.id == 1).with_fo
 _T = db.tasks
 _TASK_COLS = (_T.c.id, _T.c.name, _T.c.base_digest, _T.c.latest_version, _T.c.n_versions,
               _T.c.created_at, _T.c.updated_at)
-
-
 _TASKS_FIRST = select(*_TASK_COLS).order_by(_T.c.name).limit(bindparam("lim"))
 _TASKS_AFTER = select(*_TASK_COLS).where(_T.c.name > bindparam("after")).order_by(
     _T.c.name).limit(bindparam("lim"))
@@ -78,9 +76,12 @@ _TASK_ALIASES = select(db.aliases.c.task_id, db.aliases.c.alias, db.versions.c.v
 def _with_aliases(page):
     """PostgreSQL: a page of tasks joined to their aliases, one statement (one round trip), a
     row per (task, alias), planned as one probe of the aliases' primary key per task. There the
-    name-range statement above scans every alias of the registry (4.8 ms at 100k versions,
-    EXPLAIN ANALYZE); SQLite plans this join as a scan instead (37 ms at 100k), so each
-    backend keeps the form it runs well."""
+    name-range statement above is planned as a scan of every alias of the registry (the page
+    at 100k versions, p50/p95: 5.90/7.46 ms before, 3.41/3.95 and 3.78/5.05 ms in two runs
+    after; ``bench/registry_bench.py --backend postgresql --skip-mlflow --small-tasks 100
+    --publish 100 --publishers 0``). SQLite plans this join as a scan instead (37 ms at 100k
+    when tried, same bench with ``--backend both``), so each backend keeps the form it runs
+    well."""
     t = page.subquery("page")
     a, v = db.aliases, db.versions
     return select(*t.c, a.c.alias, v.c.version).select_from(
@@ -584,29 +585,24 @@ class Registry:
         q = _TASKS_FIRST
         if page_token is not None:
             q, params["after"] = _TASKS_AFTER, decode_token(page_token, "tasks")[0]
-        token = None
         if self.engine.dialect.name == "postgresql":
             with read_one(self.engine) as conn:
                 joined = conn.execute(_TASKS_JOINED[q], params).all()
             rows = list({r[0]: r[:7] for r in joined}.values())  # the task rows, in name order
-            if len(rows) > limit:
-                rows = rows[:limit]
-                token = encode_token("tasks", [rows[-1][1]])
-            alias_map: dict[int, dict[str, int]] = {r[0]: {} for r in rows}
-            for r in joined:
-                if r[7] is not None and r[0] in alias_map:  # not the row past the page's end
-                    alias_map[r[0]][r[7]] = r[8]
+            pairs = [(r[0], r[7], r[8]) for r in joined if r[7] is not None]
         else:
             with read_tx(self.engine) as conn:
                 rows = conn.execute(q, params).all()
-                if len(rows) > limit:
-                    rows = rows[:limit]
-                    token = encode_token("tasks", [rows[-1][1]])
-                alias_map = {r[0]: {} for r in rows}
-                if rows:
-                    for tid, alias, ver in conn.execute(
-                            _TASK_ALIASES, {"lo": rows[0][1], "hi": rows[-1][1]}).all():
-                        alias_map[tid][alias] = ver
+                pairs = conn.execute(_TASK_ALIASES, {"lo": rows[0][1], "hi": rows[-1][1]}).all() \
+                    if rows else []
+        token = None
+        if len(rows) > limit:
+            rows = rows[:limit]
+            token = encode_token("tasks", [rows[-1][1]])
+        alias_map: dict[int, dict[str, int]] = {r[0]: {} for r in rows}
+        for tid, alias, ver in pairs:
+            if tid in alias_map:  # not the task past the page's end
+                alias_map[tid][alias] = ver
         return Page([TaskInfo(name=name, base_digest=base, n_versions=n, latest_version=latest,
                               aliases=alias_map[tid], created_at=created.replace(tzinfo=_UTC),
                               updated_at=updated.replace(tzinfo=_UTC))
