@@ -27,6 +27,7 @@ from typing import Any
 
 from peftops.config import PipelineParams, state_home
 from peftops.config import FleetConfig
+from peftops.pipeline.env import DEFAULTS as ENV_DEFAULTS
 
 ATTEMPTS_DIR = "fleet-runs"
 RUN_TAG = "peftops.fleet_run_id"
@@ -37,15 +38,16 @@ SHARED_ENV = (
     "PEFTOPS_HOME", "PEFTOPS_DATA_ROOT", "PEFTOPS_DEVICE", "PEFTOPS_REGISTRY_DB", "PEFTOPS_REGISTRY_BLOBS",
     "PEFTOPS_S3_ENDPOINT_URL", "MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL", "PREFECT_API_URL",
     "PREFECT_HOME", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL",
-    "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "PREFECT_SERVER_ANALYTICS_ENABLED",
-    "DO_NOT_TRACK", "MLFLOW_DISABLE_TELEMETRY", "RAY_USAGE_STATS_ENABLED", "TOKENIZERS_PARALLELISM",
-    "PEFTOPS_WORKER_SETUP", "PEFTOPS_WARM_BASE", LOOPBACK_VAR,
+    "PEFTOPS_WORKER_SETUP", "PEFTOPS_WARM_BASE", LOOPBACK_VAR, *ENV_DEFAULTS,
 )
 
 
 def worker_env() -> dict[str, str]:
-    """The driver's values of ``SHARED_ENV``, and a PYTHONPATH that finds this project first."""
-    env = {k: os.environ[k] for k in SHARED_ENV if os.environ.get(k)}
+    """The driver's values of ``SHARED_ENV`` (the process defaults where the driver has none: a
+    worker's torch reads some of them at import, before any task code runs), and a PYTHONPATH
+    that finds this project first."""
+    env = {k: os.environ.get(k) or ENV_DEFAULTS.get(k) for k in SHARED_ENV}
+    env = {k: v for k, v in env.items() if v}
     env.setdefault("PEFTOPS_WARM_BASE", "1")  # a worker runs task after task: keep the base loaded
     root = str(Path(__file__).resolve().parents[1])
     env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)

@@ -16,6 +16,7 @@ run. Checkpoints are safetensors + JSON (never pickle), written atomically.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -37,7 +38,7 @@ from peftops.data.prepared import PreparedSplit
 from peftops.errors import TrainingError
 from peftops.fsutil import atomic_dir
 from peftops.training.kernels import fuse_rms_norms
-from peftops.training.memory import PeakMemory, set_mmap_threshold, trim_heap
+from peftops.training.memory import PeakMemory, training_heap, trim_heap
 from peftops.training.precision import autocast, place_parameters, resolve_precision
 
 log = logging.getLogger(__name__)
@@ -272,9 +273,9 @@ def train(model: torch.nn.Module, method: Any, method_cfg: Any, split: PreparedS
                 for group in split_by_tokens(widths, cfg.max_batch_tokens)]
 
     trim: Callable[[], None] = lambda: None
+    heap: contextlib.AbstractContextManager = contextlib.nullcontext()
     if device.type == "cpu":
-        set_mmap_threshold()
-        trim = trim_heap
+        heap, trim = training_heap(), trim_heap
     inner = hf_model(model)
     if cfg.activation_checkpointing:
         if not hasattr(inner, "activation_checkpointing_enable"):
@@ -287,7 +288,7 @@ def train(model: torch.nn.Module, method: Any, method_cfg: Any, split: PreparedS
     bar = tqdm(total=cfg.steps, initial=step, desc=f"train {method.name}", disable=not progress, unit="step")
     model.train()
     try:
-        with PeakMemory(device) as mem:
+        with heap, PeakMemory(device) as mem:
             t0 = time.perf_counter()
             opt.zero_grad(set_to_none=True)
             while step < stop_at:

@@ -16,6 +16,8 @@ import gc
 import os
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -68,6 +70,28 @@ def set_mmap_threshold(nbytes: int = MMAP_THRESHOLD) -> None:
     """
     if _LIBC is not None:
         _LIBC.mallopt(-3, int(nbytes))  # M_MMAP_THRESHOLD
+
+
+# The ceiling glibc's adaptive threshold climbs toward as a process frees large buffers (64-bit).
+GLIBC_MMAP_THRESHOLD_MAX = 32 << 20
+
+
+@contextmanager
+def training_heap(nbytes: int = MMAP_THRESHOLD) -> Iterator[None]:
+    """``set_mmap_threshold(nbytes)`` for the block only; then a fixed threshold at glibc's
+    adaptive ceiling (glibc has no call that restores the adaptive one) and a trim.
+
+    What it buys: with the training's small threshold left in place, everything a process runs
+    after a training (evaluation, latency, the merge's parity) gets a fresh mapping, page faults
+    and zeroed pages for every activation buffer: the SST-2 dev evaluation of the bench's LoRA ran
+    at two thirds of its speed (bf16 19.3 -> 13.0 examples/s, fp32 10.0 -> 7.1;
+    ``python bench/eval_probe.py [--training-heap]``, BENCHMARKS.md "bf16")."""
+    set_mmap_threshold(nbytes)
+    try:
+        yield
+    finally:
+        set_mmap_threshold(GLIBC_MMAP_THRESHOLD_MAX)
+        trim_heap()
 
 
 def freeze_heap() -> None:
