@@ -25,13 +25,13 @@ apply_defaults()
 def main() -> None:
     import torch
 
-    from bench.train_bench import LORA
-    from peftops.config import load_params, state_home
+    from bench.train_bench import LORA, _data_dir
+    from peftops.config import load_params
     from peftops.data.prepared import load_prepared
     from peftops.evaluation.evaluate import evaluate
     from peftops.methods import get_method, make_config
-    from peftops.model.snapshot import load_model, open_snapshot, pad_token_id
-    from peftops.stages import Layout
+    from peftops.model.snapshot import load_model, pad_token_id
+    from peftops.stages import stage_base
     from peftops.training.memory import set_mmap_threshold
     from peftops.training.precision import place_parameters, storage_dtype
 
@@ -40,14 +40,16 @@ def main() -> None:
     ap.add_argument("--training-heap", action="store_true", help="the training's heap policy left in place")
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--home", default=None)
+    ap.add_argument("--train", type=int, default=480, help="train_bench's --train (names its split)")
+    ap.add_argument("--dev", type=int, default=200, help="train_bench's --dev")
     args = ap.parse_args()
     torch.set_num_threads(1)
     params = load_params(None)
-    snap = open_snapshot(Layout.of(args.home).base(params.base.name), params.base.expected_digest)
+    snap = stage_base(params, args.home)
     method = get_method("lora")
     model = method.apply(load_model(snap, dtype=storage_dtype(args.precision, method)), make_config("lora", LORA))
     place_parameters(model, args.precision)  # as the training leaves it: LoRA's weights fp32
-    dev = load_prepared(state_home(args.home) / "bench" / "sst2-480-200" / "dev.json")
+    dev = load_prepared(_data_dir(args) / "dev.json")
     pad = pad_token_id(snap)
     if args.training_heap:
         set_mmap_threshold()

@@ -46,8 +46,7 @@ def worker_env() -> dict[str, str]:
     """The driver's values of ``SHARED_ENV`` (the process defaults where the driver has none: a
     worker's torch reads some of them at import, before any task code runs), and a PYTHONPATH
     that finds this project first."""
-    env = {k: os.environ.get(k) or ENV_DEFAULTS.get(k) for k in SHARED_ENV}
-    env = {k: v for k, v in env.items() if v}
+    env = {k: v for k in SHARED_ENV if (v := os.environ.get(k) or ENV_DEFAULTS.get(k))}
     env.setdefault("PEFTOPS_WARM_BASE", "1")  # a worker runs task after task: keep the base loaded
     root = str(Path(__file__).resolve().parents[1])
     env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)

@@ -102,20 +102,24 @@ class RawTx:
         """Statements inside a Core connection's open transaction."""
         return cls(conn.connection.driver_connection, conn.dialect)
 
-    def run(self, stmt: Prepared, values: Mapping[str, Any] | None = None):
-        """Execute and return the cursor (fetchone / fetchall on it)."""
+    def _bound(self, stmt: Prepared, values: Mapping[str, Any] | None) -> tuple[str, Any]:
         values = values or {}
         r = stmt.rendered(self.dialect, values)
-        params = r.params(values)
-        with sqlalchemy_integrity(self.dialect, r.sql, params):
-            self._cursor.execute(r.sql, params)
+        return r.sql, r.params(values)
+
+    def run(self, stmt: Prepared, values: Mapping[str, Any] | None = None):
+        """Execute and return the cursor (fetchone / fetchall on it)."""
+        sql, params = self._bound(stmt, values)
+        with sqlalchemy_integrity(self.dialect, sql, params):
+            self._cursor.execute(sql, params)
         return self._cursor
 
     def first(self, stmt: Prepared, values: Mapping[str, Any] | None = None):
-        """The first row as a tuple, or None."""
-        cursor = self.run(stmt, values)
-        with sqlalchemy_integrity(self.dialect, stmt.rendered(self.dialect, values or {}).sql):
-            return cursor.fetchone()
+        """The first row as a tuple, or None. In a pipeline (engine.raw_write_tx) a statement's
+        error arrives with its rows, so the fetch is inside the translation too."""
+        sql, params = self._bound(stmt, values)
+        with sqlalchemy_integrity(self.dialect, sql, params):
+            return self._cursor.execute(sql, params).fetchone()
 
     def scalar(self, stmt: Prepared, values: Mapping[str, Any] | None = None):
         """The first column of the first row, or None."""

@@ -593,8 +593,8 @@ class Registry:
         else:
             with read_tx(self.engine) as conn:
                 rows = conn.execute(q, params).all()
-                pairs = conn.execute(_TASK_ALIASES, {"lo": rows[0][1], "hi": rows[-1][1]}).all() \
-                    if rows else []
+                pairs = (conn.execute(_TASK_ALIASES, {"lo": rows[0][1], "hi": rows[-1][1]}).all()
+                         if rows else [])
         token = None
         if len(rows) > limit:
             rows = rows[:limit]

@@ -22,8 +22,8 @@ DEFAULTS = {
     # memory grows with them (peak 1,429 -> 1,257 MB with 64: BENCHMARKS.md "bf16"). oneDNN reads
     # this when it creates its first kernel, so it takes effect even after torch is imported.
     "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "64",
-    # torch's CPU allocator aligns buffers of 2 MB and more to 2 MB and asks for transparent huge
-    # pages on them. What it buys: a step's fresh, gigabyte-sized buffers (FFT's fp32 gradients,
+    # torch's CPU allocator page-aligns buffers of 2 MB and more and asks the kernel for
+    # transparent huge pages on them (madvise). What it buys: a step's fresh, gigabyte-sized buffers (FFT's fp32 gradients,
     # the embedding's dense gradient, autocast's bf16 copies) are faulted in 2 MB at a time, not
     # 4 KB (BENCHMARKS.md "bf16", huge pages). torch reads it at its first allocation, during
     # ``import torch``, so it must be set before that import.
