@@ -1,4 +1,4 @@
-# python bench/eval_probe.py [--precision bf16] [--training-heap] [--profile]
+# python bench/eval_probe.py [--precision bf16] [--training-heap] [--profile [--shapes] [--rows N]]
 """Evaluation throughput of the bench's LoRA (untrained) on the SST-2 dev split that
 ``bench/train_bench.py`` prepares (200 examples, batch 16, one thread), and where its time goes.
 
@@ -39,6 +39,8 @@ def main() -> None:
     ap.add_argument("--precision", choices=("fp32", "bf16"), default="bf16")
     ap.add_argument("--training-heap", action="store_true", help="the training's heap policy left in place")
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--shapes", action="store_true", help="the profile's rows per input shape")
+    ap.add_argument("--rows", type=int, default=20, help="rows of the profile's table")
     ap.add_argument("--home", default=None)
     ap.add_argument("--train", type=int, default=480, help="train_bench's --train (names its split)")
     ap.add_argument("--dev", type=int, default=200, help="train_bench's --dev")
@@ -59,11 +61,11 @@ def main() -> None:
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
 
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
+        with profile(activities=[ProfilerActivity.CPU], record_shapes=args.shapes) as prof:
             t0 = time.perf_counter()
             evaluate(model, dev, pad_id=pad, batch_size=16, precision=args.precision)
         print(f"profiled pass {time.perf_counter() - t0:.2f} s")
-        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20))
+        print(prof.key_averages(group_by_input_shape=args.shapes).table(sort_by="self_cpu_time_total", row_limit=args.rows))
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from peftops.data.manifest import get_task
 from peftops.data.prepared import PreparedData, load_prepared, prepare
 from peftops.errors import PeftopsError
 from peftops.evaluation.evaluate import EvalResult, evaluate
-from peftops.evaluation.merge import ParityCertificate, merge_adapter
+from peftops.evaluation.merge import PROBE_BATCH, ParityCertificate, keep_adapter_logits, merge_adapter, probe_key
 from peftops.fsutil import write_json_atomic
 from peftops.methods import get_method, make_config
 from peftops.methods.card import portable_copy
@@ -159,8 +159,16 @@ def stage_evaluate(params: PipelineParams, method_name: str | None, home: str | 
         adapter_dir = layout.run(params.data.task, method_name) / "adapter"
     precision = run_precision(params, Path(adapter_dir).parent if method_name else None, device)
     model = load_adapted(snap, method_name, adapter_dir, device, precision)
+    # A mergeable adapter's merge certificate needs the adapter-applied logits of the first
+    # probe_size dev prompts: with the certificate's batching the evaluation computes them anyway
+    # and leaves them for this process's merge (what it saves: ``python bench/merge_bench.py``).
+    probes = params.merge.probe_size if (method_name and get_method(method_name).mergeable
+                                         and params.train.eval_batch_size == PROBE_BATCH) else 0
     result = evaluate(model, split, pad_id=tokenizer.pad_token_id, batch_size=params.train.eval_batch_size,
-                      device=device, precision=precision, tokenizer=tokenizer)
+                      device=device, precision=precision, tokenizer=tokenizer, probe_rows=probes)
+    if result.probe_logits is not None:
+        keep_adapter_logits(probe_key(snap.digest, adapter_dir, split.digest, len(result.probe_logits), precision,
+                                      next(model.parameters()).device), result.probe_logits)
     out = layout.run(params.data.task, name)
     if split.generative:  # a few (prompt, reference, output) rows, beside eval.json
         write_json_atomic(out / "samples.json", {"columns": ["line", "prompt", "reference", "output"],

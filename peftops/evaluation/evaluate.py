@@ -20,7 +20,8 @@ from typing import Any
 
 import torch
 
-from peftops.training.batching import IGNORE, build_batch, forward_logits, shortest_first, supervised_loss
+from peftops.training.batching import (IGNORE, build_batch, forward_logits, probes_first, prompt_last_logits,
+                                       shortest_first, supervised_loss)
 from peftops.data.prepared import PreparedSplit
 from peftops.evaluation.generate import generate_all, greedy_generate
 from peftops.evaluation.metrics import compute, compute_generation
@@ -41,6 +42,8 @@ class EvalResult:
     precision: str = "fp32"
     outputs: list[str] = field(repr=False, default_factory=list)  # generation: the generated texts
     samples: list[dict[str, Any]] = field(repr=False, default_factory=list)  # generation: a few, for the record
+    # (probe_rows, V) last-position logits of the first ``probe_rows`` prompts, when asked for
+    probe_logits: torch.Tensor | None = field(repr=False, default=None)
 
     @property
     def examples_per_s(self) -> float:
@@ -52,13 +55,23 @@ class EvalResult:
                 "precision": self.precision}
 
 
+def one_token_labels(label_ids: list[list[int]]) -> bool:
+    """Whether every verbalizer is one token: one forward pass then scores all labels."""
+    return all(len(ids) == 1 for ids in label_ids)
+
+
 @torch.no_grad()
 def label_scores(model: torch.nn.Module, prompts: list[list[int]], label_ids: list[list[int]], pad_id: int,
-                 device: torch.device) -> torch.Tensor:
-    """(B, n_labels) summed log-probabilities of each label continuation after each prompt."""
-    if all(len(ids) == 1 for ids in label_ids):
-        batch = build_batch(prompts, [[0]] * len(prompts), pad_id).to(device)
-        logp = torch.log_softmax(forward_logits(model, batch)[:, -1, :].float(), dim=-1)
+                 device: torch.device, logits_out: list[torch.Tensor] | None = None) -> torch.Tensor:
+    """(B, n_labels) summed log-probabilities of each label continuation after each prompt.
+
+    With one-token verbalizers and ``logits_out``, the prompts' last-position logits over the
+    whole vocabulary (fp32, on the CPU) are appended to it as well."""
+    if one_token_labels(label_ids):
+        logits = prompt_last_logits(model, prompts, pad_id, device).float()
+        if logits_out is not None:
+            logits_out.append(logits.cpu())
+        logp = torch.log_softmax(logits, dim=-1)
         return logp[:, [ids[0] for ids in label_ids]]
     cols = []
     for ids in label_ids:
@@ -73,12 +86,17 @@ def label_scores(model: torch.nn.Module, prompts: list[list[int]], label_ids: li
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, split: PreparedSplit, *, pad_id: int, batch_size: int = 16,
              device: str | torch.device = "cpu", precision: str | None = None, tokenizer=None,
-             n_samples: int = 16) -> EvalResult:
+             n_samples: int = 16, probe_rows: int = 0) -> EvalResult:
     """Predict every example of ``split`` and compute the task's metrics.
 
     ``precision`` is a resolved one (fp32 or bf16, the run's; default: the one the model is stored
     for, see ``model_precision``): bf16 runs the products under autocast (the model loaded as
     ``peftops.stages.load_adapted`` does for it); the log-probabilities are taken in fp32 either way.
+
+    ``probe_rows``: for a task with one-token verbalizers, the first ``probe_rows`` prompts are
+    batched on their own (``probes_first``) and their last-position logits come back as
+    ``probe_logits``: what a merge certificate computes for the adapter-applied side with the
+    same batches (``peftops.evaluation.merge.last_logits``), so it need not compute them again.
     """
     device = torch.device(device)
     precision = precision or model_precision(model)
@@ -88,16 +106,25 @@ def evaluate(model: torch.nn.Module, split: PreparedSplit, *, pad_id: int, batch
         return evaluate_generation(model, split, pad_id=pad_id, batch_size=batch_size, device=device,
                                    precision=precision, tokenizer=tokenizer, n_samples=n_samples)
     preds = [0] * len(split)
+    lengths = [len(x) for x in split.input_ids]
+    probe_rows = min(probe_rows, len(split)) if one_token_labels(split.label_token_ids) else 0
+    kept: list[torch.Tensor] = []
     t0 = time.perf_counter()
     with autocast(device, precision):
-        for rows in shortest_first([len(x) for x in split.input_ids], batch_size):
-            scores = label_scores(model, [split.input_ids[i] for i in rows], split.label_token_ids, pad_id, device)
+        for rows in probes_first(lengths, batch_size, probe_rows):
+            scores = label_scores(model, [split.input_ids[i] for i in rows], split.label_token_ids, pad_id, device,
+                                  kept if rows[0] < probe_rows else None)
             for i, p in zip(rows, scores.argmax(-1).tolist()):
                 preds[i] = p
     names = [split.metric, *[m for m in split.metrics if m != split.metric]]
     metrics = compute(names, preds, split.labels)
+    probe_logits = None
+    if probe_rows:  # back in the prompts' order
+        order = torch.tensor([i for rows in probes_first(lengths, batch_size, probe_rows)[:len(kept)] for i in rows])
+        probe_logits = torch.cat(kept)[torch.argsort(order)]
     return EvalResult(metric=split.metric, score=metrics[split.metric], metrics=metrics, n=len(split),
-                      predictions=preds, eval_time_s=time.perf_counter() - t0, precision=precision)
+                      predictions=preds, eval_time_s=time.perf_counter() - t0, precision=precision,
+                      probe_logits=probe_logits)
 
 
 @torch.no_grad()

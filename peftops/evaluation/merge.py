@@ -13,32 +13,43 @@ Gemma 3, which is what a deployment loads. Anything the export cannot hold (for 
 bias that the architecture has no slot for) shows up there, and the export is removed.
 
 Precision. The certificate is made in the run's precision and says which. The merged weights
-are always folded in fp32 (the adapter applied to an fp32 base, then merged), so a bf16 run's
-merge loses nothing to the fold itself. For bf16, parity compares the adapter-applied model as
+are always folded in fp32, so a bf16 run's merge loses nothing to the fold itself: the weights
+the merge writes into get their fp32 values from the snapshot and the fold is rounded to bf16
+once (``_fold_in_fp32``; where a method cannot name those weights, or for an fp32 export, the
+adapter is applied to the whole fp32 base instead; the values are the same, bit for bit). For bf16, parity compares the adapter-applied model as
 the run computes it (bf16 base, fp32 adapter tensors, products under autocast) with the merged
 weights rounded to bf16 under the same autocast: what a bf16 deployment of the merge computes.
 Two bf16 models that round at different places (``W x + B A x`` against ``(W + B A) x``) differ
 by rounding, not by the merge, so bf16 has its own tolerance (``tolerance_for``). The export is
 fp32 safetensors unless ``export_dtype="bf16"``; its reloaded check runs in the run's precision.
+
+The adapter-applied side. An evaluation of a mergeable adapter in the same process batches the
+first ``probe_size`` dev prompts as the certificate does and leaves their logits here
+(``keep_adapter_logits``, keyed by ``probe_key``: base, adapter contents, probes, batching,
+precision, device, threads); the merge takes them instead of computing them again, and the
+certificate says so (``adapter_logits_from``). The merged side is always computed here.
 """
 
 from __future__ import annotations
 
 import copy
 import shutil
+import threading
 import time
+from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from peftops.model.snapshot import BaseSnapshot, load_model, load_tokenizer, write_snapshot
-from peftops.training.batching import build_batch, forward_logits, shortest_first
+from peftops.model.snapshot import BaseSnapshot, load_base_tensors, load_model, load_tokenizer, write_snapshot
+from peftops.training.batching import prompt_last_logits, shortest_first
 from peftops.evaluation.generate import generate_all
 from peftops.config import MergeConfig
 from peftops.data.prepared import PreparedSplit
-from peftops.errors import ParityError, PeftopsError
+from peftops.errors import ParityError, PeftopsError, SnapshotError
+from peftops.digest import combine, file_sha256
 from peftops.fsutil import write_json_atomic
 from peftops.methods import get_method, read_method_file
 from peftops.training.kernels import fuse_rms_norms
@@ -59,6 +70,40 @@ BF16_TOLERANCE_FACTOR = 1000.0
 def tolerance_for(precision: str, fp32_tolerance: float) -> float:
     """The max |Δlogit| a merge certificate allows in ``precision``, from ``merge.tolerance``."""
     return fp32_tolerance * BF16_TOLERANCE_FACTOR if precision == "bf16" else fp32_tolerance
+
+
+# The certificate's batch size. An evaluation with the same one can hand its probe logits over.
+PROBE_BATCH = 16
+# The adapter-applied model's probe logits that an evaluation in this process computed, by
+# ``probe_key``; taken (and dropped) by the merge. A few entries: each is probe_size x 262k fp32.
+_ADAPTER_LOGITS: OrderedDict[str, torch.Tensor] = OrderedDict()
+_ADAPTER_LOGITS_KEPT = 2
+_ADAPTER_LOGITS_LOCK = threading.Lock()  # the local runner's tasks are threads of one process
+
+
+def probe_key(base_digest: str, adapter_dir: Path, probe_digest: str, n_probes: int, precision: str,
+              device: torch.device) -> str:
+    """What the adapter-applied probe logits are a function of: the base, the adapter's files
+    (their contents), the probe split and count, the certificate's batching, the precision, the
+    device and the thread count."""
+    adapter_dir = Path(adapter_dir)
+    files = {p.name: file_sha256(p) for p in sorted(adapter_dir.iterdir()) if p.is_file()}
+    return combine({"base": base_digest, "adapter": combine(files), "probe": probe_digest, "n": str(n_probes),
+                    "batch": str(PROBE_BATCH), "precision": precision, "device": str(device),
+                    "threads": str(torch.get_num_threads())})
+
+
+def keep_adapter_logits(key: str, logits: torch.Tensor) -> None:
+    """Hold an evaluation's probe logits (``evaluate(probe_rows=...)``) for this process's merge."""
+    with _ADAPTER_LOGITS_LOCK:
+        _ADAPTER_LOGITS[key] = logits
+        while len(_ADAPTER_LOGITS) > _ADAPTER_LOGITS_KEPT:
+            _ADAPTER_LOGITS.popitem(last=False)
+
+
+def _take_adapter_logits(key: str) -> torch.Tensor | None:
+    with _ADAPTER_LOGITS_LOCK:
+        return _ADAPTER_LOGITS.pop(key, None)
 
 
 @dataclass
@@ -82,13 +127,16 @@ class ParityCertificate:
     greedy_identical: bool | None = None  # generation: merged and adapter-applied greedy outputs equal
     greedy_probes: int = 0
     greedy_first_difference: int | None = None  # index of the first probe whose outputs differ
+    # where the adapter-applied side's logits were computed: "merge", or "evaluation" (the same
+    # model, batches and precision, in the evaluation stage of this process: ``probe_key``)
+    adapter_logits_from: str = "merge"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 @torch.no_grad()
-def last_logits(model: torch.nn.Module, prompts: list[list[int]], pad_id: int, batch_size: int = 16,
+def last_logits(model: torch.nn.Module, prompts: list[list[int]], pad_id: int, batch_size: int = PROBE_BATCH,
                 precision: str = "fp32") -> torch.Tensor:
     """(N, V) logits at each prompt's last position, computed in ``precision``, returned in fp32,
     in the prompts' order.
@@ -103,8 +151,7 @@ def last_logits(model: torch.nn.Module, prompts: list[list[int]], pad_id: int, b
     out = []
     with autocast(device, precision):
         for rows in batches:
-            batch = build_batch([prompts[i] for i in rows], [[0]] * len(rows), pad_id).to(device)
-            out.append(forward_logits(model, batch)[:, -1, :].float().cpu())
+            out.append(prompt_last_logits(model, [prompts[i] for i in rows], pad_id, device).float().cpu())
     order = torch.tensor([i for rows in batches for i in rows])
     return torch.cat(out)[torch.argsort(order)]
 
@@ -150,17 +197,28 @@ def merge_adapter(snapshot: BaseSnapshot, adapter_dir: Path, probe: PreparedSpli
     t0 = time.perf_counter()
     adapted = method.load(load_model(snapshot, dtype=storage_dtype(precision, method)), Path(adapter_dir))
     fuse_rms_norms(adapted)  # as in training and evaluation; the merged model below inherits it or gets it
-    before = last_logits(keep_activation_dtype(adapted, precision), prompts, pad, precision=precision)
+    keep_activation_dtype(adapted, precision)
+    device = next(adapted.parameters()).device
+    before = _take_adapter_logits(probe_key(snapshot.digest, adapter_dir, probe.digest, len(prompts), precision,
+                                            device))
+    logits_from = "merge" if before is None else "evaluation"
+    if before is None:
+        before = last_logits(adapted, prompts, pad, precision=precision)
     greedy_before = _greedy(adapted, probe, prompts, pad, precision) if probe.generative else None
+    low = dtype_of(precision)
+    # ``served``: the merged model as the run's precision stores it (bf16: the fp32 fold's
+    # parameters rounded once; buffers such as RoPE's frequencies stay as loaded, as in a bf16
+    # from_pretrained). ``merged``: the fp32 fold, where one is built (an fp32 export needs it).
+    merged = served = None
     if storage_dtype(precision, method) == torch.float32:
         merged = method.merge(adapted)  # the adapter-applied model is fp32: fold it in place
-    else:
+    elif export_dir is None or export_dtype == "bf16":
+        served = _fold_in_fp32(method, adapted, snapshot)
+    if merged is None and served is None:
         del adapted
         merged = method.merge(method.load(load_model(snapshot), Path(adapter_dir)))  # folded in fp32
-    low = dtype_of(precision)
-    # The merged model as the run's precision stores it (bf16: the fp32 fold's parameters rounded
-    # once; buffers such as RoPE's frequencies stay as loaded, as in a bf16 from_pretrained).
-    served = merged if low == torch.float32 else _rounded(merged)
+    if served is None:
+        served = merged if low == torch.float32 else _rounded(merged)
     fuse_rms_norms(served)
     after = last_logits(served, prompts, pad, precision=precision)
     max_abs, kl = compare_logits(before, after)
@@ -168,6 +226,7 @@ def merge_adapter(snapshot: BaseSnapshot, adapter_dir: Path, probe: PreparedSpli
         max_abs_dlogit=max_abs, mean_kl=kl, n_probes=len(prompts), tolerance=tolerance,
         passed=max_abs <= tolerance, probe_digest=probe.digest, method=method.name,
         merge_time_s=time.perf_counter() - t0, base_digest=snapshot.digest, precision=precision,
+        adapter_logits_from=logits_from,
     )
     if not cert.passed:
         raise ParityError(f"{adapter_dir}: merged model differs from the adapter by max |Δlogit| = "
@@ -207,6 +266,30 @@ def merge_adapter(snapshot: BaseSnapshot, adapter_dir: Path, probe: PreparedSpli
         cert.export_dir = str(export_dir)
         write_json_atomic(export_dir / "parity.json", cert.to_dict())
     return cert
+
+
+def _fold_in_fp32(method: Any, model: torch.nn.Module, snapshot: BaseSnapshot) -> torch.nn.Module | None:
+    """The bf16 merge of the bf16 adapter-applied ``model``, folded in fp32, in place; None where the
+    method cannot say what its merge writes into (then the fp32 base is loaded instead).
+
+    The base parameters the merge adds into (``fold_targets``) first get their fp32 values from
+    the snapshot, so each merged weight is round(W + ΔW) with W and ΔW in fp32, the value a fold
+    into the fp32 base rounded once gives; every other parameter already is the base's bf16
+    rounding. What it saves against building the fp32 base, folding and copying it to bf16: one
+    fp32 model (1 GB; a warm worker kept it between tasks) and a model copy (``python
+    bench/merge_bench.py``)."""
+    fold_targets = getattr(method, "fold_targets", None)
+    if fold_targets is None:
+        return None
+    targets = fold_targets(model)
+    try:
+        fp32 = load_base_tensors(snapshot, list(targets))
+    except SnapshotError:  # e.g. a weight the file holds under its tied name: take the full path
+        return None
+    with torch.no_grad():
+        for key, tensor in fp32.items():
+            targets[key].data = tensor.to(targets[key].device)
+    return place_parameters(method.merge(model), "bf16")
 
 
 def _rounded(model: torch.nn.Module) -> torch.nn.Module:

@@ -73,6 +73,11 @@ class Method(Protocol):
     def merge(self, model: torch.nn.Module) -> torch.nn.Module:
         """Fold the method into plain base weights (only when ``mergeable``)."""
 
+    # Optional, for mergeable methods: ``fold_targets(model) -> dict[str, torch.nn.Parameter]``,
+    # the base parameters of the adapter-applied ``model`` that ``merge`` writes into, by their
+    # names in the base snapshot. With it a bf16 run's merge folds in fp32 by giving only those
+    # parameters their fp32 values (``peftops.evaluation.merge``) instead of loading the fp32 base.
+
 
 def write_method_file(out_dir: Path, name: str, cfg: Any) -> None:
     """Record which method (and config) produced an adapter directory."""

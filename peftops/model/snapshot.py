@@ -239,6 +239,20 @@ def load_model(snapshot: BaseSnapshot, device: str | torch.device = "cpu",
     return model
 
 
+def load_base_tensors(snapshot: BaseSnapshot, keys: list[str]) -> dict[str, torch.Tensor]:
+    """The snapshot's fp32 tensors named ``keys`` (its safetensors names), read from the weights
+    file one by one: what a bf16 run's merge folds into, without building the fp32 model. A key
+    the file does not hold raises ``SnapshotError``."""
+    from safetensors import safe_open
+
+    path = snapshot.path / WEIGHTS
+    with safe_open(str(path), framework="pt") as f:
+        missing = sorted(set(keys) - set(f.keys()))
+        if missing:
+            raise SnapshotError(f"{path}: no tensor {missing[0]!r} ({len(missing)} missing)")
+        return {k: f.get_tensor(k).to(torch.float32) for k in keys}
+
+
 def pad_token_id(snapshot: BaseSnapshot) -> int:
     """The tokenizer's pad id, as the snapshot's config.json records it (``write_snapshot``).
 

@@ -43,6 +43,14 @@ def shortest_first(lengths: list[int], batch_size: int) -> list[list[int]]:
     return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
 
 
+def probes_first(lengths: list[int], batch_size: int, n_probes: int) -> list[list[int]]:
+    """``shortest_first`` over the first ``n_probes`` rows, then over the others: each row in one
+    batch, and the first rows batched exactly as ``shortest_first(lengths[:n_probes], batch_size)``
+    batches them (a merge certificate's probes, ``peftops.evaluation.merge.last_logits``)."""
+    rest = shortest_first(lengths[n_probes:], batch_size)
+    return shortest_first(lengths[:n_probes], batch_size) + [[i + n_probes for i in rows] for rows in rest]
+
+
 def build_batch(prompts: list[list[int]], continuations: list[list[int]], pad_id: int) -> Batch:
     """Rows ``prompt + continuation[:-1]``; targets are the continuation tokens.
 
@@ -75,6 +83,14 @@ def forward_logits(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
     out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                 position_ids=batch.position_ids, logits_to_keep=keep, use_cache=False)
     return out.logits[:, -batch.keep:, :]
+
+
+def prompt_last_logits(model: torch.nn.Module, prompts: list[list[int]], pad_id: int,
+                       device: torch.device) -> torch.Tensor:
+    """(B, V) logits after each prompt's last token, the prompts left-padded into one batch, in
+    the dtype the model computes them (bf16 under bf16 autocast)."""
+    batch = build_batch(prompts, [[0]] * len(prompts), pad_id).to(device)
+    return forward_logits(model, batch)[:, -1, :]
 
 
 def hf_model(model: torch.nn.Module) -> torch.nn.Module:

@@ -111,6 +111,10 @@ class BitFitMethod:
         model.eval()
         return model
 
+    def fold_targets(self, model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
+        """None: the merge writes into no base weight (the biases and norms are the adapter's own)."""
+        return {}
+
     def merge(self, model: torch.nn.Module) -> torch.nn.Module:
         """The biases already are ``Linear.bias``: freeze, and let the config say q/k/v/o have them."""
         freeze_all(model)

@@ -49,3 +49,11 @@ class LoraMethod:
 
     def merge(self, model: torch.nn.Module) -> torch.nn.Module:
         return model.merge_and_unload()
+
+    def fold_targets(self, model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
+        """The weight of each LoRA-wrapped layer (what ``merge`` adds ``B A`` to), by snapshot name."""
+        from peft.tuners.lora import LoraLayer
+
+        inner = model.get_base_model()
+        return {f"{name}.weight": module.get_base_layer().weight
+                for name, module in inner.named_modules() if isinstance(module, LoraLayer)}
