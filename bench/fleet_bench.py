@@ -73,9 +73,10 @@ def overheads(report: dict, steps: int, demo_steps: int) -> dict:
     """A fleet's per-task costs beside its training and evaluation loops (means over its tasks).
 
     ``fixed_overhead_s``: wall seconds less the training loop and the evaluation stage (base and
-    adapter); it includes the merge. ``merge_s``: the merge stage alone (model loads, the fp32
-    fold, and the parity certificate's forward passes over ``merge.probe_size`` probes through both
-    models, the part that grows with the task's sequence length). ``setup_s``: the rest (pinning
+    adapter); it includes the merge. ``merge_s``: the merge stage alone (the model build, the fp32
+    fold, and the parity certificate's forward passes over ``merge.probe_size`` probes through the
+    merged model, and through the adapter-applied one unless the evaluation handed its logits
+    over: the part that grows with the task's sequence length). ``setup_s``: the rest (pinning
     the base, preparing the data, building models, checkpoints, tracking, publishing, Prefect).
     ``demo_training_s``: a demo-budget LoRA training (``demo_steps``) at this run's seconds per step.
     """
