@@ -87,7 +87,7 @@ def evaluate_first(snap, adapter, probe, cfg, precision: str, handover: bool) ->
     the first probe_size prompts batched as the certificate batches them when ``handover``, their
     logits then left for the merge (as ``peftops.stages.stage_evaluate`` does)."""
     from peftops.evaluation.evaluate import evaluate
-    from peftops.evaluation.merge import PROBE_BATCH, keep_adapter_logits, probe_key
+    from peftops.evaluation.merge import PROBE_BATCH, keep_adapter_logits
     from peftops.model.snapshot import pad_token_id
     from peftops.stages import load_adapted
     import torch
@@ -95,9 +95,7 @@ def evaluate_first(snap, adapter, probe, cfg, precision: str, handover: bool) ->
     model = load_adapted(snap, "lora", adapter, torch.device("cpu"), precision)
     ev = evaluate(model, probe, pad_id=pad_token_id(snap), batch_size=PROBE_BATCH, precision=precision,
                   probe_rows=cfg.probe_size if handover else 0)
-    if ev.probe_logits is not None:
-        keep_adapter_logits(probe_key(snap.digest, adapter, probe.digest, len(ev.probe_logits), precision,
-                                      torch.device("cpu")), ev.probe_logits)
+    keep_adapter_logits(ev.probe_logits, snap.digest, adapter, probe.digest, precision, torch.device("cpu"))
     return ev.eval_time_s
 
 

@@ -23,7 +23,7 @@ from peftops.data.manifest import get_task
 from peftops.data.prepared import PreparedData, load_prepared, prepare
 from peftops.errors import PeftopsError
 from peftops.evaluation.evaluate import EvalResult, evaluate
-from peftops.evaluation.merge import PROBE_BATCH, ParityCertificate, keep_adapter_logits, merge_adapter, probe_key
+from peftops.evaluation.merge import PROBE_BATCH, ParityCertificate, keep_adapter_logits, merge_adapter
 from peftops.fsutil import write_json_atomic
 from peftops.methods import get_method, make_config
 from peftops.methods.card import portable_copy
@@ -166,9 +166,7 @@ def stage_evaluate(params: PipelineParams, method_name: str | None, home: str | 
                                          and params.train.eval_batch_size == PROBE_BATCH) else 0
     result = evaluate(model, split, pad_id=tokenizer.pad_token_id, batch_size=params.train.eval_batch_size,
                       device=device, precision=precision, tokenizer=tokenizer, probe_rows=probes)
-    if result.probe_logits is not None:
-        keep_adapter_logits(probe_key(snap.digest, adapter_dir, split.digest, len(result.probe_logits), precision,
-                                      next(model.parameters()).device), result.probe_logits)
+    keep_adapter_logits(result.probe_logits, snap.digest, adapter_dir, split.digest, precision, device)
     out = layout.run(params.data.task, name)
     if split.generative:  # a few (prompt, reference, output) rows, beside eval.json
         write_json_atomic(out / "samples.json", {"columns": ["line", "prompt", "reference", "output"],

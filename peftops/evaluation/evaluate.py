@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 
-from peftops.training.batching import (IGNORE, build_batch, forward_logits, probes_first, prompt_last_logits,
-                                       shortest_first, supervised_loss)
+from peftops.training.batching import (IGNORE, build_batch, forward_logits, in_row_order, probes_first,
+                                       prompt_last_logits, shortest_first, supervised_loss)
 from peftops.data.prepared import PreparedSplit
 from peftops.evaluation.generate import generate_all, greedy_generate
 from peftops.evaluation.metrics import compute, compute_generation
@@ -108,20 +108,18 @@ def evaluate(model: torch.nn.Module, split: PreparedSplit, *, pad_id: int, batch
     preds = [0] * len(split)
     lengths = [len(x) for x in split.input_ids]
     probe_rows = min(probe_rows, len(split)) if one_token_labels(split.label_token_ids) else 0
-    kept: list[torch.Tensor] = []
+    batches = probes_first(lengths, batch_size, probe_rows)
+    kept: list[torch.Tensor] = []  # one per probe batch: the first ones of ``batches``
     t0 = time.perf_counter()
     with autocast(device, precision):
-        for rows in probes_first(lengths, batch_size, probe_rows):
+        for rows in batches:
             scores = label_scores(model, [split.input_ids[i] for i in rows], split.label_token_ids, pad_id, device,
                                   kept if rows[0] < probe_rows else None)
             for i, p in zip(rows, scores.argmax(-1).tolist()):
                 preds[i] = p
     names = [split.metric, *[m for m in split.metrics if m != split.metric]]
     metrics = compute(names, preds, split.labels)
-    probe_logits = None
-    if probe_rows:  # back in the prompts' order
-        order = torch.tensor([i for rows in probes_first(lengths, batch_size, probe_rows)[:len(kept)] for i in rows])
-        probe_logits = torch.cat(kept)[torch.argsort(order)]
+    probe_logits = in_row_order(kept, batches[:len(kept)]) if probe_rows else None
     return EvalResult(metric=split.metric, score=metrics[split.metric], metrics=metrics, n=len(split),
                       predictions=preds, eval_time_s=time.perf_counter() - t0, precision=precision,
                       probe_logits=probe_logits)

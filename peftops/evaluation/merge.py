@@ -25,7 +25,7 @@ fp32 safetensors unless ``export_dtype="bf16"``; its reloaded check runs in the 
 
 The adapter-applied side. An evaluation of a mergeable adapter in the same process batches the
 first ``probe_size`` dev prompts as the certificate does and leaves their logits here
-(``keep_adapter_logits``, keyed by ``probe_key``: base, adapter contents, probes, batching,
+(``keep_adapter_logits``, keyed by ``_probe_key``: base, adapter contents, probes, batching,
 precision, device, threads); the merge takes them instead of computing them again, and the
 certificate says so (``adapter_logits_from``). The merged side is always computed here.
 """
@@ -44,7 +44,7 @@ from typing import Any
 import torch
 
 from peftops.model.snapshot import BaseSnapshot, load_base_tensors, load_model, load_tokenizer, write_snapshot
-from peftops.training.batching import prompt_last_logits, shortest_first
+from peftops.training.batching import in_row_order, prompt_last_logits, shortest_first
 from peftops.evaluation.generate import generate_all
 from peftops.config import MergeConfig
 from peftops.data.prepared import PreparedSplit
@@ -75,14 +75,14 @@ def tolerance_for(precision: str, fp32_tolerance: float) -> float:
 # The certificate's batch size. An evaluation with the same one can hand its probe logits over.
 PROBE_BATCH = 16
 # The adapter-applied model's probe logits that an evaluation in this process computed, by
-# ``probe_key``; taken (and dropped) by the merge. A few entries: each is probe_size x 262k fp32.
+# ``_probe_key``; taken (and dropped) by the merge. A few entries: each is probe_size x 262k fp32.
 _ADAPTER_LOGITS: OrderedDict[str, torch.Tensor] = OrderedDict()
 _ADAPTER_LOGITS_KEPT = 2
 _ADAPTER_LOGITS_LOCK = threading.Lock()  # the local runner's tasks are threads of one process
 
 
-def probe_key(base_digest: str, adapter_dir: Path, probe_digest: str, n_probes: int, precision: str,
-              device: torch.device) -> str:
+def _probe_key(base_digest: str, adapter_dir: Path, probe_digest: str, n_probes: int, precision: str,
+               device: torch.device) -> str:
     """What the adapter-applied probe logits are a function of: the base, the adapter's files
     (their contents), the probe split and count, the certificate's batching, the precision, the
     device and the thread count."""
@@ -93,15 +93,23 @@ def probe_key(base_digest: str, adapter_dir: Path, probe_digest: str, n_probes: 
                     "threads": str(torch.get_num_threads())})
 
 
-def keep_adapter_logits(key: str, logits: torch.Tensor) -> None:
-    """Hold an evaluation's probe logits (``evaluate(probe_rows=...)``) for this process's merge."""
+def keep_adapter_logits(logits: torch.Tensor | None, base_digest: str, adapter_dir: Path, probe_digest: str,
+                        precision: str, device: torch.device) -> None:
+    """Hold an evaluation's probe logits (``EvalResult.probe_logits``; None: nothing to hold) of
+    ``adapter_dir`` for this process's merge."""
+    if logits is None:
+        return
+    key = _probe_key(base_digest, adapter_dir, probe_digest, len(logits), precision, device)
     with _ADAPTER_LOGITS_LOCK:
         _ADAPTER_LOGITS[key] = logits
         while len(_ADAPTER_LOGITS) > _ADAPTER_LOGITS_KEPT:
             _ADAPTER_LOGITS.popitem(last=False)
 
 
-def _take_adapter_logits(key: str) -> torch.Tensor | None:
+def _take_adapter_logits(*key_args: Any) -> torch.Tensor | None:
+    if not _ADAPTER_LOGITS:  # nothing held: no need to hash the adapter's files for a key
+        return None
+    key = _probe_key(*key_args)
     with _ADAPTER_LOGITS_LOCK:
         return _ADAPTER_LOGITS.pop(key, None)
 
@@ -128,7 +136,7 @@ class ParityCertificate:
     greedy_probes: int = 0
     greedy_first_difference: int | None = None  # index of the first probe whose outputs differ
     # where the adapter-applied side's logits were computed: "merge", or "evaluation" (the same
-    # model, batches and precision, in the evaluation stage of this process: ``probe_key``)
+    # model, batches and precision, in the evaluation stage of this process: ``_probe_key``)
     adapter_logits_from: str = "merge"
 
     def to_dict(self) -> dict[str, Any]:
@@ -152,8 +160,7 @@ def last_logits(model: torch.nn.Module, prompts: list[list[int]], pad_id: int, b
     with autocast(device, precision):
         for rows in batches:
             out.append(prompt_last_logits(model, [prompts[i] for i in rows], pad_id, device).float().cpu())
-    order = torch.tensor([i for rows in batches for i in rows])
-    return torch.cat(out)[torch.argsort(order)]
+    return in_row_order(out, batches)
 
 
 def _greedy(model: torch.nn.Module, probe: PreparedSplit, prompts: list[list[int]], pad: int,
@@ -199,8 +206,7 @@ def merge_adapter(snapshot: BaseSnapshot, adapter_dir: Path, probe: PreparedSpli
     fuse_rms_norms(adapted)  # as in training and evaluation; the merged model below inherits it or gets it
     keep_activation_dtype(adapted, precision)
     device = next(adapted.parameters()).device
-    before = _take_adapter_logits(probe_key(snapshot.digest, adapter_dir, probe.digest, len(prompts), precision,
-                                            device))
+    before = _take_adapter_logits(snapshot.digest, adapter_dir, probe.digest, len(prompts), precision, device)
     logits_from = "merge" if before is None else "evaluation"
     if before is None:
         before = last_logits(adapted, prompts, pad, precision=precision)
@@ -209,16 +215,16 @@ def merge_adapter(snapshot: BaseSnapshot, adapter_dir: Path, probe: PreparedSpli
     # ``served``: the merged model as the run's precision stores it (bf16: the fp32 fold's
     # parameters rounded once; buffers such as RoPE's frequencies stay as loaded, as in a bf16
     # from_pretrained). ``merged``: the fp32 fold, where one is built (an fp32 export needs it).
-    merged = served = None
     if storage_dtype(precision, method) == torch.float32:
         merged = method.merge(adapted)  # the adapter-applied model is fp32: fold it in place
-    elif export_dir is None or export_dtype == "bf16":
-        served = _fold_in_fp32(method, adapted, snapshot)
-    if merged is None and served is None:
-        del adapted
-        merged = method.merge(method.load(load_model(snapshot), Path(adapter_dir)))  # folded in fp32
-    if served is None:
         served = merged if low == torch.float32 else _rounded(merged)
+    else:  # a bf16 base: fold in place unless an fp32 export needs the whole fp32 fold
+        merged = None
+        served = _fold_in_fp32(method, adapted, snapshot) if export_dir is None or export_dtype == "bf16" else None
+        if served is None:
+            del adapted
+            merged = method.merge(method.load(load_model(snapshot), Path(adapter_dir)))  # folded in fp32
+            served = _rounded(merged)
     fuse_rms_norms(served)
     after = last_logits(served, prompts, pad, precision=precision)
     max_abs, kl = compare_logits(before, after)

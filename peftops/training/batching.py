@@ -51,6 +51,13 @@ def probes_first(lengths: list[int], batch_size: int, n_probes: int) -> list[lis
     return shortest_first(lengths[:n_probes], batch_size) + [[i + n_probes for i in rows] for rows in rest]
 
 
+def in_row_order(chunks: list[torch.Tensor], batches: list[list[int]]) -> torch.Tensor:
+    """The per-batch results ``chunks`` (one row per index of ``batches``) concatenated and put back
+    in row order: rows 0..N-1 of what ``shortest_first`` or ``probes_first`` batched."""
+    order = torch.tensor([i for rows in batches for i in rows])
+    return torch.cat(chunks)[torch.argsort(order)]
+
+
 def build_batch(prompts: list[list[int]], continuations: list[list[int]], pad_id: int) -> Batch:
     """Rows ``prompt + continuation[:-1]``; targets are the continuation tokens.
 
