@@ -151,8 +151,10 @@ def stage_evaluate(params: PipelineParams, method_name: str | None, home: str | 
     """Score the base model (``method_name=None``) or a trained adapter on the dev split."""
     layout = Layout.of(home)
     snap = _snapshot(params, home)
-    tokenizer = load_tokenizer(snap)
     split = load_prepared(layout.data(params.data.task) / "dev.json")
+    # The split is tokenized already: the 262k-entry tokenizer (~3 s to load) only decodes what a
+    # generation task's model writes.
+    tokenizer = load_tokenizer(snap) if split.generative else None
     device = pick_device()
     name = method_name or "base"
     if method_name and adapter_dir is None:
@@ -164,7 +166,7 @@ def stage_evaluate(params: PipelineParams, method_name: str | None, home: str | 
     # and leaves them for this process's merge (what it saves: ``python bench/merge_bench.py``).
     probes = params.merge.probe_size if (method_name and get_method(method_name).mergeable
                                          and params.train.eval_batch_size == PROBE_BATCH) else 0
-    result = evaluate(model, split, pad_id=tokenizer.pad_token_id, batch_size=params.train.eval_batch_size,
+    result = evaluate(model, split, pad_id=pad_token_id(snap), batch_size=params.train.eval_batch_size,
                       device=device, precision=precision, tokenizer=tokenizer, probe_rows=probes)
     keep_adapter_logits(result.probe_logits, snap.digest, adapter_dir, split.digest, precision, device)
     out = layout.run(params.data.task, name)

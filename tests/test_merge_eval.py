@@ -57,6 +57,29 @@ def test_lora_merge_parity_and_export_loads_as_plain_gemma(tiny_params, tiny_hom
     torch.testing.assert_close(merged(input_ids=x).logits, adapted(input_ids=x).logits, atol=1e-4, rtol=1e-4)
 
 
+def test_classification_evaluation_and_merge_load_no_tokenizer(tiny_params, tiny_home, monkeypatch):
+    """The splits are tokenized and the pad id is in the snapshot's config: scoring a
+    classification task and certifying its merge never load the tokenizer (~3 s each on the
+    real base); the scores are those the tokenizer's pad id gives."""
+    import peftops.evaluation.merge as merge_mod
+    import peftops.model.snapshot as snapshot_mod
+
+    home, _ = tiny_home
+    P.stage_prepare(tiny_params, home)
+    P.stage_train(tiny_params, "lora", home, progress=False)
+    assert P.pad_token_id(P._snapshot(tiny_params, home)) == snapshot_mod.load_tokenizer(
+        P._snapshot(tiny_params, home)).pad_token_id
+
+    def no_tokenizer(*_a, **_k):
+        raise AssertionError("the tokenizer was loaded")
+
+    for mod in (P, merge_mod, snapshot_mod):
+        monkeypatch.setattr(mod, "load_tokenizer", no_tokenizer)
+    assert 0.0 <= P.stage_evaluate(tiny_params, None, home).score <= 1.0
+    assert P.stage_evaluate(tiny_params, "lora", home).score >= 0.0
+    assert P.stage_merge(tiny_params, home, "lora").passed
+
+
 def test_merge_refuses_above_tolerance(tiny_params, tiny_home, tmp_path):
 
     from peftops.config import MergeConfig

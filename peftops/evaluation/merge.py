@@ -43,7 +43,8 @@ from typing import Any
 
 import torch
 
-from peftops.model.snapshot import BaseSnapshot, load_base_tensors, load_model, load_tokenizer, write_snapshot
+from peftops.model.snapshot import (BaseSnapshot, load_base_tensors, load_model, load_tokenizer, pad_token_id,
+                                    write_snapshot)
 from peftops.training.batching import in_row_order, prompt_last_logits, shortest_first
 from peftops.evaluation.generate import generate_all
 from peftops.config import MergeConfig
@@ -197,9 +198,8 @@ def merge_adapter(snapshot: BaseSnapshot, adapter_dir: Path, probe: PreparedSpli
     method = get_method(record["method"])
     if not method.mergeable:
         raise PeftopsError(f"{adapter_dir}: method {method.name!r} cannot be merged into the base weights")
-    tokenizer = load_tokenizer(snapshot)
     prompts = probe.input_ids[: cfg.probe_size]
-    pad = tokenizer.pad_token_id
+    pad = pad_token_id(snapshot)  # the probes are tokenized: no tokenizer to load
     tolerance = tolerance_for(precision, cfg.tolerance)
     t0 = time.perf_counter()
     adapted = method.load(load_model(snapshot, dtype=storage_dtype(precision, method)), Path(adapter_dir))
@@ -250,7 +250,7 @@ def merge_adapter(snapshot: BaseSnapshot, adapter_dir: Path, probe: PreparedSpli
         export_dir = Path(export_dir)
         out = merged if export_dtype == "fp32" else (served if low == torch.bfloat16 else _rounded(merged))
         out.config.architectures = [type(out).__name__]  # what serving stacks (vLLM) dispatch on
-        write_snapshot(out, tokenizer, export_dir, f"{snapshot.name}+{Path(adapter_dir).name}")
+        write_snapshot(out, load_tokenizer(snapshot), export_dir, f"{snapshot.name}+{Path(adapter_dir).name}")
         del merged, served, out
         reloaded = load_plain(export_dir, storage_dtype(precision))
         fuse_rms_norms(reloaded)

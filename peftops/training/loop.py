@@ -38,7 +38,7 @@ from peftops.data.prepared import PreparedSplit
 from peftops.errors import TrainingError
 from peftops.fsutil import atomic_dir
 from peftops.training.kernels import fuse_rms_norms
-from peftops.training.memory import PeakMemory, training_heap, trim_heap
+from peftops.training.memory import PeakMemory, training_heap
 from peftops.training.precision import autocast, place_parameters, resolve_precision
 
 log = logging.getLogger(__name__)
@@ -272,10 +272,10 @@ def train(model: torch.nn.Module, method: Any, method_cfg: Any, split: PreparedS
                             [conts[rows[j]] for j in group], pad_id).to(device)
                 for group in split_by_tokens(widths, cfg.max_batch_tokens)]
 
-    trim: Callable[[], None] = lambda: None
-    heap: contextlib.AbstractContextManager = contextlib.nullcontext()
-    if device.type == "cpu":
-        heap, trim = training_heap(), trim_heap
+    # The heap policy (CPU): compact with recomputation, the low-memory mode; otherwise freed
+    # buffers are kept for the next step (peftops.training.memory.training_heap says what each costs).
+    heap: contextlib.AbstractContextManager = (training_heap(compact=cfg.activation_checkpointing)
+                                               if device.type == "cpu" else contextlib.nullcontext(lambda: None))
     inner = hf_model(model)
     if cfg.activation_checkpointing:
         if not hasattr(inner, "activation_checkpointing_enable"):
@@ -288,7 +288,7 @@ def train(model: torch.nn.Module, method: Any, method_cfg: Any, split: PreparedS
     bar = tqdm(total=cfg.steps, initial=step, desc=f"train {method.name}", disable=not progress, unit="step")
     model.train()
     try:
-        with heap, PeakMemory(device) as mem:
+        with heap as trim, PeakMemory(device) as mem:
             t0 = time.perf_counter()
             opt.zero_grad(set_to_none=True)
             while step < stop_at:

@@ -16,7 +16,7 @@ import gc
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -74,24 +74,61 @@ def set_mmap_threshold(nbytes: int = MMAP_THRESHOLD) -> None:
 
 # The ceiling glibc's adaptive threshold climbs toward as a process frees large buffers (64-bit).
 GLIBC_MMAP_THRESHOLD_MAX = 32 << 20
+# glibc's defaults for what ``retain`` changes (M_MMAP_MAX, M_TRIM_THRESHOLD), put back after it.
+_GLIBC_MMAP_MAX, _GLIBC_TRIM_THRESHOLD = 65536, 128 * 1024
+
+
+def _retain_freed_memory() -> None:
+    """Serve every allocation from the heap (no mapping of its own, M_MMAP_MAX = 0) and never
+    trim it (M_TRIM_THRESHOLD out of reach): a freed buffer's pages stay in the process for the
+    next allocation of its size."""
+    if _LIBC is not None:
+        _LIBC.mallopt(-4, 0)  # M_MMAP_MAX
+        _LIBC.mallopt(-1, 2**31 - 1)  # M_TRIM_THRESHOLD (a C int)
 
 
 @contextmanager
-def training_heap(nbytes: int = MMAP_THRESHOLD) -> Iterator[None]:
-    """``set_mmap_threshold(nbytes)`` for the block only; then a fixed threshold at glibc's
-    adaptive ceiling (glibc has no call that restores the adaptive one) and a trim.
+def training_heap(compact: bool = True, nbytes: int = MMAP_THRESHOLD) -> Iterator[Callable[[], None]]:
+    """The heap policy of one training, for the block only; yields what the loop calls at a
+    step's two low points (after the forward, after the optimizer step). Afterwards: glibc's
+    defaults, a fixed threshold at its adaptive ceiling (glibc has no call that restores the
+    adaptive one) and a trim, so the freed training buffers leave the process.
 
-    What it buys: with the training's small threshold left in place, everything a process runs
-    after a training (evaluation, latency, the merge's parity) gets a fresh mapping, page faults
-    and zeroed pages for every activation buffer: the SST-2 dev evaluation of the bench's LoRA ran
+    ``compact`` (the loop uses it with activation checkpointing, the low-memory mode):
+    ``set_mmap_threshold(nbytes)`` and ``trim_heap`` at the low points, so freed buffers leave the
+    resident set at once, at the price of a fresh, zeroed page for every buffer of every step.
+
+    Not ``compact`` (no recomputation: nothing was asked to save memory): freed buffers stay on
+    the heap (``_retain_freed_memory``) and the next step reuses their pages. Every step allocates
+    the same buffers (activations, autograd's gradients, autocast's weight copies), so what the
+    compact policy pays is page faults and the kernel zeroing each page again: on Gemma 3 270M,
+    bf16, two threads, 30 steps of SST-2 x 8 without recomputation (the demo's settings;
+    ``python bench/heap_probe.py --method lora|full --rounds 2``, two rounds each), LoRA
+    10.58 / 8.81 -> 14.50 / 14.50 examples/s at a training peak of 1,435 -> 1,558-1,567 MB, FFT
+    3.68 / 4.13 -> 6.96 / 6.82 at 6,000 -> 8,015 MB (FFT's buffers are large and of many sizes, so
+    the kept heap fragments).
+
+    What either buys after the block: with the training's small threshold left in place,
+    everything a process runs after a training (evaluation, latency, the merge's parity) got a
+    fresh mapping for every activation buffer: the SST-2 dev evaluation of the bench's LoRA ran
     at two thirds of its speed (bf16 19.3 -> 13.0 examples/s, fp32 10.0 -> 7.1;
     ``python bench/eval_probe.py [--training-heap]``, BENCHMARKS.md "bf16")."""
-    set_mmap_threshold(nbytes)
+    if compact:
+        set_mmap_threshold(nbytes)
+    else:
+        _retain_freed_memory()
     try:
-        yield
+        yield trim_heap if compact else _no_trim
     finally:
+        if _LIBC is not None:
+            _LIBC.mallopt(-4, _GLIBC_MMAP_MAX)
+            _LIBC.mallopt(-1, _GLIBC_TRIM_THRESHOLD)
         set_mmap_threshold(GLIBC_MMAP_THRESHOLD_MAX)
         trim_heap()
+
+
+def _no_trim() -> None:
+    """The retaining policy's low points: keep the pages."""
 
 
 def freeze_heap() -> None:
