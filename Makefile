@@ -1,4 +1,4 @@
-# make demo | make test | make bench-train | make bench-registry | make bench-latency | make fuzz | make faults | make reliability | make bench-fleet | make check-vllm
+# make demo | make test | make bench-train | make bench-gpu | make bench-registry | make bench-latency | make fuzz | make faults | make reliability | make bench-fleet | make check-vllm
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -15,7 +15,7 @@ export DVC_NO_ANALYTICS := 1
 export RAY_USAGE_STATS_ENABLED := 0
 export VLLM_NO_USAGE_STATS := 1
 
-.PHONY: install demo test test-fast bench-train bench-registry bench-latency bench-fleet fuzz faults reliability check-vllm clean data
+.PHONY: install demo test test-fast bench-train bench-gpu bench-registry bench-latency bench-fleet fuzz faults reliability check-vllm clean data
 
 # torch first and alone: the CPU wheel on local disk; a plain `torch` would pull a CUDA build.
 $(STAMP): pyproject.toml
@@ -46,6 +46,11 @@ data: $(STAMP)
 
 bench-train: $(STAMP)
 	$(PY) bench/train_bench.py
+
+# The bf16 path on a CUDA GPU (LoRA and FFT, bf16 vs fp32, tokens/s, MFU, peak memory; TRL beside):
+# the snapshot and the bench's SST-2 split (run bench-train once first). BENCHMARKS.md "GPU".
+bench-gpu: $(STAMP)
+	$(PY) bench/gpu_bench.py --snapshot .peftops/base/gemma-3-270m --split .peftops/bench/sst2-480-200/train.json --peer
 
 bench-registry: $(STAMP)
 	$(PY) bench/registry_bench.py --backend both
