@@ -138,10 +138,13 @@ class SqlAliasMove(Base):
 
 class SqlLock(Base):
     """One row that gc locks exclusively and publish locks shared (PostgreSQL), so a gc
-    never deletes a blob that a publish has uploaded but not yet committed."""
+    never deletes a blob that a publish has uploaded but not yet committed. gc also counts
+    itself in ``gc_epoch`` (PostgreSQL), which lets publish's one-statement path
+    (registry_publish, migration 0003) tell whether a gc ran since its blobs were stored."""
 
     __tablename__ = PREFIX + "lock"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    gc_epoch: Mapped[int] = mapped_column(BigInteger, server_default="0")
 
 
 bases = SqlBase.__table__

@@ -25,6 +25,7 @@ from sqlalchemy import DateTime, Float, Integer, Select, and_, bindparam, select
 
 from . import db, names
 from .errors import InvalidArgument
+from .rawsql import Prepared
 
 METRIC_OPS = (">", ">=", "<", "<=")
 
@@ -87,23 +88,24 @@ def to_utc_naive(value: datetime | str | float | int, what: str) -> datetime:
 
 
 # Statements are built once per filter shape and executed with bound parameters: building
-# and cache-keying a SELECT costs more than running it against an index.
-_SEARCH_CACHE: dict[tuple, tuple[Select, str, int]] = {}
+# and cache-keying a SELECT costs more than running it against an index. Each is Prepared
+# (rawsql.py): PostgreSQL runs it on the driver's connection, SQLite through Core (.stmt).
+_SEARCH_CACHE: dict[tuple, tuple[Prepared, str, int]] = {}
 
 _METRIC_CMP = {">": "__gt__", ">=": "__ge__", "<": "__lt__", "<=": "__le__"}
 
-GET_BY_VERSION = versions_select().where(
-    db.tasks.c.name == bindparam("task"), db.versions.c.version == bindparam("version"))
-GET_BY_ALIAS = versions_select().join(
+GET_BY_VERSION = Prepared(versions_select().where(
+    db.tasks.c.name == bindparam("task"), db.versions.c.version == bindparam("version")))
+GET_BY_ALIAS = Prepared(versions_select().join(
     db.aliases, and_(db.aliases.c.version_id == db.versions.c.id,
                      db.aliases.c.task_id == db.tasks.c.id)).where(
-    db.tasks.c.name == bindparam("task"), db.aliases.c.alias == bindparam("alias"))
-GET_LATEST = versions_select().where(
+    db.tasks.c.name == bindparam("task"), db.aliases.c.alias == bindparam("alias")))
+GET_LATEST = Prepared(versions_select().where(
     db.tasks.c.name == bindparam("task"), db.versions.c.status == "active").order_by(
-    db.versions.c.version.desc()).limit(1)
+    db.versions.c.version.desc()).limit(1))
 
 
-def _search_statement(shape: tuple) -> tuple[Select, str, int]:
+def _search_statement(shape: tuple) -> tuple[Prepared, str, int]:
     """The SELECT for one combination of filters (values come as bound parameters)."""
     (task, base, method, status, after, before, metric_op, tag, alias, paged) = shape
     v, t = db.versions, db.tasks
@@ -160,12 +162,12 @@ def _search_statement(shape: tuple) -> tuple[Select, str, int]:
     q = q.limit(bindparam("limit", type_=Integer))
     # The sort key columns ride along so the next token can be built from the last row.
     q = q.add_columns(*[c.label(f"_sort{i}") for i, c in enumerate(sort)])
-    return q, mode, len(sort)
+    return Prepared(q), mode, len(sort)
 
 
 def build_search(*, task=None, base_digest=None, method=None, alias=None, tag=None,
                  metric=None, created_after=None, created_before=None, status=None,
-                 limit=100, page_token=None) -> tuple[Select, dict[str, Any], str, int]:
+                 limit=100, page_token=None) -> tuple[Prepared, dict[str, Any], str, int]:
     """Validate the filters; return (statement, parameters, sort mode, sort-key length)."""
     if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= 1000:
         raise InvalidArgument(f"limit must be an integer in 1..1000, got {limit!r}")
@@ -221,4 +223,6 @@ def build_search(*, task=None, base_digest=None, method=None, alias=None, tag=No
 
 
 def sort_key(row, n: int) -> list[Any]:
-    return [getattr(row, f"_sort{i}") for i in range(n)]
+    """The sort key of a search row: its n columns after the version's (by position, so a
+    driver's plain tuple serves as well as a Core row)."""
+    return list(row[len(VERSION_COLUMNS):len(VERSION_COLUMNS) + n])

@@ -10,7 +10,11 @@ SQLite spends running it; this module renders each statement once per dialect (S
 does the rendering, so the SQL still comes from the table definitions in db.py), applies the
 column types' bind processors itself, and runs it on the DBAPI connection's own cursor, inside
 a transaction opened by ``engine.raw_write_tx`` (publish) or ``engine.write_tx`` (the other
-mutations, through ``RawTx.of``). Reads that return whole versions stay on Core.
+mutations, through ``RawTx.of``). On PostgreSQL the single-statement reads (a version, a
+search page, the task list) run the same way on a connection in autocommit
+(``engine.raw_autocommit``): psycopg returns the types the columns hold, so its rows are what
+Core would return. On SQLite reads stay on Core, whose result processing turns the text SQLite
+stores back into datetimes.
 """
 
 from __future__ import annotations
@@ -120,6 +124,12 @@ class RawTx:
         sql, params = self._bound(stmt, values)
         with sqlalchemy_integrity(self.dialect, sql, params):
             return self._cursor.execute(sql, params).fetchone()
+
+    def all(self, stmt: Prepared, values: Mapping[str, Any] | None = None) -> list[tuple]:
+        """Every row, as tuples."""
+        sql, params = self._bound(stmt, values)
+        with sqlalchemy_integrity(self.dialect, sql, params):
+            return self._cursor.execute(sql, params).fetchall()
 
     def scalar(self, stmt: Prepared, values: Mapping[str, Any] | None = None):
         """The first column of the first row, or None."""

@@ -27,7 +27,8 @@ from . import db, names
 from .adapter import CONFIG_FILE, WEIGHTS_FILE, AdapterFolder, scan_adapter
 from .blobs import BlobStore, open_blob_store
 from .config import busy_timeout_ms, default_blob_uri, default_db_url
-from .engine import create_registry_engine, raw_write_tx, read_one, read_tx, upgrade, write_tx
+from .engine import (create_registry_engine, raw_autocommit, raw_write_tx, read_one, read_tx,
+                     upgrade, write_tx)
 from .errors import (BasePinMismatch, Conflict, InvalidAdapter, InvalidArgument, LintError,
                      NotFound, UnknownMetric)
 from .jsonlimits import check_text, check_value
@@ -58,7 +59,10 @@ _INSERT_TASK = {
     "sqlite": Prepared(sqlite_insert(db.tasks).on_conflict_do_nothing(index_elements=["name"])),
     "postgresql": Prepared(pg_insert(db.tasks).on_conflict_do_nothing(index_elements=["name"]))}
 _LOCK_SHARED = Prepared(select(db.lock.c.id).where(db.lock.c.id == 1).with_for_update(read=True))
-_LOCK_EXCLUSIVE = Prepared(select(db.lock.c.id).where(db.lock.c.id == 1).with_for_update())
+# gc's exclusive lock is an UPDATE of the lock row that counts the gc: its row lock excludes
+# publish's FOR SHARE as FOR UPDATE would, and the count is what registry_publish() compares.
+_LOCK_EXCLUSIVE = Prepared(update(db.lock).where(db.lock.c.id == 1).values(
+    gc_epoch=db.lock.c.gc_epoch + 1))
 _T = db.tasks
 _TASK_COLS = (_T.c.id, _T.c.name, _T.c.base_digest, _T.c.latest_version, _T.c.n_versions,
               _T.c.created_at, _T.c.updated_at)
@@ -89,7 +93,8 @@ def _with_aliases(page):
         t.c.name, a.c.alias)
 
 
-_TASKS_JOINED = {_TASKS_FIRST: _with_aliases(_TASKS_FIRST), _TASKS_AFTER: _with_aliases(_TASKS_AFTER)}
+_TASKS_JOINED = {_TASKS_FIRST: Prepared(_with_aliases(_TASKS_FIRST)),
+                 _TASKS_AFTER: Prepared(_with_aliases(_TASKS_AFTER))}
 _INSERT_TAG = Prepared(insert(db.tags))
 _INSERT_METRIC = Prepared(insert(db.metrics))
 _A = db.aliases
@@ -122,6 +127,10 @@ _METRIC_RECORDED = select(db.metrics.c.key).where(
 _METRIC_NAMES = select(db.metrics.c.key).distinct().order_by(db.metrics.c.key)
 _VERSION_ID = Prepared(select(db.versions.c.id, db.versions.c.status).where(
     db.versions.c.task_id == bindparam("tid"), db.versions.c.version == bindparam("ver")))
+# PostgreSQL: one publish as one call (migration 0003 says what the function does and when it
+# leaves the publish to Registry._record).
+_PUBLISH_CALL = ("SELECT outcome, version_number, epoch FROM registry_publish("
+                 + ", ".join(["%s"] * 14) + ")")
 
 
 @dataclass(frozen=True)
@@ -138,6 +147,10 @@ class PublishRequest:
     aliases: Sequence[str] = ()
     strict_lint: bool = False
     actor: str | None = None  # who sets the aliases (recorded in the alias history)
+
+
+class _LeftToRecord(Exception):
+    """Raised inside a batch of registry_publish() calls to roll it back."""
 
 
 @dataclass(frozen=True)
@@ -214,6 +227,9 @@ class Registry:
         self.engine = engine
         self.blobs = blobs
         self._bases: dict[str, BaseModel] = {}  # bases never change once registered
+        self._pg = engine.dialect.name == "postgresql"
+        # PostgreSQL: the gc epoch registry_publish() last answered (None: not asked yet).
+        self._gc_epoch: int | None = None
 
     # ------------------------------------------------------------------ lifecycle
     @classmethod
@@ -354,14 +370,17 @@ class Registry:
         retrain, a migration from another registry) cheap: the commit and statement
         set-up are paid once per batch, not once per adapter.
         """
+        epoch = self._gc_epoch  # read before this call stores any blob: see _publish_calls
         prepared = [self._prepare(r) for r in requests]
         if not prepared:
             return []
         for attempt in range(_PUBLISH_RETRIES):
             try:
-                with raw_write_tx(self.engine) as dbapi_conn:
-                    tx = RawTx(dbapi_conn, self.engine.dialect)
-                    done = [self._record(tx, p) for p in prepared]
+                done = self._publish_calls(prepared, epoch) if self._pg else None
+                if done is None:
+                    with raw_write_tx(self.engine) as dbapi_conn:
+                        tx = RawTx(dbapi_conn, self.engine.dialect)
+                        done = [self._record(tx, p) for p in prepared]
                 break
             except SqlIntegrityError:
                 # A concurrent writer took the version number (PostgreSQL, first version
@@ -427,6 +446,42 @@ class Registry:
                    aliases=_dumps([]))
         return _Prepared(task, row, folder, tags, metrics, aliases, lineage, report,
                          _actor(r.actor))
+
+    def _publish_calls(self, prepared: list[_Prepared],
+                       epoch: int | None) -> list[tuple[int, bool]] | None:
+        """PostgreSQL: record each version with one call of registry_publish() (migration
+        0003); return [(version, created)] in order, or None where the function left a
+        publish to _record, and then nothing of this batch is written.
+
+        One version: the call runs in autocommit, so its statements and its commit are one
+        round trip. A batch: the calls in one transaction, sent together (pipeline mode), and
+        rolled back if any answers 'general'.
+
+        epoch is the gc epoch this process last saw, read before these blobs were stored: the
+        function records a version only if no gc has run since (then every blob stored here
+        is still there); otherwise _record's transaction checks each blob under the lock, as
+        it always has. The function answers the current epoch, kept for the next publish.
+        """
+        calls = [(p.task, epoch, p.row["adapter_id"], p.row["base_digest"], p.row["method"],
+                  p.row["vllm_servable"], p.row["created_at"], p.row["files"], p.row["lint"],
+                  p.row["lineage"], p.row["tags"], p.row["metrics"], _dumps(p.aliases),
+                  p.actor) for p in prepared]
+        if len(calls) == 1:
+            with raw_autocommit(self.engine) as conn:
+                answers = [conn.execute(_PUBLISH_CALL, calls[0]).fetchone()]
+        else:
+            try:
+                with raw_write_tx(self.engine) as conn:
+                    sent = [conn.execute(_PUBLISH_CALL, args) for args in calls]
+                    answers = [cur.fetchone() for cur in sent]
+                    if any(outcome == "general" for outcome, _, _ in answers):
+                        raise _LeftToRecord  # rolls the batch back
+            except _LeftToRecord:
+                pass
+        self._gc_epoch = answers[-1][2]
+        if any(outcome == "general" for outcome, _, _ in answers):
+            return None
+        return [(version, outcome == "created") for outcome, version, _ in answers]
 
     def _lock(self, tx: RawTx, exclusive: bool) -> None:
         # SQLite writers are already serialized by BEGIN IMMEDIATE.
@@ -511,11 +566,20 @@ class Registry:
             q, params["alias"] = GET_BY_ALIAS, names.alias_name(alias)
         else:
             q = GET_LATEST
-        with read_one(self.engine) as conn:
-            row = conn.execute(q, params).first()
-            if row is None:
+        rows = self._rows(q, params)
+        if not rows:
+            with read_one(self.engine) as conn:
                 self._raise_missing(conn, task, version, alias)
-        return _row_to_version(row)
+        return _row_to_version(rows[0])
+
+    def _rows(self, stmt: Prepared, params: Mapping[str, Any]) -> Sequence[Sequence[Any]]:
+        """The rows of a read that is one statement: on PostgreSQL on the driver's connection
+        in autocommit (engine.raw_autocommit says what that buys), on SQLite through Core."""
+        if self._pg:
+            with raw_autocommit(self.engine) as conn:
+                return RawTx(conn, self.engine.dialect).all(stmt, params)
+        with read_one(self.engine) as conn:
+            return conn.execute(stmt.stmt, params).all()
 
     def _raise_missing(self, conn, task, version, alias):
         t = conn.execute(select(db.tasks.c.latest_version).where(
@@ -557,11 +621,11 @@ class Registry:
         # One statement. A metric that matched no row may be one no version records: only then
         # is that checked (a page with rows proves the name), so the common case stays one
         # round trip on PostgreSQL.
-        with read_one(self.engine) as conn:
-            rows = conn.execute(q, params).all()
-            if not rows and metric is not None and conn.execute(
-                    _METRIC_RECORDED, {"key": params["mkey"]}).first() is None:
-                raise UnknownMetric(params["mkey"], self._metric_names(conn))
+        rows = self._rows(q, params)
+        if not rows and metric is not None:
+            with read_one(self.engine) as conn:
+                if conn.execute(_METRIC_RECORDED, {"key": params["mkey"]}).first() is None:
+                    raise UnknownMetric(params["mkey"], self._metric_names(conn))
         token = None
         if len(rows) > limit:
             rows = rows[:limit]
@@ -585,9 +649,8 @@ class Registry:
         q = _TASKS_FIRST
         if page_token is not None:
             q, params["after"] = _TASKS_AFTER, decode_token(page_token, "tasks")[0]
-        if self.engine.dialect.name == "postgresql":
-            with read_one(self.engine) as conn:
-                joined = conn.execute(_TASKS_JOINED[q], params).all()
+        if self._pg:
+            joined = self._rows(_TASKS_JOINED[q], params)
             rows = list({r[0]: r[:7] for r in joined}.values())  # the task rows, in name order
             pairs = [(r[0], r[7], r[8]) for r in joined if r[7] is not None]
         else:
@@ -799,7 +862,9 @@ class Registry:
         ``temp_grace_s`` (left by writers that were killed); return how many were removed.
 
         Holds the registry's exclusive write lock meanwhile, so a concurrent publish
-        either committed before (its blobs are referenced) or re-uploads after.
+        either committed before (its blobs are referenced) or re-uploads after: on
+        PostgreSQL the lock counts the gc (gc_epoch), and a publish whose blobs were stored
+        before that count moved goes through the transaction that checks them again.
         """
         removed = 0
         with write_tx(self.engine) as conn:

@@ -44,21 +44,33 @@ def _pg_up() -> bool:
 
 
 @pytest.fixture
-def pg_url():
-    """A fresh PostgreSQL database for one test, dropped afterwards."""
+def pg_urls():
+    """Makes fresh PostgreSQL databases for one test (each call one more), dropped afterwards."""
     if not _pg_up():
         pytest.skip("PostgreSQL is not listening on 127.0.0.1:5432")
     import psycopg
 
-    name = f"peftops_registry_test_{secrets.token_hex(4)}"
-    admin = PG_ADMIN
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
+    made = []
+
+    def make() -> str:
+        name = f"peftops_registry_test_{secrets.token_hex(4)}"
+        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        made.append(name)
+        return PG_ADMIN.rsplit("/", 1)[0] + "/" + name
+
     try:
-        yield admin.rsplit("/", 1)[0] + "/" + name
+        yield make
     finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+            for name in made:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def pg_url(pg_urls):
+    """A fresh PostgreSQL database for one test, dropped afterwards."""
+    return pg_urls()
 
 
 @pytest.fixture(scope="session")

@@ -158,9 +158,18 @@ for i in range(10_000):
 """
 
 
-def test_kill_9_publishers_then_gc_leaves_a_clean_registry(tmp_path):
+@pytest.fixture(params=["sqlite", "postgresql"])
+def kill_db_url(request, tmp_path):
+    """The killed publishers' database: SQLite, and PostgreSQL (where a publish is one call
+    of registry_publish(), migration 0003)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'r.db'}"
+    return request.getfixturevalue("pg_url")
+
+
+def test_kill_9_publishers_then_gc_leaves_a_clean_registry(tmp_path, kill_db_url):
     kills = int(os.environ.get("PEFTOPS_FAULT_KILLS", "3"))
-    db_url, blobs = f"sqlite:///{tmp_path / 'r.db'}", (tmp_path / "blobs").as_uri()
+    db_url, blobs = kill_db_url, (tmp_path / "blobs").as_uri()
     with Registry.open(db_url, blobs) as reg:
         reg.register_base(make_base(tmp_path / "base"), digest=DIGEST, name="tiny")
     rng = random.Random(0)
