@@ -1,6 +1,7 @@
 # .venv/bin/python -m bench.fleet_bench 1 2                 (local runner by max_concurrency, tiny models)
 # .venv/bin/python -m bench.fleet_bench --runners [--smoke] [--only runners|orchestration] [--orch-tasks N]
 #     (local vs Ray 1x2 vs Ray 2x1 on the real base, then 1,000 tiny tasks on Ray 2x1)
+# .venv/bin/python -m bench.fleet_bench --probe prefect [N] | gc   (what a flow run, a task run, a client cost)
 """Fleet wall time.
 
 Default: 4 tiny SST-2-shaped tasks (LoRA, 12 steps) for each ``max_concurrency`` given, from a
@@ -93,6 +94,74 @@ def overheads(report: dict, steps: int, demo_steps: int) -> dict:
             "fixed_overhead_frac_of_task": round(sum(fixed) / sum(o["seconds"] for o in tasks), 3)}
 
 
+class CpuByRole:
+    """CPU seconds (user + system) each kind of process spent while a fleet ran, sampled once a
+    second with psutil: the driver (this process: the fleet flow, Ray's driver), the Prefect API
+    server (this process's child), Ray's workers (``ray::`` processes: the tasks), Ray's own
+    processes (raylet, GCS, ...) and everything else on the machine (not the fleet: what else ran).
+    A process that ends between two samples loses up to a second of its time."""
+
+    def __init__(self, interval: float = 1.0):
+        import threading
+
+        import psutil
+
+        self._psutil, self.interval = psutil, interval
+        self._first: dict[int, float] = {}  # pid -> CPU seconds at the first sample (0 if born later)
+        self._last: dict[int, tuple[str, float]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._sample(first=True)
+
+    def _role(self, proc, me: int) -> str:
+        if proc.pid == me:
+            return "driver"
+        cmd = " ".join(proc.info["cmdline"] or [])
+        if cmd.startswith("ray::") or "default_worker.py" in cmd:  # a worker before and after it names itself
+            return "ray workers"
+        try:
+            parents = {p.pid for p in proc.parents()}
+        except self._psutil.Error:
+            parents = set()
+        if me in parents:
+            return "prefect server" if "uvicorn" in cmd else "ray system"
+        return "other processes"
+
+    def _sample(self, first: bool = False) -> None:
+        me = os.getpid()
+        for proc in self._psutil.process_iter(["cmdline", "cpu_times"]):
+            t = proc.info["cpu_times"]
+            if t is None:
+                continue
+            role = self._last.get(proc.pid, ("other processes",))[0]
+            if role == "other processes":  # again until known: a new process renames itself, and a
+                try:  # process on its way out has lost its command line and its parents
+                    role = self._role(proc, me)
+                except self._psutil.Error:
+                    continue
+            self._first.setdefault(proc.pid, t.user + t.system if first else 0.0)
+            self._last[proc.pid] = (role, t.user + t.system)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def __enter__(self) -> "CpuByRole":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+    def seconds(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for pid, (role, secs) in self._last.items():
+            out[role] = out.get(role, 0.0) + max(0.0, secs - self._first[pid])
+        return out
+
+
 VARIANTS = {"local": {"runner": "local"},
             "ray_1x2": {"runner": "ray", "address": "", "num_cpus": 2},
             "ray_2x1": {"runner": "ray", "address": "", "num_cpus": 1},
@@ -151,7 +220,8 @@ def runners(smoke: bool, n_orch: int | None = None, only: str = "all") -> dict:
         home = tmp / "home-orch"
         make_snapshot(home)
         t0 = time.perf_counter()
-        rep = fleet(methods=["lora"], home=str(home), params=orch, fleet_cfg=VARIANTS["ray_2x1"])
+        with CpuByRole() as cpu:
+            rep = fleet(methods=["lora"], home=str(home), params=orch, fleet_cfg=VARIANTS["ray_2x1"])
         secs = time.perf_counter() - t0
         stages: dict[str, float] = {}
         for o in rep["tasks"].values():
@@ -160,10 +230,84 @@ def runners(smoke: bool, n_orch: int | None = None, only: str = "all") -> dict:
         task_s = sum(o["seconds"] for o in rep["tasks"].values())
         breakdown = {k: round(v / n_orch, 3) for k, v in stages.items()}
         breakdown["other (flow run, MLflow runs, Ray)"] = round((task_s - sum(stages.values())) / n_orch, 3)
-        print(f"orchestration: {n_orch} one-step tiny tasks in {secs:.1f}s; per task {breakdown}", flush=True)
+        cpu_s = {k: round(v / n_orch, 3) for k, v in sorted(cpu.seconds().items())}
+        # 503s a worker answered by asking again soon (flows.ray_fleet.Retry503), per task
+        retried = sum(o.get("worker", {}).get("api_503_retries", 0) for o in rep["tasks"].values())
+        print(f"orchestration: {n_orch} one-step tiny tasks in {secs:.1f}s; per task {breakdown}; "
+              f"CPU seconds per task by process {cpu_s}; Prefect API 503s retried {retried}", flush=True)
     out.update({"orchestration_tasks": n_orch, f"orchestration_s_per_task_{n_orch}": round(secs / n_orch, 3),
-                "orchestration_breakdown_s": breakdown})  # at the default size: orchestration_s_per_task_1000
+                "orchestration_breakdown_s": breakdown,  # at the default size: orchestration_s_per_task_1000
+                "orchestration_cpu_s_per_task": cpu_s, "orchestration_api_503_retries": retried,
+                # the fleet flow's wall time before its first task starts (pinning the base, one MLflow
+                # experiment per task), of the measured total
+                "orchestration_setup_s": round(secs - rep["seconds"], 1)})
     return out
+
+
+def probe_prefect(n: int = 40) -> None:
+    """What the Prefect side of a fleet task costs, on the server of ``prefect_test_harness``: ``n``
+    flow runs (named, tagged and without heartbeats, as a fleet task's) of 0 or 6 trivial task
+    runs, each flow run opening its own client as Prefect's engine does, or all sharing one
+    (``flows.ray_fleet.worker_client_context``, as a fleet worker's do). Prints per flow run: the
+    wall time, this process's CPU seconds and the server process's CPU seconds (psutil)."""
+    import contextlib
+
+    import psutil
+    from prefect import flow, tags, task
+    from prefect.cache_policies import NO_CACHE
+
+    from flows.fleet import task_flow_settings, untagged_task_runs
+    from flows.ray_fleet import worker_client_context
+
+    @task(cache_policy=NO_CACHE)
+    def stage(i: int) -> int:
+        return i
+
+    @flow(flow_run_name="probe-{k}")
+    def pipeline(k: int, stages: int) -> int:
+        with untagged_task_runs():
+            for i in range(stages):
+                stage(i)
+        return k
+
+    with prefect_test_harness():
+        from prefect.settings import PREFECT_API_URL
+
+        os.environ["PREFECT_API_URL"] = PREFECT_API_URL.value()
+        server = next(c for c in psutil.Process().children(recursive=True) if "uvicorn" in " ".join(c.cmdline()))
+        pipeline(0, 1)
+        for stages in (0, 6):
+            for shared in (False, True):
+                time.sleep(3)  # the server has recorded what came before
+                s0, c0, t0 = server.cpu_times(), time.process_time(), time.perf_counter()
+                for k in range(n):
+                    with tags("fleet", f"task:{k}"), task_flow_settings(), \
+                            (worker_client_context() if shared else contextlib.nullcontext()):
+                        pipeline(k, stages)
+                wall = time.perf_counter() - t0
+                time.sleep(3)  # and what these runs sent (task runs arrive as events)
+                s1, c1 = server.cpu_times(), time.process_time()
+                srv = (s1.user + s1.system) - (s0.user + s0.system)
+                print(f"{stages} task runs, {'one client' if shared else 'a client per flow run'}: "
+                      f"{wall / n * 1000:.0f} ms wall, {(c1 - c0) / n * 1000:.0f} ms CPU here, "
+                      f"{srv / n * 1000:.0f} ms server CPU per flow run", flush=True)
+
+
+def probe_gc() -> None:
+    """``gc.get_freeze_count()`` in a process that holds what a fleet worker imports, frozen."""
+    import gc
+
+    import mlflow  # noqa: F401
+    import peft  # noqa: F401
+    import prefect  # noqa: F401
+    import torch  # noqa: F401
+    import transformers  # noqa: F401
+
+    gc.collect()
+    gc.freeze()
+    t0 = time.perf_counter()
+    count = [gc.get_freeze_count() for _ in range(10)][-1]
+    print(f"gc.get_freeze_count() = {count}: {(time.perf_counter() - t0) / 10 * 1000:.1f} ms a call")
 
 
 def main(concurrency: list[int]) -> None:
@@ -185,7 +329,11 @@ def main(concurrency: list[int]) -> None:
 
 if __name__ == "__main__":
     args = sys.argv[1:]
-    if "--runners" in args:
+    if args[:2] == ["--probe", "prefect"]:
+        probe_prefect(*[int(a) for a in args[2:3]])
+    elif args[:2] == ["--probe", "gc"]:
+        probe_gc()
+    elif "--runners" in args:
         def opt(name: str, default=None):
             return args[args.index(name) + 1] if name in args else default
 

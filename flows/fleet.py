@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
-import gc
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -42,7 +41,7 @@ from peftops.config import FleetConfig, fleet_config
 from peftops.fsutil import write_json_atomic
 from peftops.pipeline.tracking import Tracker
 from peftops.stages import Layout
-from peftops.training.memory import freeze_heap
+from peftops.training.memory import freeze_heap, heap_frozen
 from tasks import base_task
 
 DEFAULT_METHODS = ("lora",)
@@ -63,14 +62,15 @@ class FleetFailed(RuntimeError):
 def adapter_pipeline(task: str | None = None, methods: list[str] | tuple[str, ...] = DEFAULT_METHODS,
                      params_file: str | None = None, home: str | None = None, progress: bool = False,
                      cache: bool = True, params: PipelineParams | None = None,
-                     run_tags: dict[str, str] | None = None) -> dict[str, Any]:
+                     run_tags: dict[str, str] | None = None, base_pinned: bool = False) -> dict[str, Any]:
     """One task (default: ``params.data.task``), one or more methods: prepare, train, evaluate,
     merge (LoRA), publish, tracked in MLflow (``run_tags`` on the parent run); unchanged stages are
-    cache hits."""
+    cache hits. ``base_pinned``: the calling fleet has pinned the base (StageCalls.base)."""
     p = for_task(params or load_params(params_file), task)
     with untagged_task_runs():
         return run_pipeline(p, home, PipelineOptions(methods=tuple(methods), source="pipeline", progress=progress,
-                                                     refresh=not cache, parent_tags=dict(run_tags or {})))
+                                                     refresh=not cache, parent_tags=dict(run_tags or {}),
+                                                     base_pinned=base_pinned))
 
 
 def pipeline_flow(home: str | None):
@@ -164,14 +164,14 @@ def fleet(tasks: list[str] | None = None, methods: list[str] | tuple[str, ...] =
         outcomes = run_on_ray(names, tuple(methods), home, params, cfg, str(flow_run.id or ""), progress)
         return _report(home, outcomes, methods, max_concurrency, time.perf_counter() - t0, note, cfg)
 
-    if not gc.get_freeze_count():  # once per process: the tasks' collections skip what the imports left alive
+    if not heap_frozen():  # once per process: the tasks' collections skip what the imports left alive
         freeze_heap()
 
     def one(name: str):
         t = time.perf_counter()
         with task_flow_settings():
             state = pipeline_flow(home)(task=name, methods=tuple(methods), home=home, progress=progress,
-                                     params=params, return_state=True)
+                                     params=params, base_pinned=True, return_state=True)
         return name, state, time.perf_counter() - t
 
     with ThreadPoolExecutor(max_workers=max(1, max_concurrency), thread_name_prefix="fleet") as pool:

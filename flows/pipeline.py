@@ -42,6 +42,7 @@ class PipelineOptions:
     measure: MeasureConfig | None = None  # latency and forgetting per model (comparisons)
     threads: int = 0  # torch threads the latencies are taken with (recorded in the measure key)
     refresh: bool = False  # recompute every stage, cache hits or not
+    base_pinned: bool = False  # the caller's flow pinned the base (a fleet): verify it without a task run
     progress: bool = False
     parent_params: dict[str, Any] = field(default_factory=dict)  # replaces the parent run's params
     parent_tags: dict[str, str] = field(default_factory=dict)
@@ -90,7 +91,7 @@ def run_pipeline(params: PipelineParams, home: str | None, opts: PipelineOptions
     (``summary["cached"]`` says which stages were cache hits)."""
     task = params.data.task
     timer = _Timer()
-    stages = StageCalls(params, home, refresh=opts.refresh)
+    stages = StageCalls(params, home, refresh=opts.refresh, base_pinned=opts.base_pinned)
     with timer("pin base"):
         snap = stages.base()
     with timer("prepare"):
@@ -107,7 +108,7 @@ def run_pipeline(params: PipelineParams, home: str | None, opts: PipelineOptions
     commit = git_commit()
     if commit:
         source_tags["mlflow.source.git.commit"] = commit
-    with tracker.run(f"{opts.source}-{task}", params=opts.parent_params or to_dict(params),
+    with tracker.run(f"{opts.source}-{task}", params=opts.parent_params or to_dict(params), hold=True,
                      tags={"prefect.flow_run_id": flow_run_id, "base_digest": snap.digest,
                            "data_digest": prep.digest, "task": task, **source_tags, **opts.parent_tags}) as parent:
         out.parent_run_id = parent
@@ -117,7 +118,7 @@ def run_pipeline(params: PipelineParams, home: str | None, opts: PipelineOptions
             with timer("measure"):
                 out.measures["base"] = stages.measure(None, opts.measure, opts.threads)
         for name in opts.methods:
-            with tracker.run(name, parent_id=parent,
+            with tracker.run(name, parent_id=parent, hold=True,
                              params={"method": name, **method_settings(params, name), "train": to_dict(params.train)},
                              tags={"task": task, "method": name, "prefect.flow_run_id": flow_run_id,
                                    **source_tags}) as child:

@@ -17,11 +17,12 @@ version instead of a second one.
 
 from __future__ import annotations
 
-import gc
+import contextlib
 import json
 import os
 import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +114,78 @@ def _close_dead_attempts(task: str, fleet_run_id: str, home: str | None, reason:
             client.set_terminated(r.info.run_id, status="KILLED")
 
 
+class Retry503:
+    """An HTTP transport that asks again soon when the server answers 503 (Service Unavailable).
+
+    A Prefect server on SQLite answers 503 when a request's transaction collides with another
+    write (``SQLITE_BUSY``: in a fleet, mostly a new flow run against the stream of task-run
+    events the server records), and Prefect's client then waits 2 s before asking again (4 s,
+    8 s, ... after that). The collision lasts milliseconds: this transport asks again after
+    ``delays`` (0.75 s in all) and only then hands the 503 to Prefect's own back-off. Only
+    requests whose body can be sent twice are retried (every API call's JSON body can).
+    ``retries`` counts the 503s it answered by asking again."""
+
+    delays = (0.05, 0.1, 0.2, 0.4)
+
+    def __init__(self, inner: Any):
+        self.inner = inner
+        self.retries = 0
+
+    def handle_request(self, request):
+        import httpx
+
+        for delay in self.delays if isinstance(request.stream, httpx.ByteStream) else ():
+            response = self.inner.handle_request(request)
+            if response.status_code != 503:
+                return response
+            response.read()
+            response.close()
+            self.retries += 1
+            time.sleep(delay)
+        return self.inner.handle_request(request)
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def __enter__(self) -> "Retry503":
+        self.inner.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.inner.__exit__(*exc)
+
+
+_CLIENTS: dict[str, Any] = {}  # this process's Prefect client per API URL (a worker's: for all its tasks)
+
+
+def worker_client() -> Any:
+    """This process's Prefect client for the current API URL, opened once and kept open: each
+    flow run would otherwise open its own (a TLS context built from the CA bundle, a CSRF token
+    request and a new connection each: ~35 ms of a worker's CPU per task, measured with
+    ``bench/fleet_bench.py``'s notes in BENCHMARKS.md), and its transport is :class:`Retry503`."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL
+
+    url = str(PREFECT_API_URL.value() or "")
+    client = _CLIENTS.get(url)
+    if client is None or client._closed:
+        client = get_client(sync_client=True)
+        client._client._transport = Retry503(client._client._transport)  # httpx.Client's own transport
+        client.__enter__()  # never exited: it lives as long as the process
+        _CLIENTS[url] = client
+    return client
+
+
+@contextlib.contextmanager
+def worker_client_context() -> Iterator[Any]:
+    """Run the flow runs of this block with :func:`worker_client` (Prefect's engine takes the
+    client of the current ``SyncClientContext`` instead of opening one)."""
+    from prefect.context import SyncClientContext
+
+    with SyncClientContext.model_construct(client=worker_client()) as ctx:
+        yield ctx.client
+
+
 def run_task(name: str, methods: tuple[str, ...], home: str, params: PipelineParams, fleet_run_id: str,
              threads: int, progress: bool = False) -> dict[str, Any]:
     """One fleet task inside a Ray worker: its pipeline as a Prefect flow run; returns its report line."""
@@ -122,11 +195,11 @@ def run_task(name: str, methods: tuple[str, ...], home: str, params: PipelinePar
 
     from flows.fleet import outcome, pipeline_flow, task_flow_settings
     from peftops.pipeline.env import apply_defaults
-    from peftops.training.memory import freeze_heap
+    from peftops.training.memory import freeze_heap, heap_frozen
 
     apply_defaults()
     torch.set_num_threads(threads)  # Ray sets OMP_NUM_THREADS=1 in workers; use the task's CPUs
-    first = not gc.get_freeze_count()  # this worker process's first task
+    first = not heap_frozen()  # this worker process's first task
     if first:
         freeze_heap()  # a warm worker's imports are not garbage: keep the per-training collection short
     path = attempts_file(home, fleet_run_id, name)
@@ -137,13 +210,17 @@ def run_task(name: str, methods: tuple[str, ...], home: str, params: PipelinePar
     if previous and not previous[-1]["finished"]:
         _close_dead_attempts(name, fleet_run_id, home, retry_reasons(previous + [{}])[-1])
     t0 = time.perf_counter()
-    with tags("fleet", f"fleet-run:{fleet_run_id}", f"task:{name}"), task_flow_settings():
+    with tags("fleet", f"fleet-run:{fleet_run_id}", f"task:{name}"), task_flow_settings(), \
+            worker_client_context() as client:
+        retried = client._client._transport.retries
         state = pipeline_flow(home)(task=name, methods=methods, home=home, progress=progress, params=params,
-                                 run_tags={RUN_TAG: fleet_run_id}, return_state=True)
+                                 run_tags={RUN_TAG: fleet_run_id}, base_pinned=True, return_state=True)
+        retried = client._client._transport.retries - retried
     line = outcome(state, time.perf_counter() - t0)
     if first:  # again, once the first task's lazy imports (model classes, peft) and the warm base exist
         freeze_heap()
-    line["worker"] = {"pid": os.getpid(), "host": socket.gethostname(), "threads": torch.get_num_threads()}
+    line["worker"] = {"pid": os.getpid(), "host": socket.gethostname(), "threads": torch.get_num_threads(),
+                      "api_503_retries": retried}
     _append(path, {"event": "finish", "attempt": attempt, "pid": os.getpid(), "status": line["status"]})
     return line
 

@@ -18,7 +18,7 @@ from peftops.data.manifest import data_path
 from peftops.digest import file_sha256
 from peftops.evaluation.measure import MeasureConfig
 from peftops.pipeline import caching
-from peftops.stages import Layout
+from peftops.stages import Layout, stage_base
 from tasks import base_task, evaluate_task, measure_task, merge_task, prepare_task, train_task
 
 RESULTS_DIR = "prefect-results"
@@ -27,10 +27,12 @@ RESULTS_DIR = "prefect-results"
 class StageCalls:
     """The stages of one task's pipeline, called as Prefect tasks from inside a flow."""
 
-    def __init__(self, params: PipelineParams, home: str | Path | None = None, refresh: bool = False):
+    def __init__(self, params: PipelineParams, home: str | Path | None = None, refresh: bool = False,
+                 base_pinned: bool = False):
         self.params = params
         self.home = home
         self.refresh = refresh
+        self.base_pinned = base_pinned
         self.task = params.data.task
         self.root = Layout.of(home).home
         self.hits: dict[str, bool] = {}
@@ -39,8 +41,14 @@ class StageCalls:
         self._data_digest: str | None = None
 
     def base(self):
-        """Pin and verify the base snapshot (never cached: it verifies the files themselves)."""
-        snap = base_task(self.params, self.home)
+        """Pin and verify the base snapshot (never cached: it verifies the files themselves).
+
+        With ``base_pinned`` (a fleet's task, whose fleet flow ran the pin-base task before its
+        tasks) the same function runs as a plain call: the snapshot is still verified (its stat
+        key against the process's last verification), but no task run is recorded. A task run
+        costs the Prefect server ~50 ms of CPU (``python -m bench.fleet_bench --probe prefect``),
+        paid once per task of a fleet."""
+        snap = stage_base(self.params, self.home) if self.base_pinned else base_task(self.params, self.home)
         self._base_digest = snap.digest
         return snap
 

@@ -1,5 +1,7 @@
-"""Per-task overheads a fleet pays thousands of times: the MLflow tags of a run in one batch, and a
-fleet task's Prefect settings built once, not per task."""
+"""Per-task overheads a fleet pays thousands of times: the MLflow tags of a run in one batch, a
+held run's records written in one call when it ends, an experiment described once, a
+fleet task's Prefect settings built once, a worker's Prefect client shared by its flow runs, and a
+503 from the Prefect server asked again soon."""
 
 from __future__ import annotations
 
@@ -14,6 +16,79 @@ def test_set_tags_lands_every_tag_in_batches(tmp_path):
         tracker.set_tags(run_id, tags)
     stored = tracker.client.get_run(run_id).data.tags
     assert {k: stored[k] for k in tags} == {k: str(v) for k, v in tags.items()}
+
+
+def _count_log_batch(tracker):
+    calls = []
+    real = tracker.client.log_batch
+
+    def log_batch(run_id, metrics=(), params=(), tags=(), **kw):
+        calls.append((len(metrics), len(params), len(tags)))
+        return real(run_id, metrics=metrics, params=params, tags=tags, **kw)
+
+    tracker.client.log_batch = log_batch
+    return calls
+
+
+def test_a_held_run_writes_its_records_in_one_call_when_it_ends(tmp_path):
+    tracker = Tracker(experiment="hold-test", home=tmp_path)
+    calls = _count_log_batch(tracker)
+    with tracker.run("r", params={"lr": 0.1, "nested": {"r": 4}}, hold=True) as run_id:
+        assert calls == [(0, 2, 0)]  # the params at once: a running run shows them
+        tracker.log_metrics(run_id, {"acc": 0.5})
+        tracker.set_tags(run_id, {"stage": "train", "cached": "false"})
+        tracker.log_metrics(run_id, {"acc": 0.75, "f1": 0.5}, step=1)
+        tracker.set_tags(run_id, {"stage": "done"})  # a tag set again keeps its last value
+        tracker.log_params(run_id, {"lr": 0.1})  # the same value again: nothing to refuse, or to send
+        assert len(calls) == 1  # nothing else written yet
+        assert tracker.client.get_run(run_id).data.metrics == {}
+    assert calls == [(0, 2, 0), (3, 0, 2)]  # lr again, with its value: nothing more to write
+    data = tracker.client.get_run(run_id).data
+    assert data.metrics == {"acc": 0.75, "f1": 0.5} and data.params == {"lr": "0.1", "nested.r": "4"}
+    assert data.tags["stage"] == "done" and data.tags["cached"] == "false"
+    assert [m.value for m in tracker.client.get_metric_history(run_id, "acc")] == [0.5, 0.75]
+    assert tracker.client.get_run(run_id).info.status == "FINISHED"
+
+
+def test_a_held_run_that_fails_keeps_its_records_and_a_changed_param_is_refused(tmp_path):
+    import pytest
+    from mlflow.exceptions import MlflowException
+
+    tracker = Tracker(experiment="hold-fail", home=tmp_path)
+    with pytest.raises(ZeroDivisionError):
+        with tracker.run("r", params={"lr": 0.1}, hold=True) as run_id:
+            tracker.log_metrics(run_id, {"loss": 2.0})
+            1 / 0
+    run = tracker.client.get_run(run_id)
+    assert run.info.status == "FAILED" and run.data.metrics == {"loss": 2.0}
+    with tracker.run("s", params={"lr": 0.1}, hold=True) as run_id:
+        tracker.log_metrics(run_id, {"loss": 1.0})
+        with pytest.raises(MlflowException):  # refused at once, as without hold
+            tracker.log_params(run_id, {"lr": 0.2})
+    assert tracker.client.get_run(run_id).data.metrics == {"loss": 1.0}  # written before the refusal
+
+
+def test_a_held_run_splits_what_exceeds_one_call(tmp_path):
+    tracker = Tracker(experiment="hold-many", home=tmp_path)
+    calls = _count_log_batch(tracker)
+    with tracker.run("r", hold=True) as run_id:
+        tracker.log_metrics(run_id, {f"m{i}": i for i in range(950)})
+        tracker.set_tags(run_id, {f"t{i}": str(i) for i in range(120)})
+    assert calls == [(900, 0, 100), (50, 0, 20)]  # MLflow's limits: 1,000 in all, 100 tags
+    data = tracker.client.get_run(run_id).data
+    assert len(data.metrics) == 950 and sum(k.startswith("t") for k in data.tags) == 120
+
+
+def test_an_experiment_is_described_once(tmp_path):
+    first = Tracker(experiment="described", home=tmp_path)
+    first.describe_experiment("what it holds")
+    again = Tracker(experiment="described", home=tmp_path)  # another task of the fleet
+    writes = []
+    again.client.set_experiment_tag = lambda *a: writes.append(a)
+    again.describe_experiment("what it holds")
+    assert writes == []
+    again.describe_experiment("something else")
+    assert len(writes) == 1
 
 
 def test_task_flow_settings_turns_heartbeats_off_and_reuses_its_settings():
@@ -65,3 +140,76 @@ def test_pipeline_flow_names_its_result_storage_so_no_run_asks_the_server(tmp_pa
     asked.clear()
     assert tiny.with_options(result_storage=pf.result_storage)() == 1
     assert asked == []
+
+
+class _Answers:
+    """An HTTP transport that answers each request with the next status of ``codes``."""
+
+    def __init__(self, codes):
+        self.codes, self.seen = list(codes), 0
+
+    def handle_request(self, request):
+        import httpx
+
+        self.seen += 1
+        return httpx.Response(self.codes.pop(0), request=request, content=b"{}")
+
+
+def test_retry503_asks_again_soon_and_hands_a_lasting_503_to_prefect(monkeypatch):
+    import httpx
+
+    import flows.ray_fleet as ray_fleet
+    from flows.ray_fleet import Retry503
+
+    slept = []
+    monkeypatch.setattr(ray_fleet.time, "sleep", slept.append)
+    request = httpx.Request("POST", "http://127.0.0.1:1/api/flow_runs/", json={"name": "x"})
+
+    transport = Retry503(_Answers([503, 503, 201]))
+    assert transport.handle_request(request).status_code == 201  # the caller sees one answer
+    assert transport.inner.seen == 3 and transport.retries == 2 and slept == list(Retry503.delays[:2])
+
+    slept.clear()
+    lasting = Retry503(_Answers([503] * (len(Retry503.delays) + 1)))
+    assert lasting.handle_request(request).status_code == 503  # Prefect's own back-off takes it from here
+    assert lasting.inner.seen == len(Retry503.delays) + 1 and slept == list(Retry503.delays)
+
+    def body():
+        yield b"{}"
+
+    streamed = Retry503(_Answers([503, 201]))  # a body that cannot be sent twice is not retried
+    assert streamed.handle_request(httpx.Request("POST", "http://127.0.0.1:1/x", content=body())).status_code == 503
+    assert streamed.retries == 0
+
+
+def test_a_worker_runs_its_flow_runs_with_one_prefect_client(prefect_harness):
+    from prefect import flow
+    from prefect.context import SyncClientContext
+
+    from flows.ray_fleet import Retry503, worker_client, worker_client_context
+
+    @flow
+    def which_client() -> int:
+        return id(SyncClientContext.get().client)
+
+    client = worker_client()
+    assert worker_client() is client and isinstance(client._client._transport, Retry503)
+    with worker_client_context():
+        first = which_client()
+    with worker_client_context():
+        second = which_client()
+    assert first == second == id(client)  # the flow runs took this process's client, not one each
+    assert not client._closed  # and left it open for the next task
+
+
+def test_a_process_knows_its_heap_is_frozen_without_walking_it():
+    """Whether a fleet worker has run its first task is a flag set by freeze_heap, not
+    gc.get_freeze_count() (a walk of every frozen object at every task). A fresh process, so
+    that freezing does not reach into this test session."""
+    import subprocess
+    import sys
+
+    code = ("import gc; from peftops.training.memory import freeze_heap, heap_frozen; "
+            "before = heap_frozen(); freeze_heap(); print(before, heap_frozen(), gc.get_freeze_count() > 0)")
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    assert out.stdout.split() == ["False", "True", "True"]

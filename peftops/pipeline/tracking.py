@@ -55,6 +55,19 @@ def _flat(params: dict[str, Any], prefix: str = "") -> dict[str, str]:
 
 
 _BATCH_LIMITS = {"metrics": 1000, "params": 100, "tags": 100}  # MLflow's per-call maxima
+_BATCH_TOTAL = 1000  # and of the three together
+_NOTE = "mlflow.note.content"  # the experiment's description
+
+
+@dataclass
+class _Held:
+    """What a ``hold=True`` run keeps back: metrics, params and tags by key, and the params
+    already written (a param may be logged again only with the same value)."""
+
+    metrics: list[Any] = field(default_factory=list)
+    params: dict[str, Any] = field(default_factory=dict)
+    tags: dict[str, Any] = field(default_factory=dict)
+    written: dict[str, str] = field(default_factory=dict)
 
 
 class Tracker:
@@ -67,6 +80,8 @@ class Tracker:
         self.tracking_uri = tracking_uri or default_tracking_uri(home)
         self.client = MlflowClient(tracking_uri=self.tracking_uri)
         exp = self.client.get_experiment_by_name(experiment)
+        self._description = (exp.tags or {}).get(_NOTE) if exp is not None else None
+        self._held: dict[str, _Held] = {}  # run id -> what hold=True keeps back until the run ends
         if exp is None:
             artifacts = None
             if self.tracking_uri.startswith("sqlite:///"):
@@ -79,8 +94,15 @@ class Tracker:
 
     @contextlib.contextmanager
     def run(self, name: str, params: dict[str, Any] | None = None, tags: dict[str, str] | None = None,
-            parent_id: str | None = None) -> Iterator[str]:
-        """Open a run (a child run when ``parent_id`` is given); ends FAILED on an exception."""
+            parent_id: str | None = None, hold: bool = False) -> Iterator[str]:
+        """Open a run (a child run when ``parent_id`` is given); ends FAILED on an exception.
+
+        ``hold``: after its params (written at once, so a running run shows them), the run's
+        metrics, params and tags are kept in this process and written in one ``log_batch`` when
+        the run ends, or at :meth:`flush`. Each would otherwise be a store call of its own (a
+        SQLite commit, or a request to a tracking server), and a fleet pays them for every task.
+        Step metrics (:meth:`step_logger`) are never held. On an exception what was held is
+        still written before the run is marked FAILED."""
         all_tags = dict(tags or {})
         if parent_id:
             all_tags["mlflow.parentRunId"] = parent_id
@@ -88,12 +110,37 @@ class Tracker:
         run_id = run.info.run_id
         if params:
             self.log_params(run_id, params)
+        if hold:
+            self._held[run_id] = _Held(written=_flat(params or {}))
         try:
             yield run_id
         except BaseException:
+            try:
+                self.flush(run_id)
+            except Exception:  # the run's own error is the one to raise
+                pass
+            self._held.pop(run_id, None)
             self.client.set_terminated(run_id, status="FAILED")
             raise
+        self.flush(run_id)
+        self._held.pop(run_id, None)
         self.client.set_terminated(run_id, status="FINISHED")
+
+    def flush(self, run_id: str) -> None:
+        """Write what a ``hold=True`` run has kept back, in as few ``log_batch`` calls as MLflow's
+        per-call limits allow (one, for a pipeline's run)."""
+        held = self._held.get(run_id)
+        if held is None:
+            return
+        metrics, params, tags = held.metrics[:], list(held.params.values()), list(held.tags.values())
+        held.written.update((p.key, p.value) for p in params)
+        held.metrics.clear(), held.params.clear(), held.tags.clear()
+        while metrics or params or tags:
+            p, params = params[:_BATCH_LIMITS["params"]], params[_BATCH_LIMITS["params"]:]
+            t, tags = tags[:_BATCH_LIMITS["tags"]], tags[_BATCH_LIMITS["tags"]:]
+            n = _BATCH_TOTAL - len(p) - len(t)
+            m, metrics = metrics[:n], metrics[n:]
+            self.client.log_batch(run_id, metrics=m, params=p, tags=t)
 
     def log_params(self, run_id: str, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
@@ -127,7 +174,22 @@ class Tracker:
 
     def _log_batches(self, run_id: str, kind: str, items: list[Any]) -> None:
         """``items`` (``kind``: metrics, params or tags) in as few ``log_batch`` calls as MLflow's
-        per-call limits allow: one commit per call, not one per item."""
+        per-call limits allow: one commit per call, not one per item. A held run keeps them
+        (a tag set again keeps its last value, as MLflow would; a param logged again with
+        another value is sent at once, so MLflow refuses it as it always has)."""
+        held = self._held.get(run_id)
+        if held is not None:
+            if kind == "metrics":
+                held.metrics.extend(items)
+                return
+            if kind == "tags":
+                held.tags.update((i.key, i) for i in items)
+                return
+            known = {**held.written, **{k: p.value for k, p in held.params.items()}}
+            if all(known.get(i.key, i.value) == i.value for i in items):
+                held.params.update((i.key, i) for i in items if i.key not in held.written)
+                return
+            self.flush(run_id)
         size = _BATCH_LIMITS[kind]
         for start in range(0, len(items), size):
             self.client.log_batch(run_id, **{kind: items[start:start + size]})
@@ -148,8 +210,11 @@ class Tracker:
             self.client.log_artifact(run_id, str(p))
 
     def describe_experiment(self, text: str) -> None:
-        """The experiment's description (shown on its page in the MLflow UI)."""
-        self.client.set_experiment_tag(self.experiment_id, "mlflow.note.content", text)
+        """The experiment's description (shown on its page in the MLflow UI); not written again
+        when the experiment already has it (every task of a fleet describes its experiment)."""
+        if text != self._description:
+            self.client.set_experiment_tag(self.experiment_id, _NOTE, text)
+            self._description = text
 
     def log_dataset(self, run_id: str, name: str, digest: str, source: str, context: str,
                     profile: dict[str, Any] | None = None) -> None:

@@ -139,8 +139,20 @@ def freeze_heap() -> None:
     are collected as usual; a frozen object is freed by reference counting but never as part of
     a cycle, so call it where what is alive is meant to stay (after imports, after a worker's
     first task), not between tasks."""
+    global _FROZEN
     gc.collect()
     gc.freeze()
+    _FROZEN = True
+
+
+_FROZEN = False  # freeze_heap has run in this process
+
+
+def heap_frozen() -> bool:
+    """Whether :func:`freeze_heap` has run in this process. A flag, because
+    ``gc.get_freeze_count()`` walks every frozen object: ~60 ms at the ~580k a warm fleet
+    worker holds (``python -m bench.fleet_bench --probe gc``), paid at every task."""
+    return _FROZEN
 
 
 def release_memory() -> None:
