@@ -133,12 +133,13 @@ def run_precision(params: PipelineParams, run_dir: Path | None, device: torch.de
 
 
 def load_adapted(snap: BaseSnapshot, method_name: str | None, adapter_dir: Path | None,
-                 device: torch.device, precision: str = "fp32") -> torch.nn.Module:
+                 device: torch.device, precision: str = "fp32", read_only: bool = False) -> torch.nn.Module:
     """The base model, with ``adapter_dir`` applied when a method is given, stored for
     ``precision`` (a resolved one): a bf16 PEFT model has its base in bf16 and the trained
-    tensors in fp32, as in training; run it under ``peftops.training.precision.autocast``."""
+    tensors in fp32, as in training; run it under ``peftops.training.precision.autocast``.
+    ``read_only``: the caller will only run it forward (``load_model``; the base alone)."""
     method = get_method(method_name) if method_name is not None else None
-    model = load_model(snap, device, storage_dtype(precision, method))
+    model = load_model(snap, device, storage_dtype(precision, method), read_only=read_only and method is None)
     if method is None:
         return model
     if adapter_dir is None or not Path(adapter_dir).exists():
@@ -160,7 +161,7 @@ def stage_evaluate(params: PipelineParams, method_name: str | None, home: str | 
     if method_name and adapter_dir is None:
         adapter_dir = layout.run(params.data.task, method_name) / "adapter"
     precision = run_precision(params, Path(adapter_dir).parent if method_name else None, device)
-    model = load_adapted(snap, method_name, adapter_dir, device, precision)
+    model = load_adapted(snap, method_name, adapter_dir, device, precision, read_only=not split.generative)
     # A mergeable adapter's merge certificate needs the adapter-applied logits of the first
     # probe_size dev prompts: with the certificate's batching the evaluation computes them anyway
     # and leaves them for this process's merge (what it saves: ``python bench/merge_bench.py``).

@@ -5,6 +5,8 @@ fleet task's Prefect settings built once, a worker's Prefect client shared by it
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from peftops.pipeline.tracking import Tracker
 
 
@@ -48,6 +50,66 @@ def test_a_held_run_writes_its_records_in_one_call_when_it_ends(tmp_path):
     assert data.tags["stage"] == "done" and data.tags["cached"] == "false"
     assert [m.value for m in tracker.client.get_metric_history(run_id, "acc")] == [0.5, 0.75]
     assert tracker.client.get_run(run_id).info.status == "FINISHED"
+
+
+def test_a_held_run_writes_its_files_in_one_call_as_mlflow_would(tmp_path, monkeypatch):
+    """Files, JSON, text and tables of a held run: one log_artifacts call at its end, and what
+    is stored is what the unheld calls store (MLflow's own log_table for the tables: the same
+    table read back with mlflow's load_table, the same tag for the UI)."""
+    tracker = Tracker(experiment="hold-files", home=tmp_path)
+    src = tmp_path / "train.json"
+    src.write_text('{"steps": 3}')
+    rows = [{"method": "lora", "acc": 0.9, "extra": {"r": 4}}, {"method": "full", "acc": 0.8125, "extra": None}]
+    more = [{"method": "bitfit", "acc": 0.5, "note": "late"}]
+
+    def log(run_id):
+        tracker.log_artifact(run_id, src)
+        tracker.log_artifact(run_id, src, "inputs")
+        tracker.log_json(run_id, {"b": 1, "a": [1, 2]}, "summary.json")
+        tracker.log_text(run_id, "| a |\n", "comparison.md")
+        tracker.log_table(run_id, rows, "results_table.json")
+        tracker.log_table(run_id, more, "results_table.json")  # appended, as MLflow appends
+        for split in ("train", "dev"):
+            tracker.log_dataset(run_id, f"t-{split}", "sha256:" + "ab" * 32, f"/data/{split}.json",
+                                "training" if split == "train" else "evaluation", {"examples": 3})
+
+    with tracker.run("plain") as plain:
+        log(plain)
+    calls = []
+    real = tracker.client.log_artifacts
+    tracker.client.log_artifacts = lambda run_id, d, *a: calls.append(run_id) or real(run_id, d, *a)
+    tracker.client.log_artifact = lambda *a, **k: calls.append("one file")
+    with tracker.run("held", hold=True) as held:
+        log(held)
+        src.write_text('{"steps": 4}')  # changed after it was logged: the run keeps what it logged
+        assert calls == []
+    assert calls == [held]
+    c = tracker.client
+
+    def files(run_id, path=None):
+        out = {}
+        for f in c.list_artifacts(run_id, path):
+            out.update(files(run_id, f.path) if f.is_dir else {f.path: Path(c.download_artifacts(run_id, f.path, str(tmp_path / run_id))).read_bytes()})
+        return out
+
+    got, want = files(held), files(plain)
+    assert set(got) == set(want) == {"train.json", "inputs/train.json", "summary.json", "comparison.md", "results_table.json"}
+    assert {k: v for k, v in got.items() if k != "results_table.json"} == {k: v for k, v in want.items() if k != "results_table.json"}
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    # load_table finds the runs through mlflow.search_runs, whose store is the process-wide one
+    monkeypatch.setattr(tracking_utils, "_tracking_uri", tracker.tracking_uri)
+    tables = [c.load_table(tracker.experiment_id, "results_table.json", run_ids=[r]) for r in (held, plain)]
+    assert tables[0].to_dict("records") == tables[1].to_dict("records")
+    assert len(tables[0]) == 3 and list(tables[0].columns) == ["method", "acc", "extra", "note"]
+    tag = "mlflow.loggedArtifacts"
+    assert c.get_run(held).data.tags[tag] == c.get_run(plain).data.tags[tag]
+
+    def inputs(run_id):
+        return sorted((d.dataset.name, d.dataset.digest, d.dataset.source, d.dataset.profile,
+                       [(t.key, t.value) for t in d.tags]) for d in c.get_run(run_id).inputs.dataset_inputs)
+
+    assert inputs(held) == inputs(plain) and len(inputs(held)) == 2
 
 
 def test_a_held_run_that_fails_keeps_its_records_and_a_changed_param_is_refused(tmp_path):

@@ -220,11 +220,15 @@ def warm_enabled() -> bool:
 
 
 def load_model(snapshot: BaseSnapshot, device: str | torch.device = "cpu",
-               dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+               dtype: torch.dtype = torch.float32, read_only: bool = False) -> torch.nn.Module:
     """Load the snapshot's weights as a causal LM in ``dtype`` (fp32 by default; bf16 for a bf16
     run's frozen base), already verified by ``open_snapshot``. The fp32 file is converted tensor by
     tensor, so a bf16 load never holds the fp32 model. In a warm worker the weights come from
-    memory (a fresh model each call: callers train and merge what they get)."""
+    memory (a fresh model each call: callers train and merge what they get).
+
+    ``read_only``: the caller only runs the model forward and changes none of its weights or
+    modules (the base's evaluation); in a warm worker it gets the warm model itself, not a copy
+    (a deep copy of the bf16 base is half a gigabyte written and ~100k Python objects)."""
     from transformers import AutoModelForCausalLM
 
     if not warm_enabled():
@@ -233,7 +237,9 @@ def load_model(snapshot: BaseSnapshot, device: str | torch.device = "cpu",
         key = (snapshot.digest, dtype)
         if key not in _WARM_MODELS:
             _WARM_MODELS[key] = AutoModelForCausalLM.from_pretrained(str(snapshot.path), dtype=dtype).eval()
-        model = copy.deepcopy(_WARM_MODELS[key])  # a memory copy (ties and buffers kept), no file read
+        model = _WARM_MODELS[key]
+        if not read_only:
+            model = copy.deepcopy(model)  # a memory copy (ties and buffers kept), no file read
     model.to(device)
     model.eval()
     return model

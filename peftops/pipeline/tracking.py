@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import posixpath
 import re
 import tempfile
 import time
@@ -61,13 +62,16 @@ _NOTE = "mlflow.note.content"  # the experiment's description
 
 @dataclass
 class _Held:
-    """What a ``hold=True`` run keeps back: metrics, params and tags by key, and the params
-    already written (a param may be logged again only with the same value)."""
+    """What a ``hold=True`` run keeps back: metrics, params and tags by key, files and tables,
+    and the params already written (a param may be logged again only with the same value)."""
 
     metrics: list[Any] = field(default_factory=list)
     params: dict[str, Any] = field(default_factory=dict)
     tags: dict[str, Any] = field(default_factory=dict)
     written: dict[str, str] = field(default_factory=dict)
+    files: dict[str, bytes] = field(default_factory=dict)  # artifact path -> bytes
+    inputs: list[Any] = field(default_factory=list)  # datasets
+    tables: dict[str, dict[str, list]] = field(default_factory=dict)  # artifact path -> columns, data
 
 
 class Tracker:
@@ -99,7 +103,8 @@ class Tracker:
 
         ``hold``: after its params (written at once, so a running run shows them), the run's
         metrics, params and tags are kept in this process and written in one ``log_batch`` when
-        the run ends, or at :meth:`flush`. Each would otherwise be a store call of its own (a
+        the run ends, or at :meth:`flush`, its files (``log_artifact``, ``log_json``,
+        ``log_text``, ``log_table``) in one ``log_artifacts`` and its datasets in one ``log_inputs``. Each would otherwise be a store call of its own (a
         SQLite commit, or a request to a tracking server), and a fleet pays them for every task.
         Step metrics (:meth:`step_logger`) are never held. On an exception what was held is
         still written before the run is marked FAILED."""
@@ -132,6 +137,22 @@ class Tracker:
         held = self._held.get(run_id)
         if held is None:
             return
+        if held.files:  # the files first: the tables' tag then never names a missing one
+            with tempfile.TemporaryDirectory() as tmp:
+                for name, data in held.files.items():
+                    (Path(tmp) / name).parent.mkdir(parents=True, exist_ok=True)
+                    (Path(tmp) / name).write_bytes(data)
+                self.client.log_artifacts(run_id, tmp)
+            held.files.clear()
+        if held.inputs:
+            self.client.log_inputs(run_id, held.inputs[:])
+            held.inputs.clear()
+        if held.tables:
+            from mlflow.entities import RunTag
+            from mlflow.utils.mlflow_tags import MLFLOW_LOGGED_ARTIFACTS
+
+            logged = [{"path": name, "type": "table"} for name in held.tables]
+            held.tags[MLFLOW_LOGGED_ARTIFACTS] = RunTag(MLFLOW_LOGGED_ARTIFACTS, json.dumps(logged))
         metrics, params, tags = held.metrics[:], list(held.params.values()), list(held.tags.values())
         held.written.update((p.key, p.value) for p in params)
         held.metrics.clear(), held.params.clear(), held.tags.clear()
@@ -195,15 +216,21 @@ class Tracker:
             self.client.log_batch(run_id, **{kind: items[start:start + size]})
 
     def log_artifact(self, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
-        self.client.log_artifact(run_id, str(path), artifact_path)
+        """A file, as it is now (a held run keeps its bytes: the file may change before the run ends)."""
+        held = self._held.get(run_id)
+        if held is None:
+            self.client.log_artifact(run_id, str(path), artifact_path)
+        else:
+            held.files[posixpath.join(artifact_path or "", Path(path).name)] = Path(path).read_bytes()
 
     def log_json(self, run_id: str, obj: Any, name: str) -> None:
-        with tempfile.TemporaryDirectory() as tmp:
-            p = Path(tmp) / name
-            p.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
-            self.client.log_artifact(run_id, str(p))
+        self.log_text(run_id, json.dumps(obj, indent=2, sort_keys=True, default=str), name)
 
     def log_text(self, run_id: str, text: str, name: str) -> None:
+        held = self._held.get(run_id)
+        if held is not None:
+            held.files[name] = text.encode()
+            return
         with tempfile.TemporaryDirectory() as tmp:
             p = Path(tmp) / name
             p.write_text(text)
@@ -225,7 +252,12 @@ class Tracker:
         hexdigest = digest.split(":", 1)[-1]
         ds = Dataset(name=name, digest=hexdigest[:36], source_type="local", source=json.dumps({"uri": source}),
                      profile=json.dumps({"digest": digest, **(profile or {})}, default=str))
-        self.client.log_inputs(run_id, [DatasetInput(ds, [InputTag("mlflow.data.context", context)])])
+        record = DatasetInput(ds, [InputTag("mlflow.data.context", context)])
+        held = self._held.get(run_id)
+        if held is None:
+            self.client.log_inputs(run_id, [record])
+        else:
+            held.inputs.append(record)
 
     @contextlib.contextmanager
     def system_metrics(self, run_id: str, interval_s: float | None = None) -> Iterator[None]:
@@ -267,7 +299,20 @@ class Tracker:
             for k, col in columns.items():
                 v = row.get(k)
                 col.append(v if isinstance(v, (int, float, str, bool)) or v is None else json.dumps(v, default=str))
-        self.client.log_table(run_id, columns, name)
+        held = self._held.get(run_id)
+        if held is None:
+            self.client.log_table(run_id, columns, name)
+            return
+        # Held: the artifact MLflow's log_table writes (pandas' "split" JSON) and its tag, written
+        # with the run's other records; its own call reads the run and lists its artifacts first.
+        table = held.tables.setdefault(name, {"columns": [], "data": []})
+        new = [k for k in columns if k not in table["columns"]]
+        table["columns"] += new
+        for row in table["data"]:
+            row += [None] * len(new)  # rows of an earlier call, as MLflow appends a table
+        table["data"] += [[columns[k][i] if k in columns else None for k in table["columns"]]
+                          for i in range(len(rows))]
+        held.files[name] = json.dumps(table, default=str).encode()
 
     def log_figure(self, run_id: str, figure: Any, name: str) -> None:
         self.client.log_figure(run_id, figure, name)
