@@ -132,8 +132,10 @@ class Tracker:
         self.client.set_terminated(run_id, status="FINISHED")
 
     def flush(self, run_id: str) -> None:
-        """Write what a ``hold=True`` run has kept back, in as few ``log_batch`` calls as MLflow's
-        per-call limits allow (one, for a pipeline's run)."""
+        """Write what a ``hold=True`` run has kept back: its files in one ``log_artifacts``, its
+        datasets in one ``log_inputs``, the rest in as few ``log_batch`` calls as MLflow's per-call
+        limits allow (one, for a pipeline's run). Tables held since an earlier flush are written
+        whole again (a table logged twice is one table, as MLflow appends)."""
         held = self._held.get(run_id)
         if held is None:
             return
@@ -145,17 +147,17 @@ class Tracker:
                 self.client.log_artifacts(run_id, tmp)
             held.files.clear()
         if held.inputs:
-            self.client.log_inputs(run_id, held.inputs[:])
-            held.inputs.clear()
+            inputs, held.inputs = held.inputs, []
+            self.client.log_inputs(run_id, inputs)
         if held.tables:
             from mlflow.entities import RunTag
             from mlflow.utils.mlflow_tags import MLFLOW_LOGGED_ARTIFACTS
 
             logged = [{"path": name, "type": "table"} for name in held.tables]
             held.tags[MLFLOW_LOGGED_ARTIFACTS] = RunTag(MLFLOW_LOGGED_ARTIFACTS, json.dumps(logged))
-        metrics, params, tags = held.metrics[:], list(held.params.values()), list(held.tags.values())
+        metrics, params, tags = held.metrics, list(held.params.values()), list(held.tags.values())
+        held.metrics, held.params, held.tags = [], {}, {}
         held.written.update((p.key, p.value) for p in params)
-        held.metrics.clear(), held.params.clear(), held.tags.clear()
         while metrics or params or tags:
             p, params = params[:_BATCH_LIMITS["params"]], params[_BATCH_LIMITS["params"]:]
             t, tags = tags[:_BATCH_LIMITS["tags"]], tags[_BATCH_LIMITS["tags"]:]
