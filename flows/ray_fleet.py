@@ -120,7 +120,7 @@ class Retry503:
     A Prefect server on SQLite answers 503 when a request's transaction collides with another
     write (``SQLITE_BUSY``: in a fleet, mostly a new flow run against the stream of task-run
     events the server records), and Prefect's client then waits 2 s before asking again (4 s,
-    8 s, ... after that). The collision lasts milliseconds: this transport asks again after
+    8 s, ... after that) however short the collision was: this transport asks again after
     ``delays`` (0.75 s in all) and only then hands the 503 to Prefect's own back-off. Only
     requests whose body can be sent twice are retried (every API call's JSON body can).
     ``retries`` counts the 503s it answered by asking again."""
@@ -161,8 +161,8 @@ _CLIENTS: dict[str, Any] = {}  # this process's Prefect client per API URL (a wo
 def worker_client() -> Any:
     """This process's Prefect client for the current API URL, opened once and kept open: each
     flow run would otherwise open its own (a TLS context built from the CA bundle, a CSRF token
-    request and a new connection each: ~35 ms of a worker's CPU per task, measured with
-    ``bench/fleet_bench.py``'s notes in BENCHMARKS.md), and its transport is :class:`Retry503`."""
+    request and a new connection each: 37 against 17 ms of CPU for a flow run of no task runs,
+    ``python -m bench.fleet_bench --probe prefect``), and its transport is :class:`Retry503`."""
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL
 
@@ -179,11 +179,13 @@ def worker_client() -> Any:
 @contextlib.contextmanager
 def worker_client_context() -> Iterator[Any]:
     """Run the flow runs of this block with :func:`worker_client` (Prefect's engine takes the
-    client of the current ``SyncClientContext`` instead of opening one)."""
+    client of the current ``SyncClientContext`` instead of opening one); yields its
+    :class:`Retry503` transport, whose ``retries`` count the 503s asked again."""
     from prefect.context import SyncClientContext
 
-    with SyncClientContext.model_construct(client=worker_client()) as ctx:
-        yield ctx.client
+    client = worker_client()
+    with SyncClientContext.model_construct(client=client):
+        yield client._client._transport
 
 
 def run_task(name: str, methods: tuple[str, ...], home: str, params: PipelineParams, fleet_run_id: str,
@@ -211,11 +213,11 @@ def run_task(name: str, methods: tuple[str, ...], home: str, params: PipelinePar
         _close_dead_attempts(name, fleet_run_id, home, retry_reasons(previous + [{}])[-1])
     t0 = time.perf_counter()
     with tags("fleet", f"fleet-run:{fleet_run_id}", f"task:{name}"), task_flow_settings(), \
-            worker_client_context() as client:
-        retried = client._client._transport.retries
+            worker_client_context() as transport:
+        retried = transport.retries
         state = pipeline_flow(home)(task=name, methods=methods, home=home, progress=progress, params=params,
                                  run_tags={RUN_TAG: fleet_run_id}, base_pinned=True, return_state=True)
-        retried = client._client._transport.retries - retried
+        retried = transport.retries - retried
     line = outcome(state, time.perf_counter() - t0)
     if first:  # again, once the first task's lazy imports (model classes, peft) and the warm base exist
         freeze_heap()

@@ -104,8 +104,9 @@ class Tracker:
         ``hold``: after its params (written at once, so a running run shows them), the run's
         metrics, params and tags are kept in this process and written in one ``log_batch`` when
         the run ends, or at :meth:`flush`, its files (``log_artifact``, ``log_json``,
-        ``log_text``, ``log_table``) in one ``log_artifacts`` and its datasets in one ``log_inputs``. Each would otherwise be a store call of its own (a
-        SQLite commit, or a request to a tracking server), and a fleet pays them for every task.
+        ``log_text``, ``log_table``) in one ``log_artifacts`` and its datasets in one
+        ``log_inputs``. Each would otherwise be a store call of its own (a SQLite commit, or a
+        request to a tracking server), and a fleet pays them for every task.
         Step metrics (:meth:`step_logger`) are never held. On an exception what was held is
         still written before the run is marked FAILED."""
         all_tags = dict(tags or {})
@@ -113,17 +114,16 @@ class Tracker:
             all_tags["mlflow.parentRunId"] = parent_id
         run = self.client.create_run(self.experiment_id, run_name=name, tags=all_tags)
         run_id = run.info.run_id
-        if params:
-            self.log_params(run_id, params)
+        flat = _flat(params or {})
+        if flat:
+            self._log_param_items(run_id, flat)
         if hold:
-            self._held[run_id] = _Held(written=_flat(params or {}))
+            self._held[run_id] = _Held(written=flat)
         try:
             yield run_id
         except BaseException:
-            try:
+            with contextlib.suppress(Exception):  # the run's own error is the one to raise
                 self.flush(run_id)
-            except Exception:  # the run's own error is the one to raise
-                pass
             self._held.pop(run_id, None)
             self.client.set_terminated(run_id, status="FAILED")
             raise
@@ -166,9 +166,12 @@ class Tracker:
             self.client.log_batch(run_id, metrics=m, params=p, tags=t)
 
     def log_params(self, run_id: str, params: dict[str, Any]) -> None:
+        self._log_param_items(run_id, _flat(params))
+
+    def _log_param_items(self, run_id: str, flat: dict[str, str]) -> None:
         from mlflow.entities import Param
 
-        self._log_batches(run_id, "params", [Param(k, v) for k, v in _flat(params).items()])
+        self._log_batches(run_id, "params", [Param(k, v) for k, v in flat.items()])
 
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
         from mlflow.entities import Metric
