@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from . import names
+from .blobs import hash_file
 from .errors import InvalidAdapter, InvalidArgument, InvalidName
 from .jsonlimits import MAX_CONFIG_BYTES, loads_bounded
 
@@ -22,25 +23,9 @@ WEIGHTS_FILE = "adapter_model.safetensors"
 # pinned by digest separately.
 VOLATILE_CONFIG_FIELDS = frozenset({"base_model_name_or_path", "revision", "inference_mode"})
 
-_CHUNK = 1 << 20
 # Files up to this size are read once and their bytes kept for the rest of publish (the
 # header check and the blob write), instead of opening the file three times.
 KEEP_BYTES = 1 << 20
-
-
-def hash_file(path: str | os.PathLike, keep: int = 0) -> tuple[str, int, bytes | None]:
-    """Return (hex sha256, size in bytes, content) of a file, streamed; content is the
-    file's bytes when it is at most ``keep`` bytes long, else None."""
-    with open(path, "rb") as f:
-        first = f.read(max(keep + 1, _CHUNK))
-        h = hashlib.sha256(first)
-        if len(first) <= keep:
-            return h.hexdigest(), len(first), first
-        size = len(first)
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-            size += len(chunk)
-    return h.hexdigest(), size, None
 
 
 def canonical_config(config: dict[str, Any]) -> str:
@@ -71,14 +56,17 @@ class AdapterFolder:
 def scan_adapter(path: Path) -> AdapterFolder:
     """Hash every file of a PEFT-format adapter folder and compute its id."""
     path = Path(path)
-    if not path.is_dir():
-        raise InvalidAdapter(f"adapter folder {path} does not exist or is not a directory")
     files: dict[str, dict[str, Any]] = {}
     data: dict[str, bytes] = {}
     # os.scandir, not Path.iterdir: publishing is a hot path and pathlib's per-entry
-    # objects cost more than hashing a small adapter's files.
-    with os.scandir(path) as it:
-        entries = sorted(it, key=lambda e: e.name)
+    # objects cost more than hashing a small adapter's files. Its own error says the folder
+    # is missing (no is_dir() first: a stat per publish).
+    try:
+        with os.scandir(path) as it:
+            entries = sorted(it, key=lambda e: e.name)
+    except (FileNotFoundError, NotADirectoryError):
+        raise InvalidAdapter(f"adapter folder {path} does not exist or is not a directory"
+                             ) from None
     for entry in entries:
         if entry.is_symlink() or not entry.is_file():
             raise InvalidAdapter(

@@ -34,7 +34,8 @@ def _bad(path: Path, why: str) -> InvalidAdapter:
 
 
 def _is_int(x: Any) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
+    # JSON decodes numbers to exactly int or float (True is a bool, not an int, here).
+    return type(x) is int
 
 
 def read_safetensors_header(path: str | Path, data: bytes | None = None
@@ -47,9 +48,8 @@ def read_safetensors_header(path: str | Path, data: bytes | None = None
     shape say, the ranges contiguous and covering the data exactly. Anything else raises
     InvalidAdapter with one line saying what is wrong.
     """
-    path = Path(path)
     try:
-        with (io.BytesIO(data) if data is not None else path.open("rb")) as f:
+        with (io.BytesIO(data) if data is not None else open(path, "rb")) as f:
             raw = f.read(8)
             if len(raw) != 8:
                 raise _bad(path, "shorter than 8 bytes")
@@ -76,7 +76,7 @@ def read_safetensors_header(path: str | Path, data: bytes | None = None
         if not isinstance(info, dict) or not isinstance(info.get("shape"), list):
             raise InvalidAdapter(f"{path}: tensor {name!r} has no shape in the header")
         shape, dtype, offsets = info["shape"], info.get("dtype"), info.get("data_offsets")
-        if not all(_is_int(d) and d >= 0 for d in shape):
+        if not all(type(d) is int and d >= 0 for d in shape):  # _is_int, inlined
             raise _bad(path, f"tensor {name!r} has shape {shape!r}; dimensions must be "
                        "non-negative integers")
         if dtype not in DTYPE_BITS:

@@ -425,8 +425,10 @@ class Registry:
 
         folder = scan_adapter(Path(r.adapter_dir))
         base = self.get_base(base_digest)
+        # The path joined as a str: it only names the file in messages (the bytes were kept
+        # by the scan), and pathlib's joins are a visible share of a small publish.
         report = lint_adapter(folder.config,
-                              read_safetensors_header(folder.path / WEIGHTS_FILE,
+                              read_safetensors_header(os.path.join(folder.path, WEIGHTS_FILE),
                                                       folder.data.get(WEIGHTS_FILE)),
                               base.module_shapes)
         if report.errors:
