@@ -95,6 +95,17 @@ def make_adapter(root: Path, seed: int, r: int = 4) -> Path:
     return root
 
 
+def cpu_probe() -> float:
+    """CPU seconds of a fixed pure-Python loop (3M additions): the host's speed of the moment.
+    On a shared host it is not constant (0.25 s and 0.6 s on the same machine an hour apart), and
+    every latency here moves with it; the bench prints it at its start and its end."""
+    c = time.thread_time()
+    s = 0
+    for i in range(3_000_000):
+        s += i
+    return round(time.thread_time() - c, 3)
+
+
 def _q(xs: list[float], p: int) -> float:
     return round(statistics.quantiles(sorted(xs), n=100, method="inclusive")[p - 1], 4)
 
@@ -420,7 +431,9 @@ def publish_race(ours_url: str, blob_uri: str, ml_uri: str, dirs: list[Path], n_
     """Both registries' publish rates timed side by side: ``rounds`` rounds, each a burst of
     our publish (new adapter folders, as bench_ours times it) and a burst of MLflow's
     create_model_version (as its synthesis times it), the order alternating round by round
-    (ABBA), on the 10k registries the queries were timed on. What it buys: the two rates come
+    (ABBA), on the 10k registries the queries were timed on, after one untimed burst each
+    (the registry reopened after minutes idle, its pages evicted by the larger databases
+    benched since: the first run of this bench took ~300 publishes to reach its rate). What it buys: the two rates come
     from the same minutes of the same machine, so its speed of the moment (on a shared host it
     swings by tens of per cent within minutes) cancels in the ratio, where the separate figures
     compare our half-second burst with MLflow's mean over a minute of its synthesis."""
@@ -429,7 +442,7 @@ def publish_race(ours_url: str, blob_uri: str, ml_uri: str, dirs: list[Path], n_
     reg = Registry.open(ours_url, blob_uri)
     c = MlflowClient(tracking_uri=ml_uri, registry_uri=ml_uri)
     rng = random.Random(11)
-    burst = len(dirs) // rounds
+    burst = len(dirs) // (rounds + 1)
     src = dirs[0].parent  # MLflow's versions name a source folder, as in its synthesis
     spent = {"ours": 0.0, "mlflow": 0.0}
     per_round: list[dict] = []
@@ -451,8 +464,15 @@ def publish_race(ours_url: str, blob_uri: str, ml_uri: str, dirs: list[Path], n_
             c.create_model_version(name, source=f"{src}/{name}/{i}", tags=t)
         return time.perf_counter() - t0
 
+    ours(dirs[:burst])  # the warm-up bursts, untimed
+    mlflow(dirs[:burst])
+    if reg.engine.dialect.name == "postgresql":
+        # The databases benched before leave a checkpoint to be written, spread over minutes;
+        # done now, it does not fall on whichever side's bursts happen to run beside it.
+        with reg.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.exec_driver_sql("CHECKPOINT")
     for r in range(rounds):
-        chunk = dirs[r * burst:(r + 1) * burst]
+        chunk = dirs[(r + 1) * burst:(r + 2) * burst]
         order = (("ours", ours), ("mlflow", mlflow))
         took = {}
         for side, fn in (order if r % 2 == 0 else order[::-1]):
@@ -575,7 +595,8 @@ def main() -> None:
                     help="versions each concurrent publisher publishes (timed)")
     ap.add_argument("--race-rounds", type=int, default=10,
                     help="rounds of side-by-side publish bursts against MLflow (0: none)")
-    ap.add_argument("--race-burst", type=int, default=100, help="publishes a burst, each side")
+    ap.add_argument("--race-burst", type=int, default=100,
+                    help="publishes a burst, each side (one burst each untimed first)")
     ap.add_argument("--skip-mlflow", action="store_true")
     ap.add_argument("--keep", action="store_true",
                     help="keep the work files and PostgreSQL databases")
@@ -591,13 +612,14 @@ def main() -> None:
         os.sync()
         time.sleep(5)
     work.mkdir(parents=True)
+    probe_start = cpu_probe()
     n_pool = max(a.pool, WARMUP + 2 * a.publish)
     fresh = [make_adapter(work / "fresh" / f"f{i}", seed=1_000_000 + i)
              for i in range(n_pool)]
     # Each concurrent publisher's adapters: new bytes, distinct from every other's and from
     # `fresh`, written now so that creating them is outside every timed section.
     race_dirs = [make_adapter(work / "race" / f"r{i}", seed=5_000_000 + i)
-                 for i in range(a.race_rounds * a.race_burst)]
+                 for i in range((a.race_rounds + 1) * a.race_burst)]
     per = WARM_EACH + a.publish_each
     worker_dirs = [[make_adapter(work / "conc" / f"w{w}" / f"a{i}",
                                  seed=3_000_000 + w * per + i) for i in range(per)]
@@ -705,9 +727,12 @@ def main() -> None:
         load = "load average %.2f %.2f %.2f" % os.getloadavg()
     except OSError:
         load = "load average n/a"
-    print(f"{os.cpu_count()} CPUs, {load}")
+    probes = [probe_start, cpu_probe()]
+    print(f"{os.cpu_count()} CPUs, {load}; CPU probe (a fixed Python loop, s) at the start "
+          f"{probes[0]}, at the end {probes[1]}")
     results.update({"when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                    "cpus": os.cpu_count(), "loadavg": list(os.getloadavg())})
+                    "cpus": os.cpu_count(), "loadavg": list(os.getloadavg()),
+                    "cpu_probe_s": probes})
     if not a.keep:  # cleaned up now, not at the next run's start, where it would slow the timing
         shutil.rmtree(work)
     print(json.dumps(results, separators=(",", ":")))
