@@ -85,8 +85,9 @@ def hash_file(path: str | os.PathLike, keep: int = 0) -> tuple[str, int, bytes |
     file's bytes when it is at most ``keep`` bytes long, else None."""
     with open(path, "rb") as f:
         # The first read asks for what the file holds (one byte more shows a file that grew
-        # since the fstat), not a fixed 1 MiB: a read allocates what it asks for, and for a
-        # small adapter's file that allocation cost ~4x the read and the hash together.
+        # since the fstat), not a fixed 1 MiB: a read allocates what it asks for, so every
+        # small file of every publish cost a 1 MiB allocation (BENCHMARKS.md, "the publish
+        # path's file reads": 1.5-2 % of a publish on PostgreSQL).
         want = min(os.fstat(f.fileno()).st_size, max(keep, _CHUNK - 1)) + 1
         first = f.read(want)
         h = hashlib.sha256(first)
@@ -152,8 +153,8 @@ def _write_verified(dest: str, read, sha256: str, what: str, fsync: bool) -> Non
 
 def _write_bytes(dest: str, data: bytes, sha256: str, what: str, fsync: bool) -> None:
     """_write_verified for bytes already in memory: checked before anything is written, then
-    written with os.write (a file object around the descriptor costs a publish of a small
-    adapter ~20 µs a file, a fifth of the file's create, write and rename)."""
+    written with os.write on the descriptor (no file object and no copy loop around it: a
+    small adapter's publish writes two files, and this is on its path)."""
     got = hashlib.sha256(data).hexdigest()
     if got != sha256:
         raise CorruptBlob(f"{what}: sha256 is {got}, expected {sha256}")
