@@ -131,39 +131,14 @@ def _open_temp(dest: str) -> tuple[int, str]:
         return os.open(tmp, flags, 0o644), tmp
 
 
-def _write_verified(dest: str, read, sha256: str, what: str, fsync: bool) -> None:
-    """Stream into a temp file beside dest, check the hash, then rename into place."""
-    fd, tmp = _open_temp(dest)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            got, _ = _copy_hashing(read, out)
-            if fsync:
-                out.flush()
-                os.fsync(out.fileno())
-        if got != sha256:
-            raise CorruptBlob(f"{what}: sha256 is {got}, expected {sha256}")
-        os.replace(tmp, dest)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
-def _write_bytes(dest: str, data: bytes, sha256: str, what: str, fsync: bool) -> None:
-    """_write_verified for bytes already in memory: checked before anything is written, then
-    written with os.write on the descriptor (no file object and no copy loop around it: a
-    small adapter's publish writes two files, and this is on its path)."""
-    got = hashlib.sha256(data).hexdigest()
-    if got != sha256:
-        raise CorruptBlob(f"{what}: sha256 is {got}, expected {sha256}")
+def _replace_from_temp(dest: str, fill, fsync: bool) -> None:
+    """Create a temp file beside dest, let ``fill(fd)`` write it (raising abandons it), then
+    rename it into place: a reader sees the whole file or none. The temp file is removed on
+    any failure."""
     fd, tmp = _open_temp(dest)
     try:
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
+            fill(fd)
             if fsync:
                 os.fsync(fd)
         finally:
@@ -173,6 +148,33 @@ def _write_bytes(dest: str, data: bytes, sha256: str, what: str, fsync: bool) ->
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def _write_verified(dest: str, read, sha256: str, what: str, fsync: bool) -> None:
+    """Stream into a temp file beside dest, check the hash, then rename into place."""
+    def fill(fd: int) -> None:
+        with os.fdopen(fd, "wb", closefd=False) as out:
+            got, _ = _copy_hashing(read, out)
+        if got != sha256:
+            raise CorruptBlob(f"{what}: sha256 is {got}, expected {sha256}")
+
+    _replace_from_temp(dest, fill, fsync)
+
+
+def _write_bytes(dest: str, data: bytes, sha256: str, what: str, fsync: bool) -> None:
+    """_write_verified for bytes already in memory: checked before anything is written, then
+    written with os.write on the descriptor (no file object and no copy loop around it: a
+    small adapter's publish writes two files, and this is on its path)."""
+    got = hashlib.sha256(data).hexdigest()
+    if got != sha256:
+        raise CorruptBlob(f"{what}: sha256 is {got}, expected {sha256}")
+
+    def fill(fd: int) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+
+    _replace_from_temp(dest, fill, fsync)
 
 
 class FileBlobStore(BlobStore):
