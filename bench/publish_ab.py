@@ -1,13 +1,14 @@
-# .venv/bin/python bench/publish_ab.py REV [--rounds 3] [--n 1000] [--backend postgresql] [--fresh-blobs] [--in-process]
+# .venv/bin/python bench/publish_ab.py REV [--rounds 3] [--n 1000] [--backend postgresql]
+#                                           [--fresh-blobs] [--in-process]
 """Publish rate of this tree against git revision REV, interleaved, on the same files.
 
 A before/after check for changes to the publish path that does not depend on the machine's
 speed of the day: both trees publish the same 1,000 small adapter folders, whose blobs are stored
 beforehand (so the disk's file-create cost, the same for both, is left out and what is compared
 is the checks plus the metadata transaction; with ``--fresh-blobs`` each round starts from an
-empty blob store instead, so the blob writes are timed too, as in ``make bench-registry``), each round in a fresh process and a fresh
-registry (a SQLite file, or with ``--backend postgresql`` a database of its own on --pg-url's
-server, dropped afterwards), alternating A, B, A, B ... The figures are versions/s per round
+empty blob store instead, so the blob writes are timed too, as in ``make bench-registry``), each
+round in a fresh process and a fresh registry (a SQLite file, or with ``--backend postgresql``
+a database of its own on --pg-url's server, dropped afterwards), alternating A, B, A, B ... The figures are versions/s per round
 (with the CPU time this process spent per publish) and the ratio of medians. REV is checked out
 with ``git worktree`` into a temporary folder, removed afterwards.
 
@@ -35,7 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 # Run in a child with the tree under test first on sys.path; prints "rate cpu_us".
 CHILD = r"""
 import os, sys, time
-tree, work, n, pg_url, blob_dir = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5]
+tree, work, n, pg_url, blob_dir = sys.argv[1:3] + [int(sys.argv[3])] + sys.argv[4:6]
 sys.path[:0] = [tree + "/bench", tree]
 import registry, registry_bench as rb
 assert registry.__file__.startswith(tree), registry.__file__

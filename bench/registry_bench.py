@@ -13,8 +13,8 @@ through the real publish path (hash, lint, blob upload + verify, one transaction
 per adapter and, separately, in batches through publish_many (one transaction per batch).
 After MLflow's runs, the publish rates are timed once more side by side (publish_race):
 alternating bursts of our publish and MLflow's create_model_version on the two 10k registries;
-that ratio is the publish target's. At the large size, --publishers processes then each open their own Registry on the same
-database and blob store and publish fresh adapters at once; their combined rate is reported
+that ratio is the publish target's. At the large size, --publishers processes then each open
+their own Registry on the same database and blob store and publish fresh adapters at once; their combined rate is reported
 beside the single-process one, and afterwards no version may be lost or duplicated.
 The last line printed is one JSON object with every figure (top-level keys: SQLite).
 """
@@ -432,11 +432,12 @@ def publish_race(ours_url: str, blob_uri: str, ml_uri: str, dirs: list[Path], n_
     our publish (new adapter folders, as bench_ours times it) and a burst of MLflow's
     create_model_version (as its synthesis times it), the order alternating round by round
     (ABBA), on the 10k registries the queries were timed on, after one untimed burst each
-    (the registry reopened after minutes idle, its pages evicted by the larger databases
-    benched since: the first run of this bench took ~300 publishes to reach its rate). What it buys: the two rates come
-    from the same minutes of the same machine, so its speed of the moment (on a shared host it
-    swings by tens of per cent within minutes) cancels in the ratio, where the separate figures
-    compare our half-second burst with MLflow's mean over a minute of its synthesis."""
+    (ours is reopened after minutes idle, with larger databases benched since: the first run
+    of this bench without it took ~300 publishes to reach its rate). What it buys: the two
+    rates come from the same minutes of the same machine, so its speed of the moment (on a
+    shared host it swings by tens of per cent within minutes) cancels in the ratio, where
+    the separate figures set our half-second burst against MLflow's mean over the two
+    minutes of its synthesis."""
     from mlflow.tracking import MlflowClient
 
     reg = Registry.open(ours_url, blob_uri)
