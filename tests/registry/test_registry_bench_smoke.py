@@ -12,7 +12,16 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ["--tasks", "6", "--small-tasks", "3", "--per-task", "2", "--repeats", "5",
-        "--publish", "4", "--pool", "8", "--publishers", "2", "--publish-each", "3"]
+        "--publish", "4", "--pool", "8", "--publishers", "2", "--publish-each", "3",
+        "--race-rounds", "2", "--race-burst", "3"]
+
+
+def _check_race(race: dict, targets: dict) -> None:
+    """The side-by-side publish figures: both sides timed, the ratio theirs, the target on it."""
+    assert (race["rounds"], race["burst"], len(race["per_round"])) == (2, 3, 2)
+    assert all(set(r) == {"ours", "mlflow"} and min(r.values()) > 0 for r in race["per_round"])
+    assert race["speedup"] == pytest.approx(race["ours_per_s"] / race["mlflow_per_s"], rel=0.02)
+    assert targets["publish_5x_mlflow"] == (race["speedup"] >= 5)
 
 
 def _bench(tmp_path, *args) -> dict:
@@ -36,6 +45,8 @@ def test_registry_bench_runs_and_ends_with_json(tmp_path):
     assert result["publish_concurrent"]["verified"]
     assert set(result["targets"]) == {"p95_under_5ms_at_large", "10x_faster_than_mlflow",
                                       "publish_5x_mlflow"}
+    _check_race(result["publish_race"], result["targets"])
+    assert len(result["cpu_probe_s"]) == 2 and min(result["cpu_probe_s"]) > 0
 
 
 def test_registry_bench_on_postgresql(tmp_path):
@@ -59,3 +70,6 @@ def test_registry_bench_on_postgresql(tmp_path):
     assert isinstance(pg["targets"]["10x_faster_than_mlflow"], bool)
     assert pg["mlflow_reference_sqlite"] == "MLflow on SQLite, this run"
     assert pg["speedup_vs_mlflow_small_sqlite"]["alias_lookup"]["p50"] > 0
+    # Side by side with MLflow on the same server; the SQLite reference has no race of its own.
+    _check_race(pg["publish_race"], pg["targets"])
+    assert isinstance(pg["targets_sqlite"]["publish_5x_mlflow"], bool)
