@@ -619,8 +619,10 @@ def main() -> None:
              for i in range(n_pool)]
     # Each concurrent publisher's adapters: new bytes, distinct from every other's and from
     # `fresh`, written now so that creating them is outside every timed section.
-    race_dirs = [make_adapter(work / "race" / f"r{i}", seed=5_000_000 + i)
-                 for i in range((a.race_rounds + 1) * a.race_burst)]
+    # publish_race's adapters (it runs only beside MLflow).
+    race_dirs = [] if a.skip_mlflow else [
+        make_adapter(work / "race" / f"r{i}", seed=5_000_000 + i)
+        for i in range((a.race_rounds + 1) * a.race_burst)]
     per = WARM_EACH + a.publish_each
     worker_dirs = [[make_adapter(work / "conc" / f"w{w}" / f"a{i}",
                                  seed=3_000_000 + w * per + i) for i in range(per)]

@@ -86,8 +86,8 @@ def hash_file(path: str | os.PathLike, keep: int = 0) -> tuple[str, int, bytes |
     with open(path, "rb") as f:
         # The first read asks for what the file holds (one byte more shows a file that grew
         # since the fstat), not a fixed 1 MiB: a read allocates what it asks for, so every
-        # small file of every publish cost a 1 MiB allocation (BENCHMARKS.md, "the publish
-        # path's file reads": 1.5-2 % of a publish on PostgreSQL).
+        # small file of every publish cost a 1 MiB allocation (with the other changes of
+        # BENCHMARKS.md's "the publish path's file reads", 1.5-2 % of a publish).
         want = min(os.fstat(f.fileno()).st_size, max(keep, _CHUNK - 1)) + 1
         first = f.read(want)
         h = hashlib.sha256(first)
