@@ -155,7 +155,8 @@ def synthesize(reg: Registry, n_tasks: int, per_task: int, pool: list[dict]) -> 
                     vt = {"team": team, "dataset": f"ds-{rng.randrange(50)}"}
                     vm = {"accuracy": acc, "loss": 1.0 - acc}
                     versions.append({
-                        "id": vid, "task_id": t + 1, "version": v, "adapter_id": p["id"],
+                        "id": vid, "task_id": t + 1, "task_name": f"task-{t:05d}",
+                        "version": v, "adapter_id": p["id"],
                         "base_digest": DIGEST, "method": method, "status": "active",
                         "vllm_servable": method in ("lora", "lora-plus"),
                         "created_at": t0 + timedelta(seconds=vid * 30),

@@ -70,6 +70,9 @@ class SqlVersion(Base):
     __tablename__ = PREFIX + "versions"
     id: Mapped[int] = mapped_column(IdType, primary_key=True)
     task_id: Mapped[int] = mapped_column(ForeignKey(SqlTask.id, ondelete="CASCADE"))
+    # A copy of the task's name (names never change): reads return it without a join
+    # to tasks (migration 0004).
+    task_name: Mapped[str] = mapped_column(String(128))
     version: Mapped[int] = mapped_column(Integer)
     adapter_id: Mapped[str] = mapped_column(String(64))
     base_digest: Mapped[str] = mapped_column(ForeignKey(SqlBase.digest))

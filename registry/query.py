@@ -30,7 +30,7 @@ from .rawsql import Prepared
 METRIC_OPS = (">", ">=", "<", "<=")
 
 VERSION_COLUMNS = (
-    db.versions.c.id, db.tasks.c.name, db.versions.c.version, db.versions.c.adapter_id,
+    db.versions.c.id, db.versions.c.task_name, db.versions.c.version, db.versions.c.adapter_id,
     db.versions.c.base_digest, db.versions.c.method, db.versions.c.status,
     db.versions.c.created_at, db.versions.c.metrics, db.versions.c.tags,
     db.versions.c.aliases, db.versions.c.lineage, db.versions.c.files, db.versions.c.lint,
@@ -38,8 +38,12 @@ VERSION_COLUMNS = (
 )
 
 
-def versions_select() -> Select:
-    """SELECT of every column an AdapterVersion needs (one row per version)."""
+def versions_select(by_task: bool = False) -> Select:
+    """SELECT of every column an AdapterVersion needs (one row per version). The task's name
+    is the version row's own copy; by_task joins tasks, for a filter on the name (its unique
+    index gives the task id, then (task_id, version) gives the versions in order)."""
+    if not by_task:
+        return select(*VERSION_COLUMNS)
     return select(*VERSION_COLUMNS).select_from(
         db.versions.join(db.tasks, db.tasks.c.id == db.versions.c.task_id))
 
@@ -94,13 +98,13 @@ _SEARCH_CACHE: dict[tuple, tuple[Prepared, str, int]] = {}
 
 _METRIC_CMP = {">": "__gt__", ">=": "__ge__", "<": "__lt__", "<=": "__le__"}
 
-GET_BY_VERSION = Prepared(versions_select().where(
+GET_BY_VERSION = Prepared(versions_select(by_task=True).where(
     db.tasks.c.name == bindparam("task"), db.versions.c.version == bindparam("version")))
-GET_BY_ALIAS = Prepared(versions_select().join(
+GET_BY_ALIAS = Prepared(versions_select(by_task=True).join(
     db.aliases, and_(db.aliases.c.version_id == db.versions.c.id,
                      db.aliases.c.task_id == db.tasks.c.id)).where(
     db.tasks.c.name == bindparam("task"), db.aliases.c.alias == bindparam("alias")))
-GET_LATEST = Prepared(versions_select().where(
+GET_LATEST = Prepared(versions_select(by_task=True).where(
     db.tasks.c.name == bindparam("task"), db.versions.c.status == "active").order_by(
     db.versions.c.version.desc()).limit(1))
 
@@ -109,7 +113,7 @@ def _search_statement(shape: tuple) -> tuple[Prepared, str, int]:
     """The SELECT for one combination of filters (values come as bound parameters)."""
     (task, base, method, status, after, before, metric_op, tag, alias, paged) = shape
     v, t = db.versions, db.tasks
-    q = versions_select()
+    q = versions_select(by_task=task)
     conds = []
     if task:
         conds.append(t.c.name == bindparam("task"))

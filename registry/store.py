@@ -520,7 +520,8 @@ class Registry:
             if not self.blobs.exists(entry["sha256"]):
                 self.blobs.put(folder.path / fname, entry["sha256"], folder.data.get(fname))
         version = latest + 1
-        vid = tx.scalar(_INSERT_VERSION, dict(row, task_id=task_id, version=version))
+        vid = tx.scalar(_INSERT_VERSION, dict(row, task_id=task_id, task_name=task,
+                                                 version=version))
         if tags:
             tx.many(_INSERT_TAG, [{"version_id": vid, "key": k, "value": v}
                                   for k, v in tags.items()])

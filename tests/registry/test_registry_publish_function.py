@@ -23,9 +23,9 @@ _V = "registry_versions v JOIN registry_tasks t ON t.id = v.task_id"
 DUMPS = {
     "tasks": "SELECT name, base_digest, latest_version, n_versions FROM registry_tasks "
              "ORDER BY name",
-    "versions": f"SELECT t.name, v.version, v.adapter_id, v.base_digest, v.method, v.status, "
+    "versions": f"SELECT t.name, v.task_name, v.version, v.adapter_id, v.base_digest, v.method, v.status, "
                 f"v.vllm_servable, v.files, v.lint, v.lineage, v.tags, v.metrics, v.aliases "
-                f"FROM {_V} ORDER BY 1, 2",
+                f"FROM {_V} ORDER BY 1, 3",
     "tags": f"SELECT t.name, v.version, g.key, g.value FROM registry_version_tags g "
             f"JOIN {_V} ON v.id = g.version_id ORDER BY 1, 2, 3",
     "metrics": f"SELECT t.name, v.version, m.key, m.value FROM registry_version_metrics m "
@@ -129,7 +129,9 @@ def test_function_path_writes_the_rows_of_the_transaction_path(tmp_path, pg_urls
     d = dumps[0]
     assert d["aliases"] == [("t1", "production", 2), ("t1", "staging", 3),
                             ("t3", "canary", 1), ("t4", "production", 2)]
-    assert [(t, v, aliases) for t, v, *_, aliases in d["versions"]] == [
+    # The copy of the task's name on each version row is its task's (migration 0004).
+    assert all(t == copy for t, copy, *_ in d["versions"])
+    assert [(t, v, aliases) for t, _, v, *_, aliases in d["versions"]] == [
         ("t1", 1, "[]"), ("t1", 2, '["production"]'), ("t1", 3, '["staging"]'),
         ("t2", 1, "[]"), ("t3", 1, '["canary"]'), ("t4", 1, "[]"), ("t4", 2, '["production"]'),
         ("t5", 1, "[]"), ("warm", 1, "[]")]

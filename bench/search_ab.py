@@ -1,0 +1,118 @@
+# .venv/bin/python bench/search_ab.py [--backend postgresql] [--tasks 10000] [--repeats 300]
+"""Search pages read with the task's name from the version row (migration 0004) against the
+same searches joined to tasks for it (as before 0004), interleaved call by call on one registry.
+
+What it isolates: the statement alone. Both variants run in one process on the same synthesized
+registry (``registry_bench.synthesize``, 10 versions per task), alternating A B B A, so the
+machine's speed of the moment falls on both alike. The join variant is the current statement
+builder with ``versions_select`` joining tasks and selecting ``tasks.name``, which is what the
+statements were before 0004. Prints p50 / p95 wall time per query for both and the ratio of
+p50s, then one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
+
+import registry_bench as rb  # noqa: E402
+from sqlalchemy import select  # noqa: E402
+
+from registry import Registry, db, query  # noqa: E402
+
+JOIN_COLUMNS = (query.VERSION_COLUMNS[0], db.tasks.c.name) + query.VERSION_COLUMNS[2:]
+
+
+def _join_select(by_task: bool = False):
+    """versions_select as before migration 0004: the name from a join to tasks."""
+    return select(*JOIN_COLUMNS).select_from(
+        db.versions.join(db.tasks, db.tasks.c.id == db.versions.c.task_id))
+
+
+def _variant(reg: Registry, join: bool, search):
+    """Run search(reg) with the statements of one variant (each keeps its own cache)."""
+    caches = _variant.caches
+    saved_sel, saved_cache = query.versions_select, query._SEARCH_CACHE
+    query.versions_select = _join_select if join else saved_sel
+    query._SEARCH_CACHE = caches.setdefault(join, {})
+    try:
+        return search(reg)
+    finally:
+        query.versions_select, query._SEARCH_CACHE = saved_sel, saved_cache
+
+
+_variant.caches = {}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--backend", choices=["sqlite", "postgresql"], default="postgresql")
+    ap.add_argument("--pg-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    ap.add_argument("--tasks", type=int, default=10_000)
+    ap.add_argument("--repeats", type=int, default=300)
+    a = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="peftops-search-ab-"))
+    name = "peftops_bench_search_ab"
+    url = (rb.pg_database(a.pg_url, name) if a.backend == "postgresql"
+           else f"sqlite:///{work / 'r.db'}")
+    try:
+        reg = Registry.open(url, (work / "blobs").as_uri())
+        reg.register_base(rb.make_base(work / "base"), digest=rb.DIGEST, name="bench-base")
+        rb.synthesize(reg, a.tasks, 10, rb.blob_pool(reg, work, 200))
+        rng = random.Random(5)
+        searches = {
+            "filter_by_tag": lambda: (lambda r, t=rng.choice(rb.TEAMS): r.search(
+                tag=("team", t), limit=100)),
+            "filter_by_method": lambda: (lambda r, m=rng.choice(["dora", "ia3", "lora"]):
+                                         r.search(method=m, limit=100)),
+            "metric_threshold": lambda: (lambda r, x=rng.choice([0.6, 0.7, 0.8, 0.9]):
+                                         r.search(metric=("accuracy", ">=", x), limit=100)),
+        }
+        out: dict[str, dict] = {}
+        for q, make in searches.items():
+            fns = [make() for _ in range(a.repeats)]
+            for f in fns[:20]:  # warm both: statement caches, prepared statements
+                _variant(reg, False, f), _variant(reg, True, f)
+            assert ([v.task for v in _variant(reg, False, fns[0]).items] ==
+                    [v.task for v in _variant(reg, True, fns[0]).items])
+            took: dict[str, list[float]] = {"copy": [], "join": []}
+            for i, f in enumerate(fns):
+                order = (("copy", False), ("join", True))
+                for side, join in (order if i % 2 == 0 else order[::-1]):
+                    t0 = time.perf_counter()
+                    _variant(reg, join, f)
+                    took[side].append(time.perf_counter() - t0)
+            stats = {}
+            for side, xs in took.items():
+                xs.sort()
+                stats[side] = {"p50_ms": round(xs[len(xs) // 2] * 1e3, 3),
+                               "p95_ms": round(xs[int(len(xs) * 0.95)] * 1e3, 3)}
+            stats["join_over_copy_p50"] = round(stats["join"]["p50_ms"] /
+                                                stats["copy"]["p50_ms"], 2)
+            stats["join_over_copy_p95"] = round(stats["join"]["p95_ms"] /
+                                                stats["copy"]["p95_ms"], 2)
+            out[q] = stats
+            print(f"{q:18s} copy {stats['copy']['p50_ms']:.3f} / {stats['copy']['p95_ms']:.3f}"
+                  f" ms   join {stats['join']['p50_ms']:.3f} / {stats['join']['p95_ms']:.3f} ms"
+                  f"   join/copy p50 {stats['join_over_copy_p50']}x"
+                  f" p95 {stats['join_over_copy_p95']}x", flush=True)
+        reg.close()
+        print(json.dumps({"backend": a.backend, "versions": a.tasks * 10,
+                          "cpu_probe_s": rb.cpu_probe(), "queries": out}))
+    finally:
+        if a.backend == "postgresql":
+            rb.pg_database(a.pg_url, name, drop_only=True)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
