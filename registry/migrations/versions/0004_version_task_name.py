@@ -4,13 +4,16 @@ Every read of versions (a search page, a version, an alias lookup) returns the t
 took it from a join to registry_tasks: one more index probe per row returned (a page of 100:
 101 probes of tasks' primary key beside 101 of versions'), and a three-table join for the
 planner. A task's name never changes once the task exists (no operation renames one), so a copy
-written with the version is never stale. Measured on PostgreSQL at 100k versions, a page of 100
-filtered by tag: 610 -> 404 buffer reads, planning 0.30 -> 0.15 ms (BENCHMARKS.md, "the task's
-name on the version row").
+written with the version is never stale. What it buys on PostgreSQL at 100k versions: the join
+cost 14-27 % of a search page's time (``python bench/search_ab.py``, BENCHMARKS.md, "The task's
+name on the version row"); on SQLite 2-4 %.
 
-Filters by task still go through registry_tasks (its unique name index finds the task id, then
-the (task_id, version) index the versions in order). registry_publish() (PostgreSQL, 0003) is
-replaced by the same function that also writes the column.
+The upgrade writes every version row once (about 4 s at 100k versions on PostgreSQL here) inside
+the migration's transaction, so a registry with millions of versions is best upgraded at a quiet
+moment: publishes wait for it. Filters by task still go through registry_tasks (its unique name
+index finds the task id, then the (task_id, version) index the versions in order).
+registry_publish() (PostgreSQL, 0003) is replaced by the same function that also writes the
+column.
 
 Revision ID: 0004
 Revises: 0003
