@@ -73,6 +73,14 @@ def pg_url(pg_urls):
     return pg_urls()
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_url(request, tmp_path):
+    """An empty registry database on each backend in turn (a test runs once per backend)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'r.db'}"
+    return request.getfixturevalue("pg_urls")()
+
+
 @pytest.fixture(scope="session")
 def s3_endpoint():
     """moto's S3 server over HTTP on 127.0.0.1 (a real socket, real boto3 calls)."""

@@ -4,7 +4,6 @@ and the downgrade restores 0003's schema and function."""
 
 import json
 
-import pytest
 from alembic import command
 from regtestlib import DIGEST, make_adapter, make_base
 from sqlalchemy import inspect, text
@@ -55,14 +54,8 @@ def _copies(url: str) -> list[tuple]:
     return [tuple(r) for r in rows]
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def url(request, tmp_path):
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'r.db'}"
-    return request.getfixturevalue("pg_urls")()
-
-
-def test_upgrade_fills_the_copies_and_reads_and_publishes_use_them(tmp_path, url):
+def test_upgrade_fills_the_copies_and_reads_and_publishes_use_them(tmp_path, any_url):
+    url = any_url
     _at_0003_with_versions(url, make_base(tmp_path / "base"))
     reg = Registry.open(url, (tmp_path / "blobs").as_uri())  # upgrades to head
     assert _copies(url) == [("alpha", "alpha", 1), ("alpha", "alpha", 2), ("beta", "beta", 1)]
@@ -86,7 +79,8 @@ def test_upgrade_fills_the_copies_and_reads_and_publishes_use_them(tmp_path, url
     reg.close()
 
 
-def test_downgrade_restores_0003(tmp_path, url):
+def test_downgrade_restores_0003(tmp_path, any_url):
+    url = any_url
     _at_0003_with_versions(url, make_base(tmp_path / "base"))
     engine = create_registry_engine(url)
     upgrade(engine)
