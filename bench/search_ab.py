@@ -38,14 +38,14 @@ def _join_select(by_task: bool = False):
         db.versions.join(db.tasks, db.tasks.c.id == db.versions.c.task_id))
 
 
-def _variant(reg: Registry, join: bool, search):
-    """Run search(reg) with the statements of one variant (each keeps its own cache)."""
+def _variant(reg: Registry, join: bool, search, value):
+    """Run search(reg, value) with the statements of one variant (each keeps its own cache)."""
     caches = _variant.caches
     saved_sel, saved_cache = query.versions_select, query._SEARCH_CACHE
     query.versions_select = _join_select if join else saved_sel
     query._SEARCH_CACHE = caches.setdefault(join, {})
     try:
-        return search(reg)
+        return search(reg, value)
     finally:
         query.versions_select, query._SEARCH_CACHE = saved_sel, saved_cache
 
@@ -69,27 +69,27 @@ def main() -> None:
         reg.register_base(rb.make_base(work / "base"), digest=rb.DIGEST, name="bench-base")
         rb.synthesize(reg, a.tasks, 10, rb.blob_pool(reg, work, 200))
         rng = random.Random(5)
+        # Each query: the search as a function of one filter value, and the values to draw.
         searches = {
-            "filter_by_tag": lambda: (lambda r, t=rng.choice(rb.TEAMS): r.search(
-                tag=("team", t), limit=100)),
-            "filter_by_method": lambda: (lambda r, m=rng.choice(["dora", "ia3", "lora"]):
-                                         r.search(method=m, limit=100)),
-            "metric_threshold": lambda: (lambda r, x=rng.choice([0.6, 0.7, 0.8, 0.9]):
-                                         r.search(metric=("accuracy", ">=", x), limit=100)),
+            "filter_by_tag": (lambda r, t: r.search(tag=("team", t), limit=100), rb.TEAMS),
+            "filter_by_method": (lambda r, m: r.search(method=m, limit=100),
+                                 ["dora", "ia3", "lora"]),
+            "metric_threshold": (lambda r, x: r.search(metric=("accuracy", ">=", x), limit=100),
+                                 [0.6, 0.7, 0.8, 0.9]),
         }
         out: dict[str, dict] = {}
-        for q, make in searches.items():
-            fns = [make() for _ in range(a.repeats)]
-            for f in fns[:20]:  # warm both: statement caches, prepared statements
-                _variant(reg, False, f), _variant(reg, True, f)
-            assert ([v.task for v in _variant(reg, False, fns[0]).items] ==
-                    [v.task for v in _variant(reg, True, fns[0]).items])
+        for q, (search, values) in searches.items():
+            draws = [rng.choice(values) for _ in range(a.repeats)]
+            for x in draws[:20]:  # warm both: statement caches, prepared statements
+                _variant(reg, False, search, x), _variant(reg, True, search, x)
+            assert ([v.task for v in _variant(reg, False, search, draws[0]).items] ==
+                    [v.task for v in _variant(reg, True, search, draws[0]).items])
             took: dict[str, list[float]] = {"copy": [], "join": []}
-            for i, f in enumerate(fns):
+            for i, x in enumerate(draws):
                 order = (("copy", False), ("join", True))
                 for side, join in (order if i % 2 == 0 else order[::-1]):
                     t0 = time.perf_counter()
-                    _variant(reg, join, f)
+                    _variant(reg, join, search, x)
                     took[side].append(time.perf_counter() - t0)
             stats = {}
             for side, xs in took.items():

@@ -73,3 +73,21 @@ def test_registry_bench_on_postgresql(tmp_path):
     # Side by side with MLflow on the same server; the SQLite reference has no race of its own.
     _check_race(pg["publish_race"], pg["targets"])
     assert isinstance(pg["targets_sqlite"]["publish_5x_mlflow"], bool)
+
+
+def test_search_ab_runs_both_statements_and_ends_with_json(tmp_path):
+    """bench/search_ab.py (the version row's copy of the task name against the join it
+    replaced): both variants timed per query, their ratio theirs; the script itself checks
+    that both return the same tasks."""
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "search_ab.py"), "--backend", "sqlite",
+         "--tasks", "30", "--repeats", "24"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert (result["backend"], result["versions"]) == ("sqlite", 300)
+    assert set(result["queries"]) == {"filter_by_tag", "filter_by_method", "metric_threshold"}
+    for q in result["queries"].values():
+        assert min(q["copy"]["p50_ms"], q["join"]["p50_ms"]) > 0
+        assert q["join_over_copy_p50"] == pytest.approx(
+            q["join"]["p50_ms"] / q["copy"]["p50_ms"], abs=0.01)
