@@ -10,8 +10,8 @@ empty blob store instead, so the blob writes are timed too, as in ``make bench-r
 round in a fresh process and a fresh registry (a SQLite file, or with ``--backend postgresql``
 a database of its own on --pg-url's server, dropped afterwards), alternating A, B, A, B ...
 The figures are versions/s per round (with the CPU time this process spent per publish) and the
-ratio of medians. REV is checked out
-with ``git worktree`` into a temporary folder, removed afterwards.
+ratio of medians. REV is checked out with ``git worktree`` into a temporary folder, removed
+afterwards.
 
 ``--in-process``: one process instead, REV's ``registry`` package imported under another name
 (``registry_rev``; its relative imports keep it whole, its migrations are run by this tree's

@@ -14,8 +14,9 @@ per adapter and, separately, in batches through publish_many (one transaction pe
 After MLflow's runs, the publish rates are timed once more side by side (publish_race):
 alternating bursts of our publish and MLflow's create_model_version on the two 10k registries;
 that ratio is the publish target's. At the large size, --publishers processes then each open
-their own Registry on the same database and blob store and publish fresh adapters at once; their combined rate is reported
-beside the single-process one, and afterwards no version may be lost or duplicated.
+their own Registry on the same database and blob store and publish fresh adapters at once;
+their combined rate is reported beside the single-process one, and afterwards no version may
+be lost or duplicated.
 The last line printed is one JSON object with every figure (top-level keys: SQLite).
 """
 
@@ -618,12 +619,12 @@ def main() -> None:
     n_pool = max(a.pool, WARMUP + 2 * a.publish)
     fresh = [make_adapter(work / "fresh" / f"f{i}", seed=1_000_000 + i)
              for i in range(n_pool)]
-    # Each concurrent publisher's adapters: new bytes, distinct from every other's and from
-    # `fresh`, written now so that creating them is outside every timed section.
-    # publish_race's adapters (it runs only beside MLflow).
+    # publish_race's adapters (it runs only beside MLflow): one untimed burst, then the rounds.
     race_dirs = [] if a.skip_mlflow else [
         make_adapter(work / "race" / f"r{i}", seed=5_000_000 + i)
         for i in range((a.race_rounds + 1) * a.race_burst)]
+    # Each concurrent publisher's adapters: new bytes, distinct from every other's and from
+    # `fresh`, written now so that creating them is outside every timed section.
     per = WARM_EACH + a.publish_each
     worker_dirs = [[make_adapter(work / "conc" / f"w{w}" / f"a{i}",
                                  seed=3_000_000 + w * per + i) for i in range(per)]

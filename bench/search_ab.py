@@ -6,13 +6,15 @@ What it isolates: the statement alone. Both variants run in one process on the s
 registry (``registry_bench.synthesize``, 10 versions per task), alternating A B B A, so the
 machine's speed of the moment falls on both alike. The join variant is the current statement
 builder with ``versions_select`` joining tasks and selecting ``tasks.name``, which is what the
-statements were before 0004. Prints p50 / p95 wall time per query for both and the ratio of
-p50s, then one JSON line.
+statements were before 0004. Prints p50 / p95 wall time per query for both and their ratios,
+on PostgreSQL also one ``EXPLAIN (ANALYZE, BUFFERS)`` of each statement (buffer hits, planning
+and execution time), then one JSON line.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import random
 import shutil
@@ -33,35 +35,65 @@ JOIN_COLUMNS = (query.VERSION_COLUMNS[0], db.tasks.c.name) + query.VERSION_COLUM
 
 
 def _join_select(by_task: bool = False):
-    """versions_select as before migration 0004: the name from a join to tasks."""
+    """versions_select as before migration 0004: the name from a join to tasks, whatever the
+    filter (by_task is taken only to keep versions_select's signature)."""
     return select(*JOIN_COLUMNS).select_from(
         db.versions.join(db.tasks, db.tasks.c.id == db.versions.c.task_id))
 
 
-def _variant(reg: Registry, join: bool, search, value):
-    """Run search(reg, value) with the statements of one variant (each keeps its own cache)."""
-    caches = _variant.caches
+# Each variant's own statement cache, swapped in with its versions_select.
+_CACHES: dict[bool, dict] = {False: {}, True: {}}
+
+
+@contextlib.contextmanager
+def _statements(join: bool):
+    """Searches inside build their statements as one variant does (the join, or the copy)."""
     saved_sel, saved_cache = query.versions_select, query._SEARCH_CACHE
     query.versions_select = _join_select if join else saved_sel
-    query._SEARCH_CACHE = caches.setdefault(join, {})
+    query._SEARCH_CACHE = _CACHES[join]
     try:
-        return search(reg, value)
+        yield
     finally:
         query.versions_select, query._SEARCH_CACHE = saved_sel, saved_cache
 
 
-_variant.caches = {}
+def _variant(reg: Registry, join: bool, filters: dict):
+    """One search page (100) for the filters, with the statements of one variant."""
+    with _statements(join):
+        return reg.search(limit=100, **filters)
+
+
+def _explain(reg: Registry, join: bool, filters: dict) -> dict:
+    """PostgreSQL's EXPLAIN (ANALYZE, BUFFERS) of one variant's search statement for the
+    filters (build_search's keywords): shared-buffer hits, planning and execution time. One
+    execution each: a single observation, printed beside the timed figures."""
+    with _statements(join):
+        stmt, params, _, _ = query.build_search(limit=100, **filters)
+    r = stmt.rendered(reg.engine.dialect, params)
+    raw = reg.engine.raw_connection()
+    try:
+        cur = raw.driver_connection.cursor()
+        plan = cur.execute("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + r.sql,
+                           r.params(params)).fetchone()[0][0]
+        raw.driver_connection.rollback()
+    finally:
+        raw.close()
+    return {"buffer_hits": plan["Plan"]["Shared Hit Blocks"],
+            "planning_ms": round(plan["Planning Time"], 3),
+            "execution_ms": round(plan["Execution Time"], 3)}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--backend", choices=["sqlite", "postgresql"], default="postgresql")
     ap.add_argument("--pg-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    ap.add_argument("--pg-db", default="peftops_bench_search_ab",
+                    help="database made (and dropped) on --pg-url's server")
     ap.add_argument("--tasks", type=int, default=10_000)
     ap.add_argument("--repeats", type=int, default=300)
     a = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="peftops-search-ab-"))
-    name = "peftops_bench_search_ab"
+    name = a.pg_db
     url = (rb.pg_database(a.pg_url, name) if a.backend == "postgresql"
            else f"sqlite:///{work / 'r.db'}")
     try:
@@ -69,27 +101,26 @@ def main() -> None:
         reg.register_base(rb.make_base(work / "base"), digest=rb.DIGEST, name="bench-base")
         rb.synthesize(reg, a.tasks, 10, rb.blob_pool(reg, work, 200))
         rng = random.Random(5)
-        # Each query: the search as a function of one filter value, and the values to draw.
+        # Each query: its filters as a function of one value, and the values to draw.
         searches = {
-            "filter_by_tag": (lambda r, t: r.search(tag=("team", t), limit=100), rb.TEAMS),
-            "filter_by_method": (lambda r, m: r.search(method=m, limit=100),
-                                 ["dora", "ia3", "lora"]),
-            "metric_threshold": (lambda r, x: r.search(metric=("accuracy", ">=", x), limit=100),
+            "filter_by_tag": (lambda t: {"tag": ("team", t)}, rb.TEAMS),
+            "filter_by_method": (lambda m: {"method": m}, ["dora", "ia3", "lora"]),
+            "metric_threshold": (lambda x: {"metric": ("accuracy", ">=", x)},
                                  [0.6, 0.7, 0.8, 0.9]),
         }
         out: dict[str, dict] = {}
-        for q, (search, values) in searches.items():
-            draws = [rng.choice(values) for _ in range(a.repeats)]
-            for x in draws[:20]:  # warm both: statement caches, prepared statements
-                _variant(reg, False, search, x), _variant(reg, True, search, x)
-            assert ([v.task for v in _variant(reg, False, search, draws[0]).items] ==
-                    [v.task for v in _variant(reg, True, search, draws[0]).items])
+        for q, (filters, values) in searches.items():
+            draws = [filters(rng.choice(values)) for _ in range(a.repeats)]
+            for f in draws[:20]:  # warm both: statement caches, prepared statements
+                _variant(reg, False, f), _variant(reg, True, f)
+            assert ([v.task for v in _variant(reg, False, draws[0]).items] ==
+                    [v.task for v in _variant(reg, True, draws[0]).items])
             took: dict[str, list[float]] = {"copy": [], "join": []}
-            for i, x in enumerate(draws):
+            for i, f in enumerate(draws):
                 order = (("copy", False), ("join", True))
                 for side, join in (order if i % 2 == 0 else order[::-1]):
                     t0 = time.perf_counter()
-                    _variant(reg, join, search, x)
+                    _variant(reg, join, f)
                     took[side].append(time.perf_counter() - t0)
             stats = {}
             for side, xs in took.items():
@@ -105,6 +136,13 @@ def main() -> None:
                   f" ms   join {stats['join']['p50_ms']:.3f} / {stats['join']['p95_ms']:.3f} ms"
                   f"   join/copy p50 {stats['join_over_copy_p50']}x"
                   f" p95 {stats['join_over_copy_p95']}x", flush=True)
+            if a.backend == "postgresql":
+                stats["explain"] = {side: _explain(reg, join, draws[0])
+                                    for side, join in (("copy", False), ("join", True))}
+                print("  EXPLAIN (ANALYZE, BUFFERS), one execution each: " + "; ".join(
+                    f"{side} {e['buffer_hits']} buffer hits, planning {e['planning_ms']} ms, "
+                    f"execution {e['execution_ms']} ms" for side, e in stats["explain"].items()),
+                      flush=True)
         reg.close()
         print(json.dumps({"backend": a.backend, "versions": a.tasks * 10,
                           "cpu_probe_s": rb.cpu_probe(), "queries": out}))

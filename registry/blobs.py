@@ -15,6 +15,7 @@ import io
 import contextlib
 import os
 import secrets
+import stat
 import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -80,15 +81,28 @@ class BlobStore(ABC):
         """Remove a leftover temporary file named by list_temp."""
 
 
+def _first_read(f, keep: int = 0) -> int:
+    """How much the first read of binary file f asks for: what a regular file holds (one byte
+    more shows a file that grew since the fstat), at least ``keep``, at most a chunk. A stream
+    of unknown size (an S3 body, bytes in memory, a pipe) gets 1: a read that returns all it
+    asked for is never taken for the end, so the chunked reads follow. Not a fixed 1 MiB: a
+    read allocates what it asks for, so every small file of every publish cost a 1 MiB
+    allocation (with the other changes of BENCHMARKS.md's "the publish path's file reads",
+    1.5-2 % of a publish); fetch and export read the same way."""
+    try:
+        st = os.fstat(f.fileno())
+    except (AttributeError, OSError, io.UnsupportedOperation):
+        return 1
+    if not stat.S_ISREG(st.st_mode):
+        return 1
+    return min(st.st_size, max(keep, _CHUNK - 1)) + 1
+
+
 def hash_file(path: str | os.PathLike, keep: int = 0) -> tuple[str, int, bytes | None]:
     """Return (hex sha256, size in bytes, content) of a file, streamed; content is the
     file's bytes when it is at most ``keep`` bytes long, else None."""
     with open(path, "rb") as f:
-        # The first read asks for what the file holds (one byte more shows a file that grew
-        # since the fstat), not a fixed 1 MiB: a read allocates what it asks for, so every
-        # small file of every publish cost a 1 MiB allocation (with the other changes of
-        # BENCHMARKS.md's "the publish path's file reads", 1.5-2 % of a publish).
-        want = min(os.fstat(f.fileno()).st_size, max(keep, _CHUNK - 1)) + 1
+        want = _first_read(f, keep)
         first = f.read(want)
         h = hashlib.sha256(first)
         if len(first) <= keep:
@@ -101,13 +115,16 @@ def hash_file(path: str | os.PathLike, keep: int = 0) -> tuple[str, int, bytes |
     return h.hexdigest(), size, None
 
 
-def _copy_hashing(read, out) -> tuple[str, int]:
+def _copy_hashing(f, out) -> tuple[str, int]:
+    """Copy binary file (or stream) f to out; return (hex sha256, bytes copied)."""
     h = hashlib.sha256()
     n = 0
-    while chunk := read(_CHUNK):
+    chunk = f.read(_first_read(f))
+    while chunk:
         h.update(chunk)
         out.write(chunk)
         n += len(chunk)
+        chunk = f.read(_CHUNK)
     return h.hexdigest(), n
 
 
@@ -150,11 +167,12 @@ def _replace_from_temp(dest: str, fill, fsync: bool) -> None:
         raise
 
 
-def _write_verified(dest: str, read, sha256: str, what: str, fsync: bool) -> None:
-    """Stream into a temp file beside dest, check the hash, then rename into place."""
+def _write_verified(dest: str, src, sha256: str, what: str, fsync: bool) -> None:
+    """Stream binary file src into a temp file beside dest, check the hash, then rename
+    into place."""
     def fill(fd: int) -> None:
         with os.fdopen(fd, "wb", closefd=False) as out:
-            got, _ = _copy_hashing(read, out)
+            got, _ = _copy_hashing(src, out)
         if got != sha256:
             raise CorruptBlob(f"{what}: sha256 is {got}, expected {sha256}")
 
@@ -241,7 +259,7 @@ class FileBlobStore(BlobStore):
             _write_bytes(p, data, sha256, f"source file {src}", self.fsync)
         else:
             with open(src, "rb") as f:
-                _write_verified(p, f.read, sha256, f"source file {src}", self.fsync)
+                _write_verified(p, f, sha256, f"source file {src}", self.fsync)
         return True
 
     def exists(self, sha256: str) -> bool:
@@ -254,7 +272,7 @@ class FileBlobStore(BlobStore):
         except FileNotFoundError:
             raise NotFound(f"blob {sha256} is missing from {self.uri}") from None
         with f:
-            _write_verified(os.fspath(dest), f.read, sha256,
+            _write_verified(os.fspath(dest), f, sha256,
                             f"stored blob {p} is corrupt (run publish again to repair it)",
                             False)
 
@@ -386,7 +404,7 @@ class S3BlobStore(BlobStore):
         # so a source that changes after it was hashed cannot slip through.
         with (io.BytesIO(data) if data is not None else src.open("rb")) as f, \
                 tempfile.SpooledTemporaryFile(64 << 20) as spool:
-            got, size = _copy_hashing(f.read, spool)
+            got, size = _copy_hashing(f, spool)
             if got != sha256:
                 raise CorruptBlob(f"source file {src}: sha256 is {got}, expected {sha256}")
             spool.seek(0)
@@ -413,7 +431,7 @@ class S3BlobStore(BlobStore):
         try:
             with self._calls("send an object"):
                 obj = self.client.get_object(Bucket=self.bucket, Key=self.key(sha256))
-                _write_verified(os.fspath(dest), obj["Body"].read, sha256,
+                _write_verified(os.fspath(dest), obj["Body"], sha256,
                                 f"S3 object {self.key(sha256)} is corrupt (run publish again "
                                 "to repair it)", False)
         except ClientError as e:

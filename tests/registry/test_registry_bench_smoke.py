@@ -75,19 +75,32 @@ def test_registry_bench_on_postgresql(tmp_path):
     assert isinstance(pg["targets_sqlite"]["publish_5x_mlflow"], bool)
 
 
-def test_search_ab_runs_both_statements_and_ends_with_json(tmp_path):
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_search_ab_runs_both_statements_and_ends_with_json(tmp_path, backend):
     """bench/search_ab.py (the version row's copy of the task name against the join it
-    replaced): both variants timed per query, their ratio theirs; the script itself checks
-    that both return the same tasks."""
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "search_ab.py"), "--backend", "sqlite",
-         "--tasks", "30", "--repeats", "24"],
-        capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    replaced): both variants timed per query, their ratio theirs, on PostgreSQL each
+    statement explained; the script itself checks that both return the same tasks."""
+    args = ["--backend", backend, "--tasks", "30", "--repeats", "24"]
+    if backend == "postgresql":
+        try:
+            socket.create_connection(("127.0.0.1", 5432), timeout=1).close()
+        except OSError:
+            pytest.skip("PostgreSQL is not listening on 127.0.0.1:5432")
+        args += ["--pg-url", os.environ.get("PEFTOPS_TEST_PG_ADMIN_URL",
+                                            "postgresql://postgres@127.0.0.1:5432/postgres"),
+                 "--pg-db", f"peftops_bench_search_ab_test_{secrets.token_hex(4)}"]
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "search_ab.py"), *args],
+                         capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert (result["backend"], result["versions"]) == ("sqlite", 300)
+    assert (result["backend"], result["versions"]) == (backend, 300)
     assert set(result["queries"]) == {"filter_by_tag", "filter_by_method", "metric_threshold"}
     for q in result["queries"].values():
         assert min(q["copy"]["p50_ms"], q["join"]["p50_ms"]) > 0
         assert q["join_over_copy_p50"] == pytest.approx(
             q["join"]["p50_ms"] / q["copy"]["p50_ms"], abs=0.01)
+        if backend == "postgresql":
+            for e in q["explain"].values():
+                assert e["buffer_hits"] > 0 and e["execution_ms"] > 0
+        else:
+            assert "explain" not in q
