@@ -428,8 +428,49 @@ def bench_mlflow(work: Path, n_models: int, per_model: int, repeats: int,
     return res, rate, synth_s
 
 
+def _disk_written_mb() -> float | None:
+    """MB written to the machine's block devices since boot (/proc/diskstats, whole disks and
+    partitions alike: only differences are used), or None where there is no such file."""
+    try:
+        with open("/proc/diskstats") as f:
+            # field 10: sectors written (512 bytes); loop and ram devices are not disks
+            return sum(int(x[9]) for x in map(str.split, f)
+                       if not x[2].startswith(("loop", "ram"))) * 512 / 1e6
+    except OSError:
+        return None
+
+
+def quiesce(pg_url: str | None, max_wait_s: float = 120.0) -> dict:
+    """Let what the bench's earlier phases left running finish before a timed race: on the
+    PostgreSQL server (when one is in use, for both races) a CHECKPOINT, then a wait (bounded)
+    until no autovacuum worker runs; then os.sync(). Before, only the PostgreSQL race had the
+    CHECKPOINT, while the SQLite race ran minutes after the server's 100k synthesis. Returns
+    the seconds each took: in the run of 2026-12-07 15:08 (BENCHMARKS.md) both were ~0, so
+    there was nothing left to wait for, and our lower rate in the SQLite race of a --backend
+    both run (584 versions/s there, 914 in a --backend sqlite run the same hour) is not the
+    server's leftovers."""
+    out = {"checkpoint_s": 0.0, "autovacuum_wait_s": 0.0}
+    if pg_url is not None:
+        admin = create_engine(make_url(normalize_url(pg_url)), isolation_level="AUTOCOMMIT")
+        try:
+            with admin.connect() as conn:
+                t0 = time.perf_counter()
+                conn.exec_driver_sql("CHECKPOINT")
+                out["checkpoint_s"] = round(time.perf_counter() - t0, 2)
+                t0 = time.perf_counter()
+                while time.perf_counter() - t0 < max_wait_s and conn.exec_driver_sql(
+                        "SELECT count(*) FROM pg_stat_activity "
+                        "WHERE backend_type = 'autovacuum worker'").scalar():
+                    time.sleep(0.5)
+                out["autovacuum_wait_s"] = round(time.perf_counter() - t0, 2)
+        finally:
+            admin.dispose()
+    os.sync()
+    return out
+
+
 def publish_race(ours_url: str, blob_uri: str, ml_uri: str, dirs: list[Path], n_tasks: int,
-                 rounds: int) -> dict:
+                 rounds: int, pg_url: str | None = None) -> dict:
     """Both registries' publish rates timed side by side: ``rounds`` rounds, each a burst of
     our publish (new adapter folders, as bench_ours times it) and a burst of MLflow's
     create_model_version (as its synthesis times it), the order alternating round by round
@@ -439,7 +480,8 @@ def publish_race(ours_url: str, blob_uri: str, ml_uri: str, dirs: list[Path], n_
     rates come from the same minutes of the same machine, so its speed of the moment (on a
     shared host it swings by tens of per cent within minutes) cancels in the ratio, where
     the separate figures set our half-second burst against MLflow's mean over the two
-    minutes of its synthesis."""
+    minutes of its synthesis. pg_url: the PostgreSQL server the bench used, if any (both
+    races then start with it quiet: quiesce)."""
     from mlflow.tracking import MlflowClient
 
     reg = Registry.open(ours_url, blob_uri)
@@ -448,6 +490,7 @@ def publish_race(ours_url: str, blob_uri: str, ml_uri: str, dirs: list[Path], n_
     burst = len(dirs) // (rounds + 1)
     src = dirs[0].parent  # MLflow's versions name a source folder, as in its synthesis
     spent = {"ours": 0.0, "mlflow": 0.0}
+    written = {"ours": 0.0, "mlflow": 0.0}  # MB the disks took during each side's bursts
     per_round: list[dict] = []
 
     def ours(chunk):
@@ -469,25 +512,27 @@ def publish_race(ours_url: str, blob_uri: str, ml_uri: str, dirs: list[Path], n_
 
     ours(dirs[:burst])  # the warm-up bursts, untimed
     mlflow(dirs[:burst])
-    if reg.engine.dialect.name == "postgresql":
-        # The databases benched before leave a checkpoint to be written, spread over minutes;
-        # done now, it does not fall on whichever side's bursts happen to run beside it.
-        with reg.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-            conn.exec_driver_sql("CHECKPOINT")
+    settled = quiesce(pg_url)
     for r in range(rounds):
         chunk = dirs[(r + 1) * burst:(r + 2) * burst]
         order = (("ours", ours), ("mlflow", mlflow))
         took = {}
         for side, fn in (order if r % 2 == 0 else order[::-1]):
             os.sync()  # each burst starts with no writeback pending from the other's
+            mb = _disk_written_mb()
             took[side] = fn(chunk)
             spent[side] += took[side]
+            if mb is not None:
+                written[side] += _disk_written_mb() - mb
         per_round.append({k: round(burst / v, 1) for k, v in took.items()})
     reg.close()
     n = burst * rounds
+    print(f"  settled before the race: {settled}; MB written to disk during the bursts: "
+          f"ours {written['ours']:.1f}, MLflow {written['mlflow']:.1f}", file=sys.stderr)
     return {"rounds": rounds, "burst": burst, "ours_per_s": round(n / spent["ours"], 1),
             "mlflow_per_s": round(n / spent["mlflow"], 1),
-            "speedup": round(spent["mlflow"] / spent["ours"], 2), "per_round": per_round}
+            "speedup": round(spent["mlflow"] / spent["ours"], 2), "per_round": per_round,
+            "settled": settled, "disk_mb_written": {k: round(v, 1) for k, v in written.items()}}
 
 
 # ----------------------------------------------------------------------------- main
@@ -663,7 +708,8 @@ def main() -> None:
                 races[backend] = publish_race(
                     *by_backend[backend].pop("small_registry"),
                     ml_pg_uri if backend == "postgresql" else ml_uri, race_dirs,
-                    a.small_tasks, a.race_rounds)
+                    a.small_tasks, a.race_rounds,
+                    a.pg_url if "postgresql" in backends else None)
         for r in by_backend.values():
             r.pop("small_registry", None)
     finally:

@@ -22,6 +22,11 @@ def _check_race(race: dict, targets: dict) -> None:
     assert all(set(r) == {"ours", "mlflow"} and min(r.values()) > 0 for r in race["per_round"])
     assert race["speedup"] == pytest.approx(race["ours_per_s"] / race["mlflow_per_s"], rel=0.02)
     assert targets["publish_5x_mlflow"] == (race["speedup"] >= 5)
+    # What the race waited for first, and what the disks took during each side's bursts.
+    assert set(race["settled"]) == {"checkpoint_s", "autovacuum_wait_s"}
+    assert min(race["settled"].values()) >= 0
+    assert set(race["disk_mb_written"]) == {"ours", "mlflow"}
+    assert min(race["disk_mb_written"].values()) >= 0
 
 
 def _bench(tmp_path, *args) -> dict:
