@@ -429,13 +429,16 @@ def bench_mlflow(work: Path, n_models: int, per_model: int, repeats: int,
 
 
 def _disk_written_mb() -> float | None:
-    """MB written to the machine's block devices since boot (/proc/diskstats, whole disks and
-    partitions alike: only differences are used), or None where there is no such file."""
+    """MB written to the machine's block devices since boot, or None where Linux's
+    /sys/block is not there. Whole devices only (/sys/block lists no partitions, so nothing is
+    counted twice); loop and RAM-backed devices are not disks."""
     try:
-        with open("/proc/diskstats") as f:
-            # field 10: sectors written (512 bytes); loop and ram devices are not disks
-            return sum(int(x[9]) for x in map(str.split, f)
-                       if not x[2].startswith(("loop", "ram"))) * 512 / 1e6
+        devices = [d for d in os.listdir("/sys/block") if not d.startswith(("loop", "ram", "zram"))]
+        sectors = 0
+        for d in devices:
+            with open(f"/sys/block/{d}/stat") as f:
+                sectors += int(f.read().split()[6])  # sectors written, 512 bytes each
+        return sectors * 512 / 1e6
     except OSError:
         return None
 
