@@ -23,6 +23,7 @@ The last line printed is one JSON object with every figure (top-level keys: SQLi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing as mp
 import os
@@ -364,19 +365,27 @@ def concurrent_publish(db_url: str, blob_uri: str, n_tasks: int,
 
 
 # ----------------------------------------------------------------------------- PostgreSQL
+@contextlib.contextmanager
+def pg_admin(server_url: str):
+    """An autocommit connection to the server (the database server_url names), for the
+    statements that cannot run in a transaction (CREATE/DROP DATABASE, CHECKPOINT)."""
+    admin = create_engine(make_url(normalize_url(server_url)), isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            yield conn
+    finally:
+        admin.dispose()
+
+
 def pg_database(server_url: str, name: str, drop_only: bool = False) -> str:
     """Drop database `name` on the server if it exists and (unless drop_only) create it
     empty; return its URL. server_url names the database to connect to for that."""
-    u = make_url(normalize_url(server_url))
-    admin = create_engine(u, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            if not drop_only:
-                conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    finally:
-        admin.dispose()
-    return u.set(database=name).render_as_string(hide_password=False)
+    with pg_admin(server_url) as conn:
+        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        if not drop_only:
+            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    return make_url(normalize_url(server_url)).set(database=name).render_as_string(
+        hide_password=False)
 
 
 # ----------------------------------------------------------------------------- MLflow
@@ -446,29 +455,26 @@ def _disk_written_mb() -> float | None:
 def quiesce(pg_url: str | None, max_wait_s: float = 120.0) -> dict:
     """Let what the bench's earlier phases left running finish before a timed race: on the
     PostgreSQL server (when one is in use, for both races) a CHECKPOINT, then a wait (bounded)
-    until no autovacuum worker runs; then os.sync(). Before, only the PostgreSQL race had the
+    until no autovacuum worker runs (each burst then starts with its own os.sync()). Before,
+    only the PostgreSQL race had the
     CHECKPOINT, while the SQLite race ran minutes after the server's 100k synthesis. Returns
     the seconds each took: in the run of 2026-12-07 15:08 (BENCHMARKS.md) both were ~0, so
     there was nothing left to wait for, and our lower rate in the SQLite race of a --backend
     both run (584 versions/s there, 914 in a --backend sqlite run the same hour) is not the
     server's leftovers."""
     out = {"checkpoint_s": 0.0, "autovacuum_wait_s": 0.0}
-    if pg_url is not None:
-        admin = create_engine(make_url(normalize_url(pg_url)), isolation_level="AUTOCOMMIT")
-        try:
-            with admin.connect() as conn:
-                t0 = time.perf_counter()
-                conn.exec_driver_sql("CHECKPOINT")
-                out["checkpoint_s"] = round(time.perf_counter() - t0, 2)
-                t0 = time.perf_counter()
-                while time.perf_counter() - t0 < max_wait_s and conn.exec_driver_sql(
-                        "SELECT count(*) FROM pg_stat_activity "
-                        "WHERE backend_type = 'autovacuum worker'").scalar():
-                    time.sleep(0.5)
-                out["autovacuum_wait_s"] = round(time.perf_counter() - t0, 2)
-        finally:
-            admin.dispose()
-    os.sync()
+    if pg_url is None:
+        return out
+    with pg_admin(pg_url) as conn:
+        t0 = time.perf_counter()
+        conn.exec_driver_sql("CHECKPOINT")
+        out["checkpoint_s"] = round(time.perf_counter() - t0, 2)
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < max_wait_s and conn.exec_driver_sql(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE backend_type = 'autovacuum worker'").scalar():
+            time.sleep(0.5)
+        out["autovacuum_wait_s"] = round(time.perf_counter() - t0, 2)
     return out
 
 
