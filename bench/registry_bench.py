@@ -452,6 +452,19 @@ def _disk_written_mb() -> float | None:
         return None
 
 
+def _machine_cpu_s() -> dict[str, float] | None:
+    """CPU seconds the whole machine has spent since boot, busy (user, nice, system, irq,
+    softirq) and stolen by the hypervisor, from /proc/stat; None where it is not there."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    tick = os.sysconf("SC_CLK_TCK")
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    return {"busy": (user + nice + system + irq + softirq) / tick, "steal": steal / tick}
+
+
 def quiesce(pg_url: str | None, max_wait_s: float = 120.0) -> dict:
     """Let what the bench's earlier phases left running finish before a timed race: on the
     PostgreSQL server (when one is in use, for both races) a CHECKPOINT, then a wait (bounded)
@@ -500,6 +513,10 @@ def publish_race(ours_url: str, blob_uri: str, ml_uri: str, dirs: list[Path], n_
     src = dirs[0].parent  # MLflow's versions name a source folder, as in its synthesis
     spent = {"ours": 0.0, "mlflow": 0.0}
     written = {"ours": 0.0, "mlflow": 0.0}  # MB the disks took during each side's bursts
+    # CPU seconds during each side's bursts: this process's own, and the whole machine's busy
+    # and stolen time. Ours is CPU-bound when its own CPU is near its wall time; what the
+    # machine spent beyond that was someone else's (the database server, another process).
+    cpu = {side: {"own": 0.0, "machine_busy": 0.0, "steal": 0.0} for side in spent}
     per_round: list[dict] = []
 
     def ours(chunk):
@@ -528,20 +545,30 @@ def publish_race(ours_url: str, blob_uri: str, ml_uri: str, dirs: list[Path], n_
         took = {}
         for side, fn in (order if r % 2 == 0 else order[::-1]):
             os.sync()  # each burst starts with no writeback pending from the other's
-            mb = _disk_written_mb()
+            mb, own, machine = _disk_written_mb(), time.process_time(), _machine_cpu_s()
             took[side] = fn(chunk)
             spent[side] += took[side]
+            cpu[side]["own"] += time.process_time() - own
+            if machine is not None:
+                after = _machine_cpu_s()
+                cpu[side]["machine_busy"] += after["busy"] - machine["busy"]
+                cpu[side]["steal"] += after["steal"] - machine["steal"]
             if mb is not None:
                 written[side] += _disk_written_mb() - mb
         per_round.append({k: round(burst / v, 1) for k, v in took.items()})
     reg.close()
     n = burst * rounds
     print(f"  settled before the race: {settled}; MB written to disk during the bursts: "
-          f"ours {written['ours']:.1f}, MLflow {written['mlflow']:.1f}", file=sys.stderr)
+          f"ours {written['ours']:.1f}, MLflow {written['mlflow']:.1f}; CPU s during the "
+          f"bursts (wall, own, machine busy, steal): " + "; ".join(
+              f"{k} {spent[k]:.2f}, {v['own']:.2f}, {v['machine_busy']:.2f}, {v['steal']:.2f}"
+              for k, v in cpu.items()), file=sys.stderr)
     return {"rounds": rounds, "burst": burst, "ours_per_s": round(n / spent["ours"], 1),
             "mlflow_per_s": round(n / spent["mlflow"], 1),
             "speedup": round(spent["mlflow"] / spent["ours"], 2), "per_round": per_round,
-            "settled": settled, "disk_mb_written": {k: round(v, 1) for k, v in written.items()}}
+            "settled": settled, "disk_mb_written": {k: round(v, 1) for k, v in written.items()},
+            "cpu_s": {k: {"wall": round(spent[k], 2), **{n: round(x, 2) for n, x in v.items()}}
+                      for k, v in cpu.items()}}
 
 
 # ----------------------------------------------------------------------------- main

@@ -32,7 +32,7 @@ from .engine import (create_registry_engine, raw_autocommit, raw_write_tx, read_
 from .errors import (BasePinMismatch, Conflict, InvalidAdapter, InvalidArgument, LintError,
                      NotFound, UnknownMetric)
 from .jsonlimits import check_text, check_value
-from .lint import LintReport, lint_adapter
+from .lint import LintCache, LintReport, lint_adapter
 from .query import (GET_BY_ALIAS, GET_BY_VERSION, GET_LATEST, build_search, decode_token,
                     encode_token, sort_key)
 from .rawsql import Prepared, RawTx
@@ -236,6 +236,7 @@ class Registry:
         self._pg = engine.dialect.name == "postgresql"
         # PostgreSQL: the gc epoch registry_publish() last answered (None: not asked yet).
         self._gc_epoch: int | None = None
+        self._lint_cache = LintCache()
 
     # ------------------------------------------------------------------ lifecycle
     @classmethod
@@ -433,10 +434,9 @@ class Registry:
         base = self.get_base(base_digest)
         # The path joined as a str: it only names the file in messages (the bytes were kept
         # by the scan), and pathlib's joins are a visible share of a small publish.
-        report = lint_adapter(folder.config,
-                              read_safetensors_header(os.path.join(folder.path, WEIGHTS_FILE),
-                                                      folder.data.get(WEIGHTS_FILE)),
-                              base.module_shapes)
+        report = self._lint_cache.lint(
+            os.path.join(folder.path, WEIGHTS_FILE), folder.data.get(WEIGHTS_FILE),
+            folder.data.get(CONFIG_FILE), folder.config, base_digest, base.module_shapes)
         if report.errors:
             raise LintError(f"adapter {folder.path} does not fit base {base_digest}",
                             report.errors)

@@ -27,6 +27,12 @@ def _check_race(race: dict, targets: dict) -> None:
     assert min(race["settled"].values()) >= 0
     assert set(race["disk_mb_written"]) == {"ours", "mlflow"}
     assert min(race["disk_mb_written"].values()) >= 0
+    # The CPU each side's bursts took: its own process's and the machine's, in the same spans.
+    for side in ("ours", "mlflow"):
+        cpu = race["cpu_s"][side]
+        assert set(cpu) == {"wall", "own", "machine_busy", "steal"}
+        assert min(cpu.values()) >= 0 and cpu["wall"] > 0
+        assert cpu["own"] <= cpu["wall"] * 1.2 + 0.05  # one thread publishes; ticks are coarse
 
 
 def _bench(tmp_path, *args) -> dict:
