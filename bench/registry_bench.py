@@ -567,8 +567,9 @@ def publish_race(ours_url: str, blob_uri: str, ml_uri: str, dirs: list[Path], n_
             "mlflow_per_s": round(n / spent["mlflow"], 1),
             "speedup": round(spent["mlflow"] / spent["ours"], 2), "per_round": per_round,
             "settled": settled, "disk_mb_written": {k: round(v, 1) for k, v in written.items()},
-            "cpu_s": {k: {"wall": round(spent[k], 2), **{n: round(x, 2) for n, x in v.items()}}
-                      for k, v in cpu.items()}}
+            "cpu_s": {side: {"wall": round(spent[side], 2),
+                             **{what: round(x, 2) for what, x in v.items()}}
+                      for side, v in cpu.items()}}
 
 
 # ----------------------------------------------------------------------------- main

@@ -41,6 +41,10 @@ class LintReport:
         """What is stored on the version: warnings, then notes."""
         return list(self.warnings) + [f"note: {n}" for n in self.notes]
 
+    def copy(self) -> "LintReport":
+        """A report with lists of its own."""
+        return LintReport(list(self.errors), list(self.warnings), list(self.notes))
+
 
 class LintCache:
     """Lint verdicts of adapters already linted, by their exact inputs.
@@ -73,15 +77,14 @@ class LintCache:
             with self._lock:
                 hit = self._hits.get(key)
             if hit is not None:  # a copy: the caller may extend its lists
-                return LintReport(list(hit.errors), list(hit.warnings), list(hit.notes))
+                return hit.copy()
         report = lint_adapter(config, read_safetensors_header(weights_path, weights),
                               base_shapes)
         if key is not None:
             with self._lock:
                 if len(self._hits) >= self.MAX_ENTRIES:
                     del self._hits[next(iter(self._hits))]
-                self._hits[key] = LintReport(list(report.errors), list(report.warnings),
-                                             list(report.notes))
+                self._hits[key] = report.copy()
         return report
 
     def _key(self, weights: bytes | None, config_bytes: bytes | None,
