@@ -43,6 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
+import psutil  # noqa: E402
 from safetensors.numpy import save_file  # noqa: E402
 from sqlalchemy import create_engine, insert  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
@@ -452,29 +453,26 @@ def _disk_written_mb() -> float | None:
         return None
 
 
-def _machine_cpu_s() -> dict[str, float] | None:
-    """CPU seconds the whole machine has spent since boot, busy (user, nice, system, irq,
-    softirq) and stolen by the hypervisor, from /proc/stat; None where it is not there."""
-    try:
-        with open("/proc/stat") as f:
-            fields = [int(x) for x in f.readline().split()[1:9]]
-    except (OSError, ValueError):
-        return None
-    tick = os.sysconf("SC_CLK_TCK")
-    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
-    return {"busy": (user + nice + system + irq + softirq) / tick, "steal": steal / tick}
+def _counters() -> dict[str, float]:
+    """What the race takes the difference of over each side's bursts: this process's CPU
+    seconds, the whole machine's busy (user, nice, system, irq, softirq) and stolen CPU seconds
+    (psutil), and the MB written to the disks (where Linux's /sys/block says)."""
+    t = psutil.cpu_times()
+    out = {"own": time.process_time(),
+           "machine_busy": t.user + t.nice + t.system + getattr(t, "irq", 0.0)
+           + getattr(t, "softirq", 0.0),
+           "steal": getattr(t, "steal", 0.0)}
+    mb = _disk_written_mb()
+    if mb is not None:
+        out["disk_mb"] = mb
+    return out
 
 
 def quiesce(pg_url: str | None, max_wait_s: float = 120.0) -> dict:
     """Let what the bench's earlier phases left running finish before a timed race: on the
     PostgreSQL server (when one is in use, for both races) a CHECKPOINT, then a wait (bounded)
-    until no autovacuum worker runs (each burst then starts with its own os.sync()). Before,
-    only the PostgreSQL race had the
-    CHECKPOINT, while the SQLite race ran minutes after the server's 100k synthesis. Returns
-    the seconds each took: in the run of 2026-12-07 15:08 (BENCHMARKS.md) both were ~0, so
-    there was nothing left to wait for, and our lower rate in the SQLite race of a --backend
-    both run (584 versions/s there, 914 in a --backend sqlite run the same hour) is not the
-    server's leftovers."""
+    until no autovacuum worker runs (each burst then starts with its own os.sync()). Returns
+    the seconds each took."""
     out = {"checkpoint_s": 0.0, "autovacuum_wait_s": 0.0}
     if pg_url is None:
         return out
@@ -512,11 +510,11 @@ def publish_race(ours_url: str, blob_uri: str, ml_uri: str, dirs: list[Path], n_
     burst = len(dirs) // (rounds + 1)
     src = dirs[0].parent  # MLflow's versions name a source folder, as in its synthesis
     spent = {"ours": 0.0, "mlflow": 0.0}
-    written = {"ours": 0.0, "mlflow": 0.0}  # MB the disks took during each side's bursts
-    # CPU seconds during each side's bursts: this process's own, and the whole machine's busy
-    # and stolen time. Ours is CPU-bound when its own CPU is near its wall time; what the
-    # machine spent beyond that was someone else's (the database server, another process).
-    cpu = {side: {"own": 0.0, "machine_busy": 0.0, "steal": 0.0} for side in spent}
+    # _counters' differences over each side's bursts: a side is CPU-bound when its own CPU is
+    # near its wall time; what the machine spent beyond that was someone else's (the database
+    # server, another process).
+    used = {side: dict.fromkeys(("own", "machine_busy", "steal", "disk_mb"), 0.0)
+            for side in spent}
     per_round: list[dict] = []
 
     def ours(chunk):
@@ -545,31 +543,27 @@ def publish_race(ours_url: str, blob_uri: str, ml_uri: str, dirs: list[Path], n_
         took = {}
         for side, fn in (order if r % 2 == 0 else order[::-1]):
             os.sync()  # each burst starts with no writeback pending from the other's
-            mb, own, machine = _disk_written_mb(), time.process_time(), _machine_cpu_s()
+            before = _counters()
             took[side] = fn(chunk)
             spent[side] += took[side]
-            cpu[side]["own"] += time.process_time() - own
-            if machine is not None:
-                after = _machine_cpu_s()
-                cpu[side]["machine_busy"] += after["busy"] - machine["busy"]
-                cpu[side]["steal"] += after["steal"] - machine["steal"]
-            if mb is not None:
-                written[side] += _disk_written_mb() - mb
+            for k, v in _counters().items():
+                used[side][k] += v - before[k]
         per_round.append({k: round(burst / v, 1) for k, v in took.items()})
     reg.close()
     n = burst * rounds
-    print(f"  settled before the race: {settled}; MB written to disk during the bursts: "
-          f"ours {written['ours']:.1f}, MLflow {written['mlflow']:.1f}; CPU s during the "
-          f"bursts (wall, own, machine busy, steal): " + "; ".join(
-              f"{k} {spent[k]:.2f}, {v['own']:.2f}, {v['machine_busy']:.2f}, {v['steal']:.2f}"
-              for k, v in cpu.items()), file=sys.stderr)
+    print(f"  settled before the race: {settled}; during the bursts (wall s, own CPU s, machine "
+          "busy s, steal s, MB to disk): " + "; ".join(
+              f"{side} {spent[side]:.2f}, {u['own']:.2f}, {u['machine_busy']:.2f}, "
+              f"{u['steal']:.2f}, {u['disk_mb']:.1f}" for side, u in used.items()),
+          file=sys.stderr)
     return {"rounds": rounds, "burst": burst, "ours_per_s": round(n / spent["ours"], 1),
             "mlflow_per_s": round(n / spent["mlflow"], 1),
             "speedup": round(spent["mlflow"] / spent["ours"], 2), "per_round": per_round,
-            "settled": settled, "disk_mb_written": {k: round(v, 1) for k, v in written.items()},
+            "settled": settled,
+            "disk_mb_written": {side: round(u["disk_mb"], 1) for side, u in used.items()},
             "cpu_s": {side: {"wall": round(spent[side], 2),
-                             **{what: round(x, 2) for what, x in v.items()}}
-                      for side, v in cpu.items()}}
+                             **{k: round(u[k], 2) for k in ("own", "machine_busy", "steal")}}
+                      for side, u in used.items()}}
 
 
 # ----------------------------------------------------------------------------- main
