@@ -1,7 +1,8 @@
 # .venv/bin/python -m bench.fleet_bench 1 2                 (local runner by max_concurrency, tiny models)
 # .venv/bin/python -m bench.fleet_bench --runners [--smoke] [--only runners|orchestration] [--orch-tasks N]
 #     (local vs Ray 1x2 vs Ray 2x1 on the real base, then 1,000 tiny tasks on Ray 2x1)
-# .venv/bin/python -m bench.fleet_bench --probe prefect [N] | gc   (what a flow run, a task run, a client cost)
+# .venv/bin/python -m bench.fleet_bench --probe prefect [N] | mlflow [N] | gc
+#     (what a flow run, a task run, a client, a task's MLflow store calls cost)
 """Fleet wall time.
 
 Default: 4 tiny SST-2-shaped tasks (LoRA, 12 steps) for each ``max_concurrency`` given, from a
@@ -293,6 +294,47 @@ def probe_prefect(n: int = 40) -> None:
                       f"{srv / n * 1000:.0f} ms server CPU per flow run", flush=True)
 
 
+def probe_mlflow(n: int = 20) -> None:
+    """The MLflow store calls of a fleet task: ``n`` one-step tiny tasks through the local runner
+    (one process, so every call is seen), each call of MLflow's SQLAlchemy store counted with the
+    CPU time of the thread that made it (calls the store makes to itself are not counted twice).
+    Prints, per task, the calls and their CPU milliseconds, by store method."""
+    import collections
+    import threading
+
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    calls: collections.Counter = collections.Counter()
+    cpu_ms: collections.Counter = collections.Counter()
+    inside = threading.local()
+
+    def counted(name: str, fn):
+        def call(*a, **k):
+            if getattr(inside, "depth", 0):
+                return fn(*a, **k)
+            inside.depth, t0 = 1, time.thread_time()
+            try:
+                return fn(*a, **k)
+            finally:
+                inside.depth = 0
+                calls[name] += 1
+                cpu_ms[name] += (time.thread_time() - t0) * 1000
+        return call
+
+    for name in [m for m in vars(SqlAlchemyStore) if not m.startswith("_")]:
+        if callable(getattr(SqlAlchemyStore, name)):
+            setattr(SqlAlchemyStore, name, counted(name, getattr(SqlAlchemyStore, name)))
+    tmp = Path(tempfile.mkdtemp(prefix="peftops-bench-mlflow-"))
+    params = tiny_params(tmp, [f"m{i:03d}" for i in range(n)], 1)
+    make_snapshot(tmp / "home")
+    with prefect_test_harness():
+        fleet(methods=["lora"], home=str(tmp / "home"), params=params)
+    print(f"MLflow store calls per task: {sum(calls.values()) / n:.2f}, "
+          f"{sum(cpu_ms.values()) / n:.1f} ms of CPU", flush=True)
+    for name, k in calls.most_common():
+        print(f"  {name:28s} {k / n:5.2f} calls {cpu_ms[name] / n:6.2f} ms", flush=True)
+
+
 def probe_gc() -> None:
     """``gc.get_freeze_count()`` in a process that holds what a fleet worker imports, frozen."""
     import gc
@@ -331,6 +373,8 @@ if __name__ == "__main__":
     args = sys.argv[1:]
     if args[:2] == ["--probe", "prefect"]:
         probe_prefect(*[int(a) for a in args[2:3]])
+    elif args[:2] == ["--probe", "mlflow"]:
+        probe_mlflow(*[int(a) for a in args[2:3]])
     elif args[:2] == ["--probe", "gc"]:
         probe_gc()
     elif "--runners" in args:

@@ -34,7 +34,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
-from flows.pipeline import PipelineOptions, run_pipeline
+from flows.pipeline import PipelineOptions, experiment_description, run_pipeline
 from flows.stagecalls import RESULTS_DIR
 from peftops.config import PipelineParams, for_task, load_params, state_home
 from peftops.config import FleetConfig, fleet_config
@@ -154,9 +154,9 @@ def fleet(tasks: list[str] | None = None, methods: list[str] | tuple[str, ...] =
     cfg = fleet_config(fleet_cfg if fleet_cfg is not None else getattr(params, "fleet", None),
                        runner=runner, address=address)
     names = list(tasks) if tasks else sorted(load_manifest(params.data.manifest))
-    base_task(params, home)  # pin once, before the tasks share it
+    snap = base_task(params, home)  # pin once, before the tasks share it
     for name in names:  # create the MLflow store and experiments here, not racing in the threads
-        Tracker(experiment=f"peftops-{name}", home=home)
+        Tracker(experiment=f"peftops-{name}", home=home, description=experiment_description(name, snap))
     t0 = time.perf_counter()
     if cfg.runner == "ray":
         from flows.ray_fleet import run_on_ray

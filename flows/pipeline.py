@@ -85,6 +85,12 @@ class _Timer:
         return _Ctx()
 
 
+def experiment_description(task: str, snap: Any) -> str:
+    """What a task's own experiment (``peftops-<task>``) holds, shown on its page in the MLflow UI."""
+    return (f"peftops adapters for task `{task}` against the pinned base {snap.name} ({snap.digest}): "
+            "one parent run per pipeline run, a child run per method.")
+
+
 def run_pipeline(params: PipelineParams, home: str | None, opts: PipelineOptions,
                  finish: Callable[[PipelineOutputs], None] | None = None) -> dict[str, Any]:
     """Run one task's pipeline inside the calling flow and return its summary
@@ -99,9 +105,7 @@ def run_pipeline(params: PipelineParams, home: str | None, opts: PipelineOptions
     out = PipelineOutputs(params=params, snapshot=snap, prepared=prep)
     tracker = out.tracker = Tracker(experiment=opts.experiment or f"peftops-{task}", home=home)
     if opts.experiment is None:
-        tracker.describe_experiment(f"peftops adapters for task `{task}` against the pinned base "
-                                    f"{snap.name} ({snap.digest}): one parent run per pipeline run, a child run "
-                                    "per method.")
+        tracker.describe_experiment(experiment_description(task, snap))
     layout = Layout.of(home)
     flow_run_id = str(flow_run.id or "")
     source_tags = {"mlflow.source.type": "LOCAL", "mlflow.source.name": f"peftops {opts.source}"}
@@ -118,7 +122,9 @@ def run_pipeline(params: PipelineParams, home: str | None, opts: PipelineOptions
             with timer("measure"):
                 out.measures["base"] = stages.measure(None, opts.measure, opts.threads)
         for name in opts.methods:
-            with tracker.run(name, parent_id=parent, hold=True,
+            # The last method's run lingers: what follows it (its % of FFT, the gate, the
+            # registry version) joins its one batch instead of costing store calls after its end.
+            with tracker.run(name, parent_id=parent, hold=True, linger=name == opts.methods[-1],
                              params={"method": name, **method_settings(params, name), "train": to_dict(params.train)},
                              tags={"task": task, "method": name, "prefect.flow_run_id": flow_run_id,
                                    **source_tags}) as child:

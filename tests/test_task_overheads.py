@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from peftops.pipeline import tracking
 from peftops.pipeline.tracking import Tracker
 
 
@@ -76,14 +77,15 @@ def test_a_held_run_writes_its_files_in_one_call_as_mlflow_would(tmp_path, monke
     with tracker.run("plain") as plain:
         log(plain)
     calls = []
-    real = tracker.client.log_artifacts
-    tracker.client.log_artifacts = lambda run_id, d, *a: calls.append(run_id) or real(run_id, d, *a)
+    real = tracking._artifact_repo
+    monkeypatch.setattr(tracking, "_artifact_repo", lambda uri, t: calls.append(uri) or real(uri, t))
+    tracker.client.log_artifacts = lambda *a, **k: calls.append("client.log_artifacts")
     tracker.client.log_artifact = lambda *a, **k: calls.append("one file")
     with tracker.run("held", hold=True) as held:
         log(held)
         src.write_text('{"steps": 4}')  # changed after it was logged: the run keeps what it logged
         assert calls == []
-    assert calls == [held]
+    assert calls == [tracker.client.get_run(held).info.artifact_uri]  # one log_artifacts, into the run's root
     c = tracker.client
 
     def files(run_id, path=None):
@@ -130,6 +132,85 @@ def test_a_held_run_that_fails_keeps_its_records_and_a_changed_param_is_refused(
     assert tracker.client.get_run(run_id).data.metrics == {"loss": 1.0}  # written before the refusal
 
 
+def test_a_lingering_child_takes_what_follows_its_block_into_its_one_batch(tmp_path):
+    """The last method's run of a pipeline: the gate's and the registry's records logged after
+    its block join its held batch; its outcome and end time are those of its block."""
+    import time
+
+    tracker = Tracker(experiment="linger", home=tmp_path)
+    calls = _count_log_batch(tracker)
+    with tracker.run("parent", hold=True) as parent:
+        with tracker.run("lora", parent_id=parent, hold=True, linger=True, params={"r": 4}) as child:
+            tracker.log_metrics(child, {"dev_accuracy": 0.9})
+            tracker.log_text(child, "{}", "merge-parity.json")
+        ended = int(time.time() * 1000)
+        assert tracker.client.get_run(child).info.status == "RUNNING"  # nothing written since its params
+        time.sleep(0.05)
+        tracker.set_tags(child, {"gate.promoted": "true", "registry.version": "3"})
+        tracker.log_metrics(child, {"pct_of_full": 101.5})
+        tracker.set_tags(parent, {"registry.version": "3"})
+        assert calls == [(0, 1, 0)]  # the child's params, at once
+    assert sorted(calls) == [(0, 0, 1), (0, 1, 0), (2, 0, 2)]  # then one batch each: the parent, the child
+    run = tracker.client.get_run(child)
+    assert run.info.status == "FINISHED" and run.info.end_time <= ended
+    assert run.data.metrics == {"dev_accuracy": 0.9, "pct_of_full": 101.5}
+    assert run.data.tags["gate.promoted"] == "true" and run.data.tags["registry.version"] == "3"
+    assert [f.path for f in tracker.client.list_artifacts(child)] == ["merge-parity.json"]
+    assert tracker.client.get_run(parent).info.status == "FINISHED"
+
+
+def test_a_lingering_child_keeps_its_outcome_when_its_parent_fails_later(tmp_path):
+    import pytest
+
+    tracker = Tracker(experiment="linger-fail", home=tmp_path)
+    with pytest.raises(RuntimeError):
+        with tracker.run("parent", hold=True) as parent:
+            with tracker.run("lora", parent_id=parent, hold=True, linger=True) as child:
+                tracker.log_metrics(child, {"dev_accuracy": 0.9})
+            tracker.set_tags(child, {"gate.promoted": "false"})
+            raise RuntimeError("the publish failed")
+    run = tracker.client.get_run(child)
+    assert run.info.status == "FINISHED" and run.data.metrics == {"dev_accuracy": 0.9}
+    assert run.data.tags["gate.promoted"] == "false"
+    assert tracker.client.get_run(parent).info.status == "FAILED"
+    with pytest.raises(ZeroDivisionError):  # an error in its own block: it ends FAILED there and then
+        with tracker.run("parent", hold=True) as parent:
+            with tracker.run("lora", parent_id=parent, hold=True, linger=True) as child:
+                tracker.log_metrics(child, {"loss": 2.0})
+                1 / 0
+    assert tracker.client.get_run(child).info.status == "FAILED"
+    assert tracker.client.get_run(child).data.metrics == {"loss": 2.0}
+    with pytest.raises(ValueError, match="held child run"):
+        with tracker.run("alone", hold=True, linger=True):
+            pass
+
+
+def test_runs_and_models_write_their_files_without_reading_themselves_back(tmp_path, monkeypatch):
+    """The artifact root comes back from create_run and create_logged_model; MlflowClient's own
+    log_artifacts and log_model_artifacts would read the run or the model again to find it."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    tracker = Tracker(experiment="no-read-back", home=tmp_path)
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_model.safetensors").write_bytes(b"weights")
+    reads = []
+    for name in ("get_run", "get_logged_model"):
+        real = getattr(SqlAlchemyStore, name)
+        monkeypatch.setattr(SqlAlchemyStore, name, lambda self, *a, _r=real, _n=name, **k: reads.append(_n) or _r(self, *a, **k))
+    with tracker.run("r", hold=True) as run_id:
+        tracker.log_text(run_id, "x", "note.md")
+        model_id = tracker.log_model(run_id, "t-lora", adapter)
+    assert reads == []
+    monkeypatch.undo()
+    assert [f.path for f in tracker.client.list_artifacts(run_id)] == ["note.md"]
+    from mlflow.entities import LoggedModelStatus
+
+    model = tracker.client.get_logged_model(model_id)
+    assert model.status == LoggedModelStatus.READY
+    assert (Path(model.artifact_location.removeprefix("file://")) / "adapter_model.safetensors").read_bytes() == b"weights"
+
+
 def test_a_held_run_splits_what_exceeds_one_call(tmp_path):
     tracker = Tracker(experiment="hold-many", home=tmp_path)
     calls = _count_log_batch(tracker)
@@ -151,6 +232,12 @@ def test_an_experiment_is_described_once(tmp_path):
     assert writes == []
     again.describe_experiment("something else")
     assert len(writes) == 1
+    created = Tracker(experiment="described-at-creation", home=tmp_path, description="what it holds")
+    assert created.client.get_experiment(created.experiment_id).tags["mlflow.note.content"] == "what it holds"
+    task = Tracker(experiment="described-at-creation", home=tmp_path)  # the task's own tracker, in a worker
+    task.client.set_experiment_tag = lambda *a: writes.append(a)
+    task.describe_experiment("what it holds")
+    assert len(writes) == 1  # a fleet's driver described it when it created it: nothing to write
 
 
 def test_task_flow_settings_turns_heartbeats_off_and_reuses_its_settings():

@@ -60,6 +60,15 @@ _BATCH_TOTAL = 1000  # and of the three together
 _NOTE = "mlflow.note.content"  # the experiment's description
 
 
+def _artifact_repo(uri: str, tracking_uri: str) -> Any:
+    """MLflow's artifact repository for an artifact root, as ``MlflowClient`` builds it."""
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+    from mlflow.utils.uri import add_databricks_profile_info_to_artifact_uri
+
+    return get_artifact_repository(add_databricks_profile_info_to_artifact_uri(uri, tracking_uri),
+                                   tracking_uri=tracking_uri)
+
+
 @dataclass
 class _Held:
     """What a ``hold=True`` run keeps back: metrics, params and tags by key, files and tables,
@@ -78,7 +87,9 @@ class Tracker:
     """A thin handle over one MLflow experiment."""
 
     def __init__(self, experiment: str = "peftops", tracking_uri: str | None = None,
-                 home: str | Path | None = None):
+                 home: str | Path | None = None, description: str | None = None):
+        """``description``: the experiment's description when this call creates it (in the
+        same store call; an existing experiment's is changed only by :meth:`describe_experiment`)."""
         from mlflow.tracking import MlflowClient
 
         self.tracking_uri = tracking_uri or default_tracking_uri(home)
@@ -86,19 +97,23 @@ class Tracker:
         exp = self.client.get_experiment_by_name(experiment)
         self._description = (exp.tags or {}).get(_NOTE) if exp is not None else None
         self._held: dict[str, _Held] = {}  # run id -> what hold=True keeps back until the run ends
+        self._lingering: dict[str, tuple[str, str, int]] = {}  # run id -> parent id, outcome, end time (ms)
+        self._artifact_uris: dict[str, str] = {}  # run id -> its artifact root (known at create_run)
         if exp is None:
             artifacts = None
             if self.tracking_uri.startswith("sqlite:///"):
                 root = Path(self.tracking_uri[len("sqlite:///"):]).parent / "artifacts"
                 artifacts = root.resolve().as_uri()
-            self.experiment_id = self.client.create_experiment(experiment, artifact_location=artifacts)
+            self.experiment_id = self.client.create_experiment(
+                experiment, artifact_location=artifacts, tags={_NOTE: description} if description else None)
+            self._description = description
         else:
             self.experiment_id = exp.experiment_id
         self.experiment = experiment
 
     @contextlib.contextmanager
     def run(self, name: str, params: dict[str, Any] | None = None, tags: dict[str, str] | None = None,
-            parent_id: str | None = None, hold: bool = False) -> Iterator[str]:
+            parent_id: str | None = None, hold: bool = False, linger: bool = False) -> Iterator[str]:
         """Open a run (a child run when ``parent_id`` is given); ends FAILED on an exception.
 
         ``hold``: after its params (written at once, so a running run shows them), the run's
@@ -108,12 +123,21 @@ class Tracker:
         ``log_inputs``. Each would otherwise be a store call of its own (a SQLite commit, or a
         request to a tracking server), and a fleet pays them for every task.
         Step metrics (:meth:`step_logger`) are never held. On an exception what was held is
-        still written before the run is marked FAILED."""
+        still written before the run is marked FAILED.
+
+        ``linger`` (a held child run): when the block ends without an error, the run's outcome
+        and end time are fixed there, but what it holds and its end are written when its parent
+        run ends, so that what is logged to it after the block (a publish's gate decision and
+        registry version) joins the same batch instead of costing store calls of its own. An
+        error in the parent after the block does not change the child's outcome."""
+        if linger and not (hold and parent_id):
+            raise ValueError("linger applies to a held child run (hold=True and a parent_id)")
         all_tags = dict(tags or {})
         if parent_id:
             all_tags["mlflow.parentRunId"] = parent_id
         run = self.client.create_run(self.experiment_id, run_name=name, tags=all_tags)
         run_id = run.info.run_id
+        self._artifact_uris[run_id] = run.info.artifact_uri
         flat = _flat(params or {})
         if flat:
             self._log_param_items(run_id, flat)
@@ -123,13 +147,59 @@ class Tracker:
             yield run_id
         except BaseException:
             with contextlib.suppress(Exception):  # the run's own error is the one to raise
-                self.flush(run_id)
-            self._held.pop(run_id, None)
-            self.client.set_terminated(run_id, status="FAILED")
+                self._end_lingering(run_id)
+            self._end(run_id, "FAILED", quiet=True)
             raise
-        self.flush(run_id)
+        if linger:
+            self._lingering[run_id] = (parent_id, "FINISHED", int(time.time() * 1000))
+            return
+        try:
+            self._end_lingering(run_id)
+        except BaseException:
+            self._end(run_id, "FAILED", quiet=True)
+            raise
+        self._end(run_id, "FINISHED")
+
+    def _end(self, run_id: str, status: str, end_time: int | None = None, quiet: bool = False) -> None:
+        """Write what ``run_id`` holds, then mark it ended. ``quiet``: a failure to write what it
+        holds is not raised (an error already on its way out is the one to report)."""
+        try:
+            self.flush(run_id)
+        except Exception:
+            if not quiet:
+                self._drop(run_id)
+                self.client.set_terminated(run_id, status="FAILED", end_time=end_time)
+                raise
+        self._drop(run_id)
+        self.client.set_terminated(run_id, status=status, end_time=end_time)
+
+    def _drop(self, run_id: str) -> None:
         self._held.pop(run_id, None)
-        self.client.set_terminated(run_id, status="FINISHED")
+        self._artifact_uris.pop(run_id, None)
+
+    def _end_lingering(self, parent_id: str) -> None:
+        """End the child runs of ``parent_id`` that linger, each with the outcome and end time
+        its own block fixed (all of them, then the first failure to write one is raised)."""
+        first: BaseException | None = None
+        for child, (parent, status, end_time) in list(self._lingering.items()):
+            if parent == parent_id:
+                del self._lingering[child]
+                try:
+                    self._end(child, status, end_time)
+                except Exception as err:
+                    first = first or err
+        if first is not None:
+            raise first
+
+    def _log_artifacts(self, run_id: str, local_dir: str) -> None:
+        """The files of ``local_dir`` into the run's artifact root. The root came back from
+        ``create_run``: ``MlflowClient.log_artifacts`` would read the run again (a store call) to
+        find it."""
+        uri = self._artifact_uris.get(run_id)
+        if uri is None:
+            self.client.log_artifacts(run_id, local_dir)
+        else:
+            _artifact_repo(uri, self.tracking_uri).log_artifacts(local_dir)
 
     def flush(self, run_id: str) -> None:
         """Write what a ``hold=True`` run has kept back: its files in one ``log_artifacts``, its
@@ -144,7 +214,7 @@ class Tracker:
                 for name, data in held.files.items():
                     (Path(tmp) / name).parent.mkdir(parents=True, exist_ok=True)
                     (Path(tmp) / name).write_bytes(data)
-                self.client.log_artifacts(run_id, tmp)
+                self._log_artifacts(run_id, tmp)
             held.files.clear()
         if held.inputs:
             inputs, held.inputs = held.inputs, []
@@ -285,8 +355,8 @@ class Tracker:
 
         model = self.client.create_logged_model(self.experiment_id, name=name, source_run_id=run_id,
                                                 tags=tags, params=_flat(params or {}), model_type=model_type)
-        try:
-            self.client.log_model_artifacts(model.model_id, str(local_dir))
+        try:  # into the root create_logged_model returned (log_model_artifacts would read the model again)
+            _artifact_repo(model.artifact_location, self.tracking_uri).log_artifacts(str(local_dir))
         except BaseException:
             self.client.finalize_logged_model(model.model_id, "FAILED")
             raise
