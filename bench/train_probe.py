@@ -1,4 +1,4 @@
-# .venv/bin/python bench/train_probe.py [--steps 6] [--threads 1] [--precision fp32|bf16] [--memory] [--method lora|full]
+# .venv/bin/python bench/train_probe.py [--steps 6] [--threads 1] [--precision fp32|bf16] [--memory] [--method lora|full] [--shapes]
 """Where a peftops LoRA training step's memory and time go, on the real Gemma 3 270M.
 
 Two measurements behind BENCHMARKS.md's "what bounds it" paragraphs, on the same snapshot and
@@ -10,7 +10,8 @@ SST-2 split as ``bench/train_bench.py`` (run that once first: it prepares the sp
      activation checkpointing, as ``peftops.training.loop.train`` runs them, in ``--precision``
      (bf16: the frozen base in bf16, LoRA in fp32, products under autocast, as the loop does);
      ``--memory`` adds where the step's resident memory peaks (forward, backward, optimizer) and
-     the profiler's largest allocations;
+     the profiler's largest allocations; ``--shapes`` the matrix products by their operands' shapes
+     (what a product of each shape costs in the step, as against ``bench/kernels_bench.py --products``);
   3. what loading the tokenizer adds (peftops trains on tokenized splits and does not load it).
 """
 
@@ -43,6 +44,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     ap.add_argument("--memory", action="store_true", help="also where the step's memory peaks")
+    ap.add_argument("--shapes", action="store_true", help="also the matrix products by operand shapes")
     ap.add_argument("--method", choices=("lora", "full"), default="lora",
                     help="lora (the bench's LoRA) or full (FFT, fp32 master weights; bf16 products with bf16)")
     args = ap.parse_args()
@@ -122,7 +124,7 @@ def main() -> None:
         step(i)
     floor = rss_mb()
     phases.clear()
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=args.memory) as prof:
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=args.memory, record_shapes=args.shapes) as prof:
         for i in range(2, 2 + args.steps):
             step(i)
     print(f"after {2 + args.steps} steps: {rss_mb()} MB resident; between steps {floor} MB"
@@ -130,6 +132,13 @@ def main() -> None:
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=44))
     if args.memory:
         print(prof.key_averages().table(sort_by="self_cpu_memory_usage", row_limit=12))
+    if args.shapes:
+        products = sorted((e for e in prof.key_averages(group_by_input_shape=True) if e.key in ("aten::mm", "aten::addmm")),
+                          key=lambda e: -e.self_cpu_time_total)
+        print(f"matrix products: {sum(e.self_cpu_time_total for e in products) / 1e3:.0f} ms in all; by shape:")
+        for e in products[:16]:
+            print(f"  {e.key:11s} {e.count:5d} calls {e.self_cpu_time_total / 1e3:8.1f} ms "
+                  f"{e.self_cpu_time_total / max(e.count, 1):7.0f} us a call  {e.input_shapes}")
 
     from peftops.model.snapshot import load_tokenizer
 
