@@ -1,5 +1,6 @@
 # .venv/bin/python -m bench.fleet_bench 1 2                 (local runner by max_concurrency, tiny models)
 # .venv/bin/python -m bench.fleet_bench --runners [--smoke] [--only runners|orchestration] [--orch-tasks N]
+#     [--variants local,ray_1x2,ray_2x1,ray_1x1]
 #     (local vs Ray 1x2 vs Ray 2x1 on the real base, then 1,000 tiny tasks on Ray 2x1)
 # .venv/bin/python -m bench.fleet_bench --probe prefect [N] | mlflow [N] | gc
 #     (what a flow run, a task run, a client, a task's MLflow store calls cost)
@@ -171,8 +172,10 @@ VARIANTS = {"local": {"runner": "local"},
             "ray_1x1": {"runner": "ray", "address": "", "num_cpus": 1.5}}
 
 
-def runners(smoke: bool, n_orch: int | None = None, only: str = "all") -> dict:
-    """``only``: ``all``, ``runners`` (the four contenders) or ``orchestration`` (the tiny fleet)."""
+def runners(smoke: bool, n_orch: int | None = None, only: str = "all", pick: list[str] | None = None) -> dict:
+    """``only``: ``all``, ``runners`` (the four contenders) or ``orchestration`` (the tiny fleet);
+    ``pick``: only these contenders (``--variants ray_2x1,ray_1x1``: a second look at the scaling),
+    with the ratios that they allow."""
     tmp = Path(tempfile.mkdtemp(prefix="peftops-bench-runners-"))
     from peftops.config import load_params
 
@@ -184,7 +187,7 @@ def runners(smoke: bool, n_orch: int | None = None, only: str = "all") -> dict:
         steps = 20
         params, names = real_params(tmp, steps)
         n_orch = n_orch or 1000
-    variants = VARIANTS if only != "orchestration" else {}
+    variants = {k: v for k, v in VARIANTS.items() if not pick or k in pick} if only != "orchestration" else {}
     res: dict = {}
     out: dict = {"smoke": smoke}
     with prefect_test_harness():
@@ -205,12 +208,14 @@ def runners(smoke: bool, n_orch: int | None = None, only: str = "all") -> dict:
                           **overheads(rep, steps, demo_steps)}
             print(f"{label}: {len(names)} tasks in {secs:.1f}s, {res[label]}", flush=True)
         if variants:
-            local, r1, r2, r11 = (res[k]["adapters_per_h"] for k in ("local", "ray_1x2", "ray_2x1", "ray_1x1"))
-            out.update({"tasks": len(names), "local_adapters_per_h": local, "ray_1x2_adapters_per_h": r1,
-                        "ray_2x1_adapters_per_h": r2, "ray_1x1_adapters_per_h": r11,
-                        "ray_2x1_vs_local": round(r2 / local, 3), "ray_2x1_vs_1x2": round(r2 / r1, 3),
-                        "ray_2x1_vs_ideal": round(r2 / (2 * r11), 3),
-                        "seconds": {k: v["seconds"] for k, v in res.items()},
+            rate = {k: v["adapters_per_h"] for k, v in res.items()}
+            out.update({"tasks": len(names), **{f"{k}_adapters_per_h": r for k, r in rate.items()}})
+            for key, (num, den, times) in {"ray_2x1_vs_local": ("ray_2x1", "local", 1),
+                                           "ray_2x1_vs_1x2": ("ray_2x1", "ray_1x2", 1),
+                                           "ray_2x1_vs_ideal": ("ray_2x1", "ray_1x1", 2)}.items():
+                if num in rate and den in rate:
+                    out[key] = round(rate[num] / (times * rate[den]), 3)
+            out.update({"seconds": {k: v["seconds"] for k, v in res.items()},
                         **{key: {k: v[key] for k, v in res.items()} for key in (
                             "fixed_overhead_s", "merge_s", "setup_s", "demo_training_s", "fixed_overhead_frac",
                             "setup_frac", "fixed_overhead_frac_of_task")}})
@@ -382,6 +387,8 @@ if __name__ == "__main__":
             return args[args.index(name) + 1] if name in args else default
 
         n = opt("--orch-tasks")
-        print(json.dumps(runners("--smoke" in args, int(n) if n else None, opt("--only", "all"))))
+        pick = opt("--variants")
+        print(json.dumps(runners("--smoke" in args, int(n) if n else None, opt("--only", "all"),
+                                 pick.split(",") if pick else None)))
     else:
         main([int(a) for a in args] or [1, 2])
