@@ -76,15 +76,30 @@ class _Runs(BaseHTTPRequestHandler):
         pass
 
 
-def _follow(browser, element, timeout: float = 20) -> None:
-    """Click a link or button that loads a new page and wait (bounded) until that page has
-    loaded: a click returns as soon as the event is sent, so reading straight after it races."""
+def _follow(browser, locator: tuple[str, str], timeout: float = 20) -> None:
+    """Click the link or button at ``locator`` that loads a new page and wait (bounded) until that
+    page has loaded: a click returns as soon as the event is sent, so reading straight after it
+    races. ChromeDriver now and then loses the node it is clicking ("Node with given id does not
+    belong to the document"); then, unless the click went through anyway, the element is found
+    again and clicked again (at most three tries)."""
+    from selenium.common.exceptions import TimeoutException, WebDriverException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
 
     old = browser.find_element(By.TAG_NAME, "html")
-    element.click()
+    for attempt in range(3):
+        try:
+            browser.find_element(*locator).click()
+            break
+        except WebDriverException:
+            if attempt == 2:
+                raise
+            try:
+                WebDriverWait(browser, 2).until(ec.staleness_of(old))
+                break  # the page went away: the click did go through
+            except TimeoutException:
+                continue
     wait = WebDriverWait(browser, timeout)
     wait.until(ec.staleness_of(old))
     wait.until(lambda b: b.execute_script("return document.readyState") == "complete")
@@ -168,32 +183,32 @@ def test_registry_pages_in_a_browser(reg, tmp_path, browser):
         browser.get(base + "/ui")  # the read token: log in first
         assert "/ui/login" in browser.current_url
         browser.find_element(By.ID, "token").send_keys("r-token")
-        _follow(browser, browser.find_element(By.ID, "login-button"))
+        _follow(browser, (By.ID, "login-button"))
         tasks = [a.text for a in browser.find_elements(By.CSS_SELECTOR, "#tasks a.task-link")]
         assert tasks == ["cola", "sst2"]
 
-        _follow(browser, browser.find_element(By.LINK_TEXT, "sst2"))
+        _follow(browser, (By.LINK_TEXT, "sst2"))
         rows = browser.find_elements(By.CSS_SELECTOR, "#versions tbody tr")
         assert [r.find_elements(By.TAG_NAME, "td")[1].text for r in rows] == ["v2", "v1"]
         assert "94.4%" in rows[0].text
         history = browser.find_element(By.ID, "alias-history").text
         assert "bob" in history and "alice" in history
 
-        _follow(browser, browser.find_element(By.LINK_TEXT, "v1"))
+        _follow(browser, (By.LINK_TEXT, "v1"))
         assert "dev_accuracy" in browser.find_element(By.ID, "metrics").text
         assert XSS in browser.find_element(By.ID, "tags").text  # shown as text, not run
         assert browser.title != "pwned"
         assert "sst2:1" in browser.find_element(By.ID, "commands").text
-        _follow(browser, browser.find_element(By.ID, "mlflow-link"))
+        _follow(browser, (By.ID, "mlflow-link"))
         assert browser.current_url == f"{runs_url}/#/runs/run123"
         assert browser.find_element(By.ID, "path").text == "/"
         _back(browser)
-        _follow(browser, browser.find_element(By.ID, "prefect-link"))
+        _follow(browser, (By.ID, "prefect-link"))
         assert browser.find_element(By.ID, "path").text == "/runs/flow-run/flow456"
 
         browser.get(base + "/ui")
         browser.find_element(By.NAME, "metric").send_keys("dev_accuracy>=0.9")
-        _follow(browser, browser.find_element(By.ID, "search-button"))
+        _follow(browser, (By.ID, "search-button"))
         assert "tag=" not in browser.current_url  # empty fields are left out
         found = browser.find_elements(By.CSS_SELECTOR, "#results a.version-link")
         assert [a.get_attribute("href") for a in found] == [base + "/ui/tasks/sst2/versions/1"]
