@@ -191,16 +191,6 @@ class Tracker:
         if first is not None:
             raise first
 
-    def _log_artifacts(self, run_id: str, local_dir: str) -> None:
-        """The files of ``local_dir`` into the run's artifact root. The root came back from
-        ``create_run``: ``MlflowClient.log_artifacts`` would read the run again (a store call) to
-        find it."""
-        uri = self._artifact_uris.get(run_id)
-        if uri is None:
-            self.client.log_artifacts(run_id, local_dir)
-        else:
-            _artifact_repo(uri, self.tracking_uri).log_artifacts(local_dir)
-
     def flush(self, run_id: str) -> None:
         """Write what a ``hold=True`` run has kept back: its files in one ``log_artifacts``, its
         datasets in one ``log_inputs``, the rest in as few ``log_batch`` calls as MLflow's per-call
@@ -214,7 +204,8 @@ class Tracker:
                 for name, data in held.files.items():
                     (Path(tmp) / name).parent.mkdir(parents=True, exist_ok=True)
                     (Path(tmp) / name).write_bytes(data)
-                self._log_artifacts(run_id, tmp)
+                # into the root create_run returned (MlflowClient.log_artifacts would read the run again)
+                _artifact_repo(self._artifact_uris[run_id], self.tracking_uri).log_artifacts(tmp)
             held.files.clear()
         if held.inputs:
             inputs, held.inputs = held.inputs, []
