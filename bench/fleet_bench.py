@@ -1,6 +1,6 @@
 # .venv/bin/python -m bench.fleet_bench 1 2                 (local runner by max_concurrency, tiny models)
 # .venv/bin/python -m bench.fleet_bench --runners [--smoke] [--only runners|orchestration] [--orch-tasks N]
-#     [--variants local,ray_1x2,ray_2x1,ray_1x1]
+#     [--variants local,ray_1x2,ray_2x1,ray_1x1] [--glue sst2,cola,mrpc,rte]
 #     (local vs Ray 1x2 vs Ray 2x1 on the real base, then 1,000 tiny tasks on Ray 2x1)
 # .venv/bin/python -m bench.fleet_bench --probe prefect [N] | mlflow [N] | gc
 #     (what a flow run, a task run, a client, a task's MLflow store calls cost)
@@ -55,14 +55,14 @@ def tiny_params(tmp: Path, names, steps: int) -> PipelineParams:
         methods={"lora": {"lr": 2e-2, "r": 4, "alpha": 8, "dropout": 0.0}})
 
 
-def real_params(tmp: Path, steps: int) -> tuple[PipelineParams, list[str]]:
-    """The shipped GLUE entries, two copies each (distinct task names, same data)."""
+def real_params(tmp: Path, steps: int, glue: tuple[str, ...] = GLUE) -> tuple[PipelineParams, list[str]]:
+    """The shipped GLUE entries (``glue``), two copies each (distinct task names, same data)."""
     import yaml
 
     from peftops.config import default_data_root, load_params
 
     shipped = yaml.safe_load((Path(__file__).resolve().parents[1] / "peftops" / "data" / "tasks.yaml").read_text())
-    entries = {f"{t}-{c}": shipped["tasks"][t] for t in GLUE for c in ("a", "b")}
+    entries = {f"{t}-{c}": shipped["tasks"][t] for t in glue for c in ("a", "b")}
     manifest = tmp / "tasks-glue.yaml"
     manifest.write_text(yaml.safe_dump({"tasks": entries}, sort_keys=False))
     p = load_params(None)
@@ -101,7 +101,10 @@ class CpuByRole:
     second with psutil: the driver (this process: the fleet flow, Ray's driver), the Prefect API
     server (this process's child), Ray's workers (``ray::`` processes: the tasks), Ray's own
     processes (raylet, GCS, ...) and everything else on the machine (not the fleet: what else ran).
-    A process that ends between two samples loses up to a second of its time."""
+    A process that ends between two samples loses up to a second of its time. For Ray's workers it
+    also keeps the share of their CPU spent outside their main thread (Ray's, Prefect's and
+    MLflow's background threads: with one torch thread a task computes on the main thread), as
+    ``ray workers: other threads``, a part of ``ray workers``."""
 
     def __init__(self, interval: float = 1.0):
         import threading
@@ -111,6 +114,7 @@ class CpuByRole:
         self._psutil, self.interval = psutil, interval
         self._first: dict[int, float] = {}  # pid -> CPU seconds at the first sample (0 if born later)
         self._last: dict[int, tuple[str, float]] = {}
+        self._bg: dict[int, list[float]] = {}  # a worker's pid -> [first, last] CPU seconds of its other threads
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._sample(first=True)
@@ -143,6 +147,12 @@ class CpuByRole:
                     continue
             self._first.setdefault(proc.pid, t.user + t.system if first else 0.0)
             self._last[proc.pid] = (role, t.user + t.system)
+            if role == "ray workers":
+                try:
+                    bg = sum(th.user_time + th.system_time for th in proc.threads() if th.id != proc.pid)
+                except self._psutil.Error:
+                    continue
+                self._bg.setdefault(proc.pid, [bg if first else 0.0, bg])[1] = bg
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
@@ -161,6 +171,8 @@ class CpuByRole:
         out: dict[str, float] = {}
         for pid, (role, secs) in self._last.items():
             out[role] = out.get(role, 0.0) + max(0.0, secs - self._first[pid])
+        if self._bg:
+            out["ray workers: other threads"] = sum(max(0.0, last - first) for first, last in self._bg.values())
         return out
 
 
@@ -172,10 +184,11 @@ VARIANTS = {"local": {"runner": "local"},
             "ray_1x1": {"runner": "ray", "address": "", "num_cpus": 1.5}}
 
 
-def runners(smoke: bool, n_orch: int | None = None, only: str = "all", pick: list[str] | None = None) -> dict:
+def runners(smoke: bool, n_orch: int | None = None, only: str = "all", pick: list[str] | None = None,
+            glue: tuple[str, ...] = GLUE) -> dict:
     """``only``: ``all``, ``runners`` (the four contenders) or ``orchestration`` (the tiny fleet);
     ``pick``: only these contenders (``--variants ray_2x1,ray_1x1``: a second look at the scaling),
-    with the ratios that they allow."""
+    with the ratios that they allow; ``glue``: only these GLUE tasks (``--glue rte``: a short look)."""
     tmp = Path(tempfile.mkdtemp(prefix="peftops-bench-runners-"))
     from peftops.config import load_params
 
@@ -185,7 +198,7 @@ def runners(smoke: bool, n_orch: int | None = None, only: str = "all", pick: lis
         params, names, n_orch = tiny_params(tmp, TASKS, steps), list(TASKS), n_orch or 16
     else:
         steps = 20
-        params, names = real_params(tmp, steps)
+        params, names = real_params(tmp, steps, glue)
         n_orch = n_orch or 1000
     variants = {k: v for k, v in VARIANTS.items() if not pick or k in pick} if only != "orchestration" else {}
     res: dict = {}
@@ -202,10 +215,13 @@ def runners(smoke: bool, n_orch: int | None = None, only: str = "all", pick: lis
                 from peftops.model.snapshot import import_base
                 import_base(params.base, home)
             t0 = time.perf_counter()
-            rep = fleet(methods=["lora"], home=str(home), params=params, fleet_cfg=cfg, max_concurrency=1)
+            with CpuByRole() as cpu:
+                rep = fleet(methods=["lora"], home=str(home), params=params, fleet_cfg=cfg, max_concurrency=1)
             secs = time.perf_counter() - t0
+            # what ran beside the tasks, as a share of the machine's CPU over the contender's run
+            busy = {k: round(v / (secs * (os.cpu_count() or 1)), 4) for k, v in sorted(cpu.seconds().items())}
             res[label] = {"seconds": round(secs, 1), "adapters_per_h": round(len(names) * 3600 / secs, 1),
-                          **overheads(rep, steps, demo_steps)}
+                          **overheads(rep, steps, demo_steps), "cpu_share": busy}
             print(f"{label}: {len(names)} tasks in {secs:.1f}s, {res[label]}", flush=True)
         if variants:
             rate = {k: v["adapters_per_h"] for k, v in res.items()}
@@ -218,7 +234,7 @@ def runners(smoke: bool, n_orch: int | None = None, only: str = "all", pick: lis
             out.update({"seconds": {k: v["seconds"] for k, v in res.items()},
                         **{key: {k: v[key] for k, v in res.items()} for key in (
                             "fixed_overhead_s", "merge_s", "setup_s", "demo_training_s", "fixed_overhead_frac",
-                            "setup_frac", "fixed_overhead_frac_of_task")}})
+                            "setup_frac", "fixed_overhead_frac_of_task", "cpu_share")}})
         if only == "runners":
             return out
         orch_names = [f"o{i:04d}" for i in range(n_orch)]
@@ -389,6 +405,6 @@ if __name__ == "__main__":
         n = opt("--orch-tasks")
         pick = opt("--variants")
         print(json.dumps(runners("--smoke" in args, int(n) if n else None, opt("--only", "all"),
-                                 pick.split(",") if pick else None)))
+                                 pick.split(",") if pick else None, tuple(opt("--glue", ",".join(GLUE)).split(",")))))
     else:
         main([int(a) for a in args] or [1, 2])
