@@ -141,14 +141,16 @@ def main() -> None:
     for r in range(args.rounds):
         for kind in runs:
             t0 = time.perf_counter()
-            homes = [_child_home(root, shared, f"run-{(n := n + 1)}") for _ in range(2 if kind == "together" else 1)]
+            homes = [_child_home(root, shared, f"run-{(n := n + 1)}")
+                     for _ in range(2 if kind == "together" else 1)]
             threads = 2 if kind == "alone_2t" else 1
             got = _collect([_start(h, args, threads) for h in homes])
             runs[kind].extend(got)
             print(f"round {r + 1} {kind}: {', '.join(f'{s:.3f}' for s in got)} s a step "
                   f"({time.perf_counter() - t0:.0f} s)", flush=True)
     s = {k: statistics.median(v) for k, v in runs.items()}
-    out = {"task": args.task, "steps": args.steps, "rounds": args.rounds, "warm": args.warm, "evaluate_first": args.evaluate_first, "cpus": os.cpu_count(),
+    out = {"task": args.task, "steps": args.steps, "rounds": args.rounds, "warm": args.warm,
+           "evaluate_first": args.evaluate_first, "cpus": os.cpu_count(),
            "s_per_step": {k: round(v, 4) for k, v in s.items()},
            "together_slowdown": round(s["together"] / s["alone_1t"], 3),
            "together_vs_alone_2t": round(2 * s["alone_2t"] / s["together"], 3),
