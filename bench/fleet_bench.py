@@ -1,6 +1,6 @@
 # .venv/bin/python -m bench.fleet_bench 1 2                 (local runner by max_concurrency, tiny models)
 # .venv/bin/python -m bench.fleet_bench --runners [--smoke] [--only runners|orchestration] [--orch-tasks N]
-#     [--variants local,ray_1x2,ray_2x1,ray_1x1] [--glue sst2,cola,mrpc,rte]
+#     [--variants local,ray_1x2,ray_2x1,ray_1x1] [--glue sst2,cola,mrpc,rte] [--rounds N]
 #     (local vs Ray 1x2 vs Ray 2x1 on the real base, then 1,000 tiny tasks on Ray 2x1)
 # .venv/bin/python -m bench.fleet_bench --probe prefect [N] | mlflow [N] | gc
 #     (what a flow run, a task run, a client, a task's MLflow store calls cost)
@@ -16,7 +16,8 @@ a private Ray cluster on this machine), then a fleet of 1,000 tiny tasks of one 
 stages nearly free) on Ray 2x1 for the orchestration cost per task. A task's fixed overhead is
 its wall time less its training loop and evaluation stage; ``fixed_overhead_frac`` puts it over a
 demo-budget LoRA training (the embedded ``train.steps`` at this run's seconds per step).
-``--smoke``: tiny models, 4 tasks and a 16-task orchestration fleet. Last line: one JSON object.
+``--smoke``: tiny models, 4 tasks and a 16-task orchestration fleet. ``--rounds N``: each contender
+N times, in alternating order (a b c d, d c b a, ...), its figures the means. Last line: one JSON object.
 """
 
 from __future__ import annotations
@@ -97,16 +98,24 @@ def overheads(report: dict, steps: int, demo_steps: int) -> dict:
 
 
 class CpuByRole:
-    """CPU seconds (user + system) each kind of process spent while a fleet ran, sampled once a
-    second with psutil: the driver (this process: the fleet flow, Ray's driver), the Prefect API
+    """CPU seconds (user + system) each kind of process spent while a fleet ran, sampled every two
+    seconds with psutil: the driver (this process: the fleet flow, Ray's driver), the Prefect API
     server (this process's child), Ray's workers (``ray::`` processes: the tasks), Ray's own
     processes (raylet, GCS, ...) and everything else on the machine (not the fleet: what else ran).
-    A process that ends between two samples loses up to a second of its time. For Ray's workers it
+    A process that ends between two samples loses up to two seconds of its time. For Ray's workers it
     also keeps the share of their CPU spent outside their main thread (Ray's, Prefect's and
     MLflow's background threads: with one torch thread a task computes on the main thread), as
-    ``ray workers: other threads``, a part of ``ray workers``."""
+    ``ray workers: other threads``, a part of ``ray workers``.
 
-    def __init__(self, interval: float = 1.0):
+    The sampler runs in the driver, so what it costs is charged to the driver and taken from the
+    tasks: a process's role is settled once it is ``SETTLE_S`` old and its command line is not
+    read again (walking the parents of the machine's ~80 processes at every sample cost ~50 ms
+    of CPU a sample, 5 % of a core at one a second; now ~5 ms). ``driver: the sampling itself``
+    reports what the sampling spent, a part of ``driver``."""
+
+    SETTLE_S = 10.0  # a new Ray worker names itself ``ray::`` within its first seconds
+
+    def __init__(self, interval: float = 2.0):
         import threading
 
         import psutil
@@ -115,6 +124,8 @@ class CpuByRole:
         self._first: dict[int, float] = {}  # pid -> CPU seconds at the first sample (0 if born later)
         self._last: dict[int, tuple[str, float]] = {}
         self._bg: dict[int, list[float]] = {}  # a worker's pid -> [first, last] CPU seconds of its other threads
+        self._settled: set[int] = set()  # pids whose role is final
+        self._cost = 0.0  # CPU seconds the sampling thread spent
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._sample(first=True)
@@ -122,7 +133,7 @@ class CpuByRole:
     def _role(self, proc, me: int) -> str:
         if proc.pid == me:
             return "driver"
-        cmd = " ".join(proc.info["cmdline"] or [])
+        cmd = " ".join(proc.cmdline() or [])
         if cmd.startswith("ray::") or "default_worker.py" in cmd:  # a worker before and after it names itself
             return "ray workers"
         try:
@@ -134,15 +145,18 @@ class CpuByRole:
         return "other processes"
 
     def _sample(self, first: bool = False) -> None:
-        me = os.getpid()
-        for proc in self._psutil.process_iter(["cmdline", "cpu_times"]):
-            t = proc.info["cpu_times"]
-            if t is None:
+        me, now = os.getpid(), time.time()
+        for proc in self._psutil.process_iter():  # the same objects each time: create_time is kept
+            try:
+                t = proc.cpu_times()
+            except self._psutil.Error:
                 continue
             role = self._last.get(proc.pid, ("other processes",))[0]
-            if role == "other processes":  # again until known: a new process renames itself, and a
-                try:  # process on its way out has lost its command line and its parents
-                    role = self._role(proc, me)
+            if role == "other processes" and proc.pid not in self._settled:
+                try:  # again until settled: a new process renames itself, and a process on its way
+                    role = self._role(proc, me)  # out has lost its command line and its parents
+                    if now - proc.create_time() > self.SETTLE_S:
+                        self._settled.add(proc.pid)
                 except self._psutil.Error:
                     continue
             self._first.setdefault(proc.pid, t.user + t.system if first else 0.0)
@@ -156,7 +170,9 @@ class CpuByRole:
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
+            t0 = time.thread_time()
             self._sample()
+            self._cost += time.thread_time() - t0
 
     def __enter__(self) -> "CpuByRole":
         self._thread.start()
@@ -173,6 +189,7 @@ class CpuByRole:
             out[role] = out.get(role, 0.0) + max(0.0, secs - self._first[pid])
         if self._bg:
             out["ray workers: other threads"] = sum(max(0.0, last - first) for first, last in self._bg.values())
+        out["driver: the sampling itself"] = self._cost  # a part of ``driver``
         return out
 
 
@@ -184,11 +201,30 @@ VARIANTS = {"local": {"runner": "local"},
             "ray_1x1": {"runner": "ray", "address": "", "num_cpus": 1.5}}
 
 
+def round_order(labels: list[str], rounds: int) -> list[str]:
+    """The contenders' runs, in order: forwards in even rounds, backwards in odd ones (a b c, c b a,
+    a b c, ...), so that a host whose speed drifts steadily over the run drifts on every
+    contender's mean alike (two rounds centre them all on the same moment)."""
+    return [lbl for r in range(rounds) for lbl in (labels if r % 2 == 0 else labels[::-1])]
+
+
+def mean_runs(runs: list[dict]) -> dict:
+    """One contender's figures over its rounds: the mean of each, the rate from the mean time."""
+    keys = [k for k, v in runs[0].items() if isinstance(v, (int, float))]
+    out = {k: round(sum(r[k] for r in runs) / len(runs), 3) for k in keys}
+    out["seconds_by_round"] = [r["seconds"] for r in runs]
+    out["cpu_share"] = {k: round(sum(r["cpu_share"].get(k, 0.0) for r in runs) / len(runs), 4)
+                        for k in runs[0]["cpu_share"]}
+    return out
+
+
 def runners(smoke: bool, n_orch: int | None = None, only: str = "all", pick: list[str] | None = None,
-            glue: tuple[str, ...] = GLUE) -> dict:
+            glue: tuple[str, ...] = GLUE, rounds: int = 1) -> dict:
     """``only``: ``all``, ``runners`` (the four contenders) or ``orchestration`` (the tiny fleet);
     ``pick``: only these contenders (``--variants ray_2x1,ray_1x1``: a second look at the scaling),
-    with the ratios that they allow; ``glue``: only these GLUE tasks (``--glue rte``: a short look)."""
+    with the ratios that they allow; ``glue``: only these GLUE tasks (``--glue rte``: a short look);
+    ``rounds``: each contender this many times, in ``round_order``, its figures the means (each
+    round's target ratios are reported too: ``by_round``)."""
     tmp = Path(tempfile.mkdtemp(prefix="peftops-bench-runners-"))
     from peftops.config import load_params
 
@@ -201,14 +237,15 @@ def runners(smoke: bool, n_orch: int | None = None, only: str = "all", pick: lis
         params, names = real_params(tmp, steps, glue)
         n_orch = n_orch or 1000
     variants = {k: v for k, v in VARIANTS.items() if not pick or k in pick} if only != "orchestration" else {}
-    res: dict = {}
+    runs: dict[str, list[dict]] = {}
     out: dict = {"smoke": smoke}
     with prefect_test_harness():
         from prefect.settings import PREFECT_API_URL
 
         os.environ["PREFECT_API_URL"] = PREFECT_API_URL.value()  # Ray workers use the same server
-        for label, cfg in variants.items():
-            home = tmp / f"home-{label}"
+        for i, label in enumerate(round_order(list(variants), rounds)):
+            cfg = variants[label]
+            home = tmp / f"home-{label}-{i}"
             if smoke:
                 make_snapshot(home)
             else:
@@ -220,18 +257,26 @@ def runners(smoke: bool, n_orch: int | None = None, only: str = "all", pick: lis
             secs = time.perf_counter() - t0
             # what ran beside the tasks, as a share of the machine's CPU over the contender's run
             busy = {k: round(v / (secs * (os.cpu_count() or 1)), 4) for k, v in sorted(cpu.seconds().items())}
-            res[label] = {"seconds": round(secs, 1), "adapters_per_h": round(len(names) * 3600 / secs, 1),
-                          **overheads(rep, steps, demo_steps), "cpu_share": busy}
-            print(f"{label}: {len(names)} tasks in {secs:.1f}s, {res[label]}", flush=True)
+            run = {"seconds": round(secs, 1), **overheads(rep, steps, demo_steps), "cpu_share": busy}
+            runs.setdefault(label, []).append(run)
+            print(f"{label} (round {len(runs[label])}): {len(names)} tasks in {secs:.1f}s, {run}", flush=True)
         if variants:
+            res = {k: mean_runs(v) for k, v in runs.items()}
+            for v in res.values():
+                v["seconds"] = round(v["seconds"], 1)
+                v["adapters_per_h"] = round(len(names) * 3600 / v["seconds"], 1)
             rate = {k: v["adapters_per_h"] for k, v in res.items()}
-            out.update({"tasks": len(names), **{f"{k}_adapters_per_h": r for k, r in rate.items()}})
-            for key, (num, den, times) in {"ray_2x1_vs_local": ("ray_2x1", "local", 1),
-                                           "ray_2x1_vs_1x2": ("ray_2x1", "ray_1x2", 1),
-                                           "ray_2x1_vs_ideal": ("ray_2x1", "ray_1x1", 2)}.items():
+            out.update({"tasks": len(names), "rounds": rounds, **{f"{k}_adapters_per_h": r for k, r in rate.items()}})
+            ratios = {"ray_2x1_vs_local": ("ray_2x1", "local", 1), "ray_2x1_vs_1x2": ("ray_2x1", "ray_1x2", 1),
+                      "ray_2x1_vs_ideal": ("ray_2x1", "ray_1x1", 2)}
+            for key, (num, den, times) in ratios.items():
                 if num in rate and den in rate:
                     out[key] = round(rate[num] / (times * rate[den]), 3)
+                    if rounds > 1:  # a ratio's spread over the rounds: seconds are rates' inverses
+                        out.setdefault("by_round", {})[key] = [
+                            round(d["seconds"] / (times * n["seconds"]), 3) for n, d in zip(runs[num], runs[den])]
             out.update({"seconds": {k: v["seconds"] for k, v in res.items()},
+                        **({"seconds_by_round": {k: v["seconds_by_round"] for k, v in res.items()}} if rounds > 1 else {}),
                         **{key: {k: v[key] for k, v in res.items()} for key in (
                             "fixed_overhead_s", "merge_s", "setup_s", "demo_training_s", "fixed_overhead_frac",
                             "setup_frac", "fixed_overhead_frac_of_task", "cpu_share")}})
@@ -405,6 +450,7 @@ if __name__ == "__main__":
         n = opt("--orch-tasks")
         pick = opt("--variants")
         print(json.dumps(runners("--smoke" in args, int(n) if n else None, opt("--only", "all"),
-                                 pick.split(",") if pick else None, tuple(opt("--glue", ",".join(GLUE)).split(",")))))
+                                 pick.split(",") if pick else None, tuple(opt("--glue", ",".join(GLUE)).split(",")),
+                                 int(opt("--rounds", 1)))))
     else:
         main([int(a) for a in args] or [1, 2])

@@ -55,6 +55,14 @@ def worker_env() -> dict[str, str]:
     return env
 
 
+# A private cluster's own processes share the machine's cores with its workers, whose trainings
+# want every cycle of theirs: its log monitor need not glob the logs directory ten times a second
+# (the driver does not read the workers' logs: ``log_to_driver`` is off; then twice a second), and
+# nothing reads its metrics (no dashboard). Together ~1 % of a core less for Ray's own processes
+# on an idle 2-CPU private cluster (``bench/fleet_bench.py``'s notes in BENCHMARKS.md, "Fleet").
+PRIVATE_CLUSTER_ENV = {"RAY_LOG_MONITOR_MANY_FILES_THRESHOLD": "0", "RAY_enable_metrics_collection": "0"}
+
+
 def attempts_file(home: str | Path | None, fleet_run_id: str, task: str) -> Path:
     return state_home(home) / ATTEMPTS_DIR / (fleet_run_id or "no-flow-run") / f"{task}.jsonl"
 
@@ -253,6 +261,8 @@ def _connect(cfg: FleetConfig):
     if address is None:
         kwargs.pop("namespace")
         kwargs["num_cpus"] = os.cpu_count() or 1
+        for k, v in PRIVATE_CLUSTER_ENV.items():  # read by the cluster's processes, which inherit ours
+            os.environ.setdefault(k, v)
     else:
         kwargs.pop("include_dashboard")
     ray.init(address=address, **kwargs)
